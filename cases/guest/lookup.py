@@ -1,0 +1,20 @@
+"""Guest side of cases/test_lookup.py: what user space gets back from a sockmap lookup."""
+from harness.agent import libbpf as bpf
+from harness.agent.observe import outcome, socket_cookie
+from harness.agent.sockets import closing_all, tcp_pair
+
+
+def lookup_inserted_tcp_socket(map_type, value_size):
+    """Insert an established TCP socket at key 0, look it up; compare with SO_COOKIE."""
+    key_size = 4
+    fd = bpf.map_create(map_type, key_size, value_size, 2)
+    cli, srv = tcp_pair()
+    with closing_all(cli, srv):
+        value = bpf.u64(cli.fileno()) if value_size == 8 else bpf.u32(cli.fileno())
+        update = outcome(bpf.map_update, fd, bpf.u32(0), value)
+        got = []
+        lookup = outcome(lambda: got.append(bpf.map_lookup(fd, bpf.u32(0), value_size)))
+        observed = {"update": update, "lookup": lookup}
+        if got:
+            observed["value_is_so_cookie"] = int.from_bytes(got[0], "little") == socket_cookie(cli)
+        return observed

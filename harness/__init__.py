@@ -1,0 +1,1 @@
+"""kconform: a pytest plugin that checks documented kernel behaviour on real kernels under QEMU."""

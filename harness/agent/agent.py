@@ -1,0 +1,153 @@
+"""The guest agent: started once per boot, runs each test's guest-side function on request.
+
+Guest side only, standard library only (it also runs on SSH targets). One JSON object per line on
+stdin (requests) and on the saved stdout (responses). fd 1 is pointed at stderr once the channel is
+saved, so anything a case prints lands in the console log, never in the protocol.
+
+Every call reports the kernel log records and taint seen before and after it, so the host can
+blame a splat on the test that caused it without an extra round trip.
+"""
+import importlib
+import json
+import os
+import signal
+import sys
+import time
+import traceback
+
+KMSG_RECORD_MAX = 8192
+
+
+class CallTimeout(Exception):
+    pass
+
+
+class KernelLog:
+    """Reads /dev/kmsg records past a position: the kernel log without dmesg's buffer limits."""
+
+    def __init__(self):
+        try:
+            self.fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
+            os.lseek(self.fd, 0, os.SEEK_END)  # only what happens from now on
+        except OSError:
+            self.fd = None
+
+    def drain(self):
+        lines = []
+        while self.fd is not None:
+            try:
+                record = os.read(self.fd, KMSG_RECORD_MAX)
+            except BlockingIOError:
+                break
+            except BrokenPipeError:  # records were overwritten before we read them
+                lines.append("kconform: kernel log records were lost (ring buffer overrun)")
+                continue
+            if not record:
+                break
+            head, _, text = record.decode(errors="replace").partition(";")
+            fields = head.split(",")
+            stamp = int(fields[2]) / 1e6 if len(fields) > 2 and fields[2].isdigit() else 0.0
+            for i, part in enumerate(text.rstrip("\n").split("\n")):
+                if i == 0:
+                    lines.append("[%12.6f] %s" % (stamp, part))
+                elif not part.startswith(" "):
+                    continue  # dictionary lines (SUBSYSTEM=...) are metadata
+                else:
+                    lines.append("[%12.6f] %s" % (stamp, part.strip()))
+        return lines
+
+
+def tainted():
+    try:
+        with open("/proc/sys/kernel/tainted") as f:
+            return int(f.read().strip() or 0)
+    except OSError:
+        return -1
+
+
+def _alarm(signum, frame):
+    raise CallTimeout()
+
+
+def resolve(name, cache={}):
+    if name not in cache:
+        module, _, func = name.partition(":")
+        cache[name] = getattr(importlib.import_module(module), func)
+    return cache[name]
+
+
+def describe_error(exc):
+    info = {"type": type(exc).__name__, "message": str(exc),
+            "traceback": traceback.format_exc(limit=12)}
+    for attr in ("errno_name", "verifier_log", "op"):
+        value = getattr(exc, attr, None)
+        if value:
+            info[attr] = value
+    return info
+
+
+def handle(request, kmsg):
+    op = request.get("op")
+    if op == "ping":
+        return {"ok": True, "result": "pong"}
+    if op == "call":
+        before_log = kmsg.drain()
+        before_taint = tainted()
+        started = time.monotonic()
+        signal.signal(signal.SIGALRM, _alarm)
+        signal.setitimer(signal.ITIMER_REAL, float(request.get("timeout") or 0))
+        try:
+            result = resolve(request["fn"])(**request.get("kwargs", {}))
+            response = {"ok": True, "result": result}
+        except CallTimeout:
+            response = {"ok": False, "error": {"type": "CallTimeout", "message":
+                        "the guest-side function ran past %ss" % request.get("timeout")}}
+        except BaseException as exc:  # the guest side's failure is the test's evidence
+            response = {"ok": False, "error": describe_error(exc)}
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        response["elapsed"] = time.monotonic() - started
+        response["health"] = {"log_before": before_log, "log_during": kmsg.drain(),
+                              "taint_before": before_taint, "taint_after": tainted()}
+        return response
+    return {"ok": False, "error": {"type": "BadRequest", "message": "unknown op %r" % op}}
+
+
+def main():
+    root = sys.argv[1] if len(sys.argv) > 1 else os.getcwd()
+    sys.path.insert(0, root)
+    channel = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    kmsg = KernelLog()
+    with open("/proc/uptime") as f:
+        uptime = float(f.read().split()[0])
+    with open("/proc/version") as f:
+        proc_version = f.read().strip()
+    hello = {"event": "ready", "release": os.uname().release, "proc_version": proc_version,
+             "python": sys.version.split()[0], "uptime": uptime, "taint": tainted(),
+             "boot_log": kmsg.drain()}
+    channel.write(json.dumps(hello) + "\n")
+    stdin = sys.stdin.buffer
+    while True:
+        line = stdin.readline()
+        if not line:
+            break  # the host closed the channel: power off
+        try:
+            request = json.loads(line)
+        except ValueError:
+            continue
+        if request.get("op") == "exit":
+            break
+        response = handle(request, kmsg)
+        response["id"] = request.get("id")
+        try:
+            text = json.dumps(response)
+        except (TypeError, ValueError) as exc:
+            text = json.dumps({"id": request.get("id"), "ok": False, "error": {
+                "type": "BadResult", "message": "result is not JSON: %s" % exc}})
+        channel.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

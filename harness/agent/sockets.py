@@ -1,0 +1,60 @@
+"""Real sockets for guest-side cases: connected pairs of each family, with timeouts everywhere."""
+import contextlib
+import socket
+
+TIMEOUT = 2.0
+
+
+def _timed(*socks):
+    for s in socks:
+        s.settimeout(TIMEOUT)
+    return socks
+
+
+def tcp_listener(family=socket.AF_INET, port=0):
+    host = "127.0.0.1" if family == socket.AF_INET else "::1"
+    srv = socket.socket(family, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind((host, port))
+    srv.listen(16)
+    srv.settimeout(TIMEOUT)
+    return srv
+
+
+def tcp_pair(family=socket.AF_INET, listener=None):
+    """(client, server-side accepted socket), both established over loopback."""
+    srv = listener or tcp_listener(family)
+    cli = socket.socket(family, socket.SOCK_STREAM)
+    cli.settimeout(TIMEOUT)
+    cli.connect(srv.getsockname()[:2])
+    acc, _ = srv.accept()
+    if listener is None:
+        srv.close()
+    return _timed(cli, acc)
+
+
+def udp_pair(family=socket.AF_INET):
+    host = "127.0.0.1" if family == socket.AF_INET else "::1"
+    a = socket.socket(family, socket.SOCK_DGRAM)
+    b = socket.socket(family, socket.SOCK_DGRAM)
+    a.bind((host, 0))
+    b.bind((host, 0))
+    a.connect(b.getsockname()[:2])
+    b.connect(a.getsockname()[:2])
+    return _timed(a, b)
+
+
+def unix_pair(kind=socket.SOCK_STREAM):
+    return _timed(*socket.socketpair(socket.AF_UNIX, kind))
+
+
+@contextlib.contextmanager
+def closing_all(*groups):
+    """Close every socket made in a case, whatever happens."""
+    try:
+        yield
+    finally:
+        for group in groups:
+            for s in (group if isinstance(group, (list, tuple)) else [group]):
+                with contextlib.suppress(OSError):
+                    s.close()

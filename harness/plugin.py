@@ -1,0 +1,353 @@
+"""kconform's pytest plugin: options, kernel parametrization, guest fixtures, verdicts.
+
+A test asks for `guest` (and usually `expect`); it is then run once per selected kernel with ids
+like test_x[debian-6.1]. Guests boot lazily, once per kernel per process (xdist worker), and stay
+up for every test of that kernel: tests are ordered by kernel and, under xdist, grouped on one
+worker with `--dist loadgroup`. `--collect-only` therefore boots and downloads nothing.
+"""
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from . import expectations
+from .accel import choose_accel
+from .errors import KconformError
+from .health import HealthRules
+from .kernels import KernelProvider, KernelTree, default_kernel_names, expand_kernel_args, load_specs
+from .session import BootFailure, GuestCallError, GuestFailure, GuestSession
+from .vm import kill_all_guests
+
+MAX_REPLACEMENTS = 3  # a kernel whose guest dies this often gets its remaining tests failed fast
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("kconform", "kconform: documented kernel behaviour on real kernels")
+    group.addoption("--kernel", action="append", default=[], metavar="NAME",
+                    help="kernel to run on: a name from kernels/*.toml, 'all', 'default', 'host', "
+                         "or a path to a bzImage or built kernel tree. Repeatable; comma lists "
+                         "allowed. Default: the set in kernels/default.txt.")
+    group.addoption("--accel", choices=("auto", "kvm", "tcg"), default="auto",
+                    help="QEMU accelerator. auto (default) uses KVM only if a probe boot works.")
+    group.addoption("--boot-timeout", type=float, default=None, metavar="S",
+                    help="seconds from starting a guest to its agent answering "
+                         "(default 180 under TCG, 60 under KVM)")
+    group.addoption("--case-timeout", type=float, default=30.0, metavar="S",
+                    help="seconds one guest-side call may take before the test fails (default 30)")
+    group.addoption("--refresh-kernels", action="store_true",
+                    help="ask the archive for the newest package of each kernel now, instead of "
+                         "trusting a resolution made in the last 12 hours")
+    group.addoption("--results-dir", default="results", metavar="DIR",
+                    help="where console logs and reports go (default: results/)")
+    group.addoption("--expectations", default=None, metavar="FILE",
+                    help="expectations file to judge with (default: cases/expectations.toml)")
+    group.addoption("--guest-memory", default="1G", help="memory per guest (default 1G)")
+    parser.addini("kconform_default_kernels", "unused; see kernels/default.txt", default="")
+
+
+# ----------------------------------------------------------------------------- run state
+
+@dataclass
+class KernelInfo:
+    """What every result records about the kernel that produced it."""
+    name: str
+    exact_version: str
+    uname: str = ""
+    boot_seconds: float | None = None
+    vng_command: str = ""
+    console_log: str = ""
+
+
+class GuestPool:
+    """This process's guests, one per kernel; boots lazily and replaces dead ones."""
+
+    def __init__(self, run: "KconformRun"):
+        self.run = run
+        self.live: dict[str, GuestSession] = {}
+        self.trees: dict[str, KernelTree] = {}
+        self.failed: dict[str, Exception] = {}
+        self.boots: dict[str, int] = {}
+
+    def tree(self, name: str) -> KernelTree:
+        if name not in self.trees:
+            try:
+                self.trees[name] = self.run.provider.get(name)
+            except KconformError as exc:
+                self.failed[name] = exc
+                raise
+        return self.trees[name]
+
+    def session(self, name: str) -> GuestSession:
+        if name in self.failed:
+            raise self.failed[name]
+        current = self.live.get(name)
+        if current and not current.dead:
+            return current
+        if current:
+            current.close()
+        tree = self.tree(name)
+        count = self.boots.get(name, 0)
+        if count > MAX_REPLACEMENTS:
+            self.failed[name] = BootFailure(f"{name}: the guest died {count - 1} times; "
+                                            "not booting it again in this run")
+            raise self.failed[name]
+        self.boots[name] = count + 1
+        log = self.run.results_dir / "console" / f"{_safe(name)}-{self.run.worker}-{count}.log"
+        accel = self.run.accel()
+        session = GuestSession(tree, accel, log, boot_timeout=self.run.boot_timeout(accel),
+                               memory=self.run.memory)
+        try:
+            session.start()
+        except BootFailure as exc:
+            self.failed[name] = exc
+            raise
+        self.live[name] = session
+        info = self.run.kernels.setdefault(name, KernelInfo(name, tree.exact_version))
+        info.uname, info.boot_seconds = session.uname, session.boot_seconds
+        info.vng_command, info.console_log = session.guest.command_line(), str(log)
+        return session
+
+    def release(self, name: str) -> None:
+        session = self.live.pop(name, None)
+        if session:
+            session.close()
+
+    def close(self) -> None:
+        for name in list(self.live):
+            self.release(name)
+
+
+class KconformRun:
+    def __init__(self, config: pytest.Config):
+        opt = config.option
+        self.specs = load_specs()
+        self.kernel_names = expand_kernel_args(opt.kernel or ["default"], self.specs)
+        self.results_dir = Path(opt.results_dir).resolve()
+        self.case_timeout = opt.case_timeout
+        self.memory = opt.guest_memory
+        self.worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        self._boot_timeout = opt.boot_timeout
+        self._accel_choice = opt.accel
+        self._accel = None
+        self.provider = KernelProvider(refresh=opt.refresh_kernels, log=self._log)
+        self.behaviours = expectations.load(Path(opt.expectations)) if opt.expectations \
+            else expectations.load()
+        self.health = HealthRules()
+        self.pool = GuestPool(self)
+        self.kernels: dict[str, KernelInfo] = {}
+        self.config = config
+
+    def _log(self, message: str) -> None:
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter and self.worker == "main":
+            reporter.write_line(f"kconform: {message}")
+        else:
+            print(f"kconform[{self.worker}]: {message}", flush=True)
+
+    def accel(self):
+        if self._accel is None:
+            self._accel = choose_accel(self._accel_choice, cache=self.provider.cache)
+            self._log(f"accelerator: {self._accel.name} ({self._accel.reason})")
+        return self._accel
+
+    def boot_timeout(self, accel) -> float:
+        return self._boot_timeout or (60.0 if accel.name == "kvm" else 180.0)
+
+
+RUN_KEY = pytest.StashKey[KconformRun]()
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-._" else "_" for c in name).strip("_")
+
+
+# ----------------------------------------------------------------------------- hooks
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "requires_config(*options): skip on kernels built without "
+                            "these CONFIG_ options (read from the kernel's config)")
+    try:
+        config.stash[RUN_KEY] = KconformRun(config)
+    except KconformError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    atexit.register(kill_all_guests)
+    if hasattr(signal, "SIGTERM"):
+        signal.signal(signal.SIGTERM, _terminate)
+
+
+def _terminate(signum, frame):
+    # Turn SIGTERM into an interrupt so pytest finishes its reports and the pool shuts down.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    run = config.stash.get(RUN_KEY, None)
+    if run:
+        run.pool.close()
+    kill_all_guests()
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "kernel" not in metafunc.fixturenames:
+        return
+    run = metafunc.config.stash[RUN_KEY]
+    # Session scope makes pytest order tests by kernel; the xdist group keeps a kernel on one worker.
+    params = [pytest.param(name, id=name, marks=pytest.mark.xdist_group(name))
+              for name in run.kernel_names]
+    metafunc.parametrize("kernel", params, scope="session")
+
+
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    kernel = _kernel_of(item)
+    if kernel and (nextitem is None or _kernel_of(nextitem) != kernel):
+        item.config.stash[RUN_KEY].pool.release(kernel)  # its last test here: free the CPU
+
+
+def _kernel_of(item) -> str | None:
+    callspec = getattr(item, "callspec", None)
+    return callspec.params.get("kernel") if callspec else None
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call" and report.failed and item.stash.get(CRASHED_KEY, False):
+        report.user_properties.append(("verdict", expectations.CRASHED))
+
+
+CRASHED_KEY = pytest.StashKey[bool]()
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    run = config.stash[RUN_KEY]
+    return [f"kconform: kernels {', '.join(run.kernel_names)}; results in {run.results_dir}"]
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    seen: dict[str, dict] = {}
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            props = dict(getattr(report, "user_properties", []) or [])
+            if "kernel" not in props or getattr(report, "when", None) != "call":
+                continue
+            entry = seen.setdefault(props["kernel"], {"version": props.get("kernel_version"),
+                                                      "uname": props.get("uname"), "verdicts": {}})
+            verdict = props.get("verdict", report.outcome)
+            entry["verdicts"][verdict] = entry["verdicts"].get(verdict, 0) + 1
+    if not seen:
+        return
+    terminalreporter.section("kconform kernels")
+    for name, entry in seen.items():
+        counts = ", ".join(f"{n} {v}" for v, n in sorted(entry["verdicts"].items()))
+        terminalreporter.write_line(f"{name}: {entry['version']} (uname {entry['uname']}): {counts}")
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+class CaseGuest:
+    """The guest as one test sees it: guest-side calls with health checks and clear failures."""
+
+    def __init__(self, item: pytest.Item, run: KconformRun, kernel: str, session: GuestSession):
+        self.item, self.run, self.kernel, self.session = item, run, kernel, session
+        stem = Path(str(item.fspath)).stem
+        self.module = f"cases.guest.{stem[len('test_'):] if stem.startswith('test_') else stem}"
+
+    def call(self, fn: str, timeout: float | None = None, **kwargs):
+        """Run a guest-side function; a bare name is looked up in cases/guest/<topic>.py."""
+        name = fn if ":" in fn else f"{self.module}:{fn}"
+        try:
+            result = self.session.call(name, timeout=timeout or self.run.case_timeout, **kwargs)
+        except GuestCallError as exc:
+            self._check_health(exc.health)
+            raise
+        except GuestFailure as exc:
+            self.item.stash[CRASHED_KEY] = True
+            pytest.fail(_failure_text(exc, self.run.kernels.get(self.kernel)), pytrace=False)
+        self._check_health(result.health)
+        return result.result
+
+    def _check_health(self, health: dict) -> None:
+        findings = self.run.health.check(health)
+        if findings:
+            self.item.stash[CRASHED_KEY] = True
+            lines = "\n".join(f"  {f}" for f in findings)
+            log = "\n".join(f"  | {l}" for l in health.get("log_during", [])[-60:])
+            pytest.fail(f"the kernel reported a problem during this test:\n{lines}\n"
+                        f"kernel log during the test:\n{log}", pytrace=False)
+
+
+def _failure_text(exc: GuestFailure, info: KernelInfo | None) -> str:
+    text = [str(exc)]
+    if exc.fingerprint:
+        text.append(f"crash fingerprint: {exc.fingerprint}")
+    if exc.console:
+        text.append("last console lines:")
+        text += [f"  | {line}" for line in exc.console[-40:]]
+    if info:
+        text.append(f"console log: {info.console_log}")
+        text.append(f"boot it by hand: {info.vng_command}")
+    return "\n".join(text)
+
+
+@pytest.fixture
+def guest(request: pytest.FixtureRequest, kernel: str) -> CaseGuest:
+    run = request.config.stash[RUN_KEY]
+    item = request.node
+    try:
+        tree = run.pool.tree(kernel)
+    except KconformError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    _skip_without_config(item, kernel, tree)
+    try:
+        session = run.pool.session(kernel)
+    except GuestFailure as exc:
+        item.stash[CRASHED_KEY] = True
+        pytest.fail(_failure_text(exc, run.kernels.get(kernel)), pytrace=False)
+    except KconformError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    info = run.kernels[kernel]
+    item.user_properties += [("kernel", kernel), ("kernel_version", info.exact_version),
+                             ("uname", info.uname)]
+    return CaseGuest(item, run, kernel, session)
+
+
+def _skip_without_config(item: pytest.Item, kernel: str, tree: KernelTree) -> None:
+    wanted = [opt for mark in item.iter_markers("requires_config") for opt in mark.args]
+    config = tree.config()
+    if not wanted or not config:
+        return
+    missing = [opt for opt in wanted if config.get(opt) not in ("y", "m")]
+    if missing:
+        pytest.skip(f"{kernel} is built without {', '.join(missing)} "
+                    f"(read from {tree.config_path})")
+
+
+@pytest.fixture
+def expect(request: pytest.FixtureRequest, kernel: str, guest: CaseGuest):
+    """expect(behaviour_id, observed, variant=None): judge an observation against the data."""
+    run = request.config.stash[RUN_KEY]
+    item = request.node
+    tree = run.pool.trees[kernel]
+
+    def judge(behaviour_id: str, observed: dict, variant: str | None = None):
+        behaviour = run.behaviours[behaviour_id]
+        verdict = expectations.judge(behaviour, tree.version, observed, variant)
+        item.user_properties += [
+            ("behaviour", behaviour_id), ("variant", variant or ""),
+            ("section", behaviour.section), ("title", behaviour.title),
+            ("expected", json.dumps(verdict.expected, sort_keys=True)),
+            ("observed", json.dumps(observed, sort_keys=True)),
+            ("source", verdict.outcome.source), ("reason", verdict.outcome.reason),
+            ("verdict", verdict.verdict)]
+        if verdict.verdict == expectations.FAIL:
+            pytest.fail(verdict.message(kernel, tree.exact_version), pytrace=False)
+        return verdict
+
+    return judge
