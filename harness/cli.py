@@ -11,6 +11,7 @@ USAGE = """\
 ./kconform suite [--kernel NAME[,NAME...]] [pytest args]   the conformance suite (cases/)
 ./kconform test [pytest args]                              kconform's own tests (tests/)
 ./kconform kernels                                         list the known kernel names
+./kconform bench [--kernel NAME] [--calls N]               boot, agent start, per-call overhead
 
 Anything after the subcommand goes to pytest: -k, -n 2, -x, --junitxml=..., --kernel all.
 """
@@ -31,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
         _pytest(["cases", *rest])
     elif command == "test":
         _pytest(["tests", *rest])
+    elif command == "bench":
+        from .bench import main as bench
+        return bench(rest)
     elif command == "kernels":
         from .kernels import default_kernel_names, load_specs
         defaults = default_kernel_names()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import re
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -262,14 +263,17 @@ class CaseGuest:
     def call(self, fn: str, timeout: float | None = None, **kwargs):
         """Run a guest-side function; a bare name is looked up in cases/guest/<topic>.py."""
         name = fn if ":" in fn else f"{self.module}:{fn}"
+        failure = None
         try:
             result = self.session.call(name, timeout=timeout or self.run.case_timeout, **kwargs)
         except GuestCallError as exc:
             self._check_health(exc.health)
             raise
         except GuestFailure as exc:
+            failure = exc
+        if failure:  # failed outside the except block, so the report is not an exception chain
             self.item.stash[CRASHED_KEY] = True
-            pytest.fail(_failure_text(exc, self.run.kernels.get(self.kernel)), pytrace=False)
+            pytest.fail(_failure_text(failure, self.run.kernels.get(self.kernel)), pytrace=False)
         self._check_health(result.health)
         return result.result
 
@@ -283,13 +287,19 @@ class CaseGuest:
                         f"kernel log during the test:\n{log}", pytrace=False)
 
 
+_SPLAT_START = re.compile(r"Kernel panic|BUG:|Oops:|WARNING: |general protection|sysrq: Trigger")
+
+
 def _failure_text(exc: GuestFailure, info: KernelInfo | None) -> str:
     text = [str(exc)]
     if exc.fingerprint:
         text.append(f"crash fingerprint: {exc.fingerprint}")
     if exc.console:
-        text.append("last console lines:")
-        text += [f"  | {line}" for line in exc.console[-40:]]
+        # From the first splat line when there is one: the panic message is the evidence.
+        start = next((i for i, line in enumerate(exc.console) if _SPLAT_START.search(line)),
+                     max(0, len(exc.console) - 40))
+        text.append("console lines:")
+        text += [f"  | {line}" for line in exc.console[start:start + 80]]
     if info:
         text.append(f"console log: {info.console_log}")
         text.append(f"boot it by hand: {info.vng_command}")

@@ -69,24 +69,38 @@ class CallResult:
     error: dict | None = None
 
 
-_FRAME = re.compile(r"^\s*(?:\[[ \d.]+\]\s*)?(?:\? )?([A-Za-z_][\w.]*)\+0x[0-9a-f]+/0x[0-9a-f]+")
+_FRAME = re.compile(r"^\s*(?:\[[ \d.]+\]\s*)?([A-Za-z_][\w.]*)\+0x[0-9a-f]+/0x[0-9a-f]+")
+# Frames of the reporting machinery, not of the fault: a fingerprint starts after them.
+_REPORTING = re.compile(r"^(dump_stack\w*|show_stack|panic|_printk|printk|vpanic|__warn\w*|"
+                        r"warn_slowpath\w*|report_bug|handle_bug|exc_invalid_op|asm_exc_\w+|"
+                        r"die\w*|oops_\w+|__die\w*)$")
 
 
 def crash_fingerprint(lines: list[str], frames: int = 4) -> str | None:
-    """The first stack frames after 'Call Trace:', e.g. 'sock_map_update_common|...'."""
+    """The first reliable stack frames after 'Call Trace:', e.g. 'sock_map_update_common|...'.
+
+    Frames marked '?' are guesses from the stack scan and change between runs; compiler suffixes
+    (.cold, .isra.0) change between builds. Both are left out so one crash keeps one fingerprint.
+    """
     for i, line in enumerate(lines):
-        if "Call Trace:" in line:
-            found = []
-            for follow in lines[i + 1:]:
-                m = _FRAME.match(follow.split("] ", 1)[-1] if "] " in follow else follow)
-                if m:
-                    found.append(m.group(1))
-                elif found and ("<" in follow or "RIP" in follow or "---[" in follow):
-                    break
-                if len(found) == frames:
-                    break
-            if found:
-                return "|".join(found)
+        if "Call Trace:" not in line:
+            continue
+        found = []
+        for follow in lines[i + 1:]:
+            text = follow.split("] ", 1)[-1] if "] " in follow else follow
+            if "RIP:" in text or "---[" in text or "</TASK>" in text:
+                break
+            m = _FRAME.match(text)
+            if not m or text.lstrip().startswith("?"):
+                continue
+            name = m.group(1).split(".", 1)[0]
+            if not found and _REPORTING.match(name):
+                continue
+            found.append(name)
+            if len(found) == frames:
+                break
+        if found:
+            return "|".join(found)
     return None
 
 
@@ -150,10 +164,14 @@ class GuestSession:
                 if response.get("id") == request_id:
                     break
         except GuestDied as exc:
-            time.sleep(0.2)
-            self._die(GuestCrash(f"the guest died during {fn} ({exc})",
-                                 self.guest.console_tail(80, since=mark)
-                                 or self.guest.console_tail(40)))
+            died = exc
+        else:
+            died = None
+        if died:
+            time.sleep(0.2)  # the last console lines may still be in flight
+            self._die(GuestCrash(f"the guest died during {fn} ({died})",
+                                 self.guest.console_tail(200, since=mark)
+                                 or self.guest.console_tail(60)))
         result = CallResult(result=response.get("result"), elapsed=response.get("elapsed", 0.0),
                             health=response.get("health", {}), error=response.get("error"))
         if not response.get("ok"):

@@ -35,11 +35,17 @@ def guest_python() -> str:
         "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable)
 
 
+def guest_name() -> str:
+    """QEMU's -name for this run's guests: lets anyone find (pgrep -f) what a run left behind."""
+    return f"kconform-{os.getpid()}"
+
+
 def build_vng_command(tree: KernelTree, accel: Accel, guest_cmd: str, *, memory: str = "1G",
                       cpus: int = 1, kernel_args: tuple[str, ...] = (),
-                      extra_vng: tuple[str, ...] = ()) -> list[str]:
+                      extra_vng: tuple[str, ...] = (), name: str | None = None) -> list[str]:
     """The whole virtme-ng command line for one guest; print it to reproduce a boot by hand."""
-    cmd = ["vng", "--run", str(tree.run_target or tree.vmlinuz), "--verbose",
+    name = name or guest_name()
+    cmd = ["vng", "--run", str(tree.run_target or tree.vmlinuz), "--verbose", "--name", name,
            "--cpus", str(cpus), "--memory", memory, "--cwd", "/",
            f"--qemu-opts=-cpu {accel.cpu}"]
     if accel.name != "kvm":

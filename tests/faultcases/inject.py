@@ -1,0 +1,29 @@
+"""Faults injected into real guests; run by tests/test_faults.py, never collected on their own.
+
+Each scenario puts one fault between healthy tests, so the test that caused it can be checked to
+fail with the evidence and the ones after it to still run on a replacement guest.
+"""
+
+
+def test_1_before(guest):
+    assert "pid" in guest.call("tests.guest.faults:healthy")
+
+
+def test_2_panic(guest):
+    guest.call("tests.guest.faults:panic")
+
+
+def test_2_hang(guest):
+    guest.call("tests.guest.faults:hang", seconds=60, timeout=3)
+
+
+def test_2_warning(guest):
+    guest.call("tests.guest.faults:fake_warning")
+
+
+def test_2_agent_dies(guest):
+    guest.call("tests.guest.faults:kill_agent")
+
+
+def test_3_after(guest):
+    assert "pid" in guest.call("tests.guest.faults:healthy")

@@ -1,0 +1,33 @@
+"""Guest side of the injected faults in tests/faultcases: each breaks the guest in one way."""
+import os
+import time
+
+
+def healthy():
+    return {"pid": os.getpid()}
+
+
+def panic():
+    """Crash the kernel on purpose (needs CONFIG_MAGIC_SYSRQ, on in Debian kernels)."""
+    with open("/proc/sys/kernel/sysrq", "w") as f:
+        f.write("1")
+    with open("/proc/sysrq-trigger", "w") as f:
+        f.write("c")
+    time.sleep(60)
+
+
+def hang(seconds):
+    time.sleep(seconds)
+    return "woke up"
+
+
+def fake_warning():
+    """A WARNING splat in the kernel log, written from user space through /dev/kmsg."""
+    with open("/dev/kmsg", "w") as f:
+        f.write("WARNING: CPU: 0 PID: %d at net/core/sock_map.c:1 kconform_injected+0x0/0x10\n"
+                % os.getpid())
+    return "written"
+
+
+def kill_agent():
+    os._exit(3)

@@ -1,0 +1,85 @@
+"""Expectations: version bounds, verdicts, and the suite's own data file."""
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+from harness import expectations as ex
+
+CASES = Path(__file__).resolve().parent.parent / "cases"
+
+
+@pytest.mark.parametrize("version, bounds, expected", [
+    ((6, 7, 0), ["6.7"], True),
+    ((6, 6, 99), ["6.7"], False),
+    ((6, 1, 72), ["6.7", "6.1.72"], True),
+    ((6, 1, 71), ["6.7", "6.1.72"], False),
+    ((6, 6, 1), ["6.7", "6.1.72"], False),   # a 6.1 backport says nothing about 6.6
+    ((7, 2, 13), ["6.7", "6.1.72"], True),
+])
+def test_a_change_is_present_from_mainline_or_its_stable_backport(version, bounds, expected):
+    assert ex.has_change(version, [ex.parse_upstream_version(b) for b in bounds]) is expected
+
+
+def _behaviour(*outcomes):
+    return ex.Behaviour("X1", "title", "section", tuple(outcomes))
+
+
+OLD = ex.Outcome({"errno": "EOPNOTSUPP"}, "old source", until=((5, 15, 0),), reason="unix added 5.15")
+NEW = ex.Outcome({"errno": "OK"}, "new source", since=((5, 15, 0),))
+
+
+def test_newer_kernel_gets_the_documented_outcome():
+    verdict = ex.judge(_behaviour(OLD, NEW), (6, 1, 0), {"errno": "OK"})
+    assert verdict.verdict == ex.PASS
+
+
+def test_older_behaviour_is_asserted_as_an_expected_difference():
+    verdict = ex.judge(_behaviour(OLD, NEW), (5, 10, 0), {"errno": "EOPNOTSUPP"})
+    assert verdict.verdict == ex.EXPECTED_DIFFERENCE and verdict.outcome.reason
+
+
+def test_unexpected_pass_on_an_old_kernel_is_a_failure():
+    verdict = ex.judge(_behaviour(OLD, NEW), (5, 10, 0), {"errno": "OK"})
+    assert verdict.verdict == ex.FAIL
+    assert "expected 'EOPNOTSUPP', observed 'OK'" in verdict.message("k", "5.10.1")
+
+
+def test_overlapping_or_missing_bounds_are_rejected():
+    with pytest.raises(ValueError, match="2 outcomes apply"):
+        ex.judge(_behaviour(NEW, ex.Outcome({}, "s")), (6, 1, 0), {})
+    with pytest.raises(ValueError, match="0 outcomes apply"):
+        ex.judge(_behaviour(NEW), (5, 10, 0), {})
+
+
+def test_variant_tables_pick_the_map_type():
+    both = ex.Outcome({"sockmap": {"e": "EINVAL"}, "sockhash": {"e": "ENOENT"}}, "s")
+    assert ex.judge(_behaviour(both), (6, 1, 0), {"e": "ENOENT"}, "sockhash").verdict == ex.PASS
+    assert ex.judge(_behaviour(both), (6, 1, 0), {"e": "ENOENT"}, "sockmap").verdict == ex.FAIL
+
+
+def test_suite_data_covers_every_kernel_once_and_cites_sources():
+    behaviours = ex.load()
+    for behaviour in behaviours.values():
+        for version in [(5, 10, 223), (6, 1, 176), (6, 12, 117), (7, 2, 13), (7, 3, 4)]:
+            behaviour.outcome_for(version)  # raises on gaps or overlaps
+        assert all(o.source for o in behaviour.outcomes)
+
+
+def test_every_behaviour_a_case_names_is_in_the_data():
+    behaviours = ex.load()
+    used = set()
+    for module in CASES.glob("test_*.py"):
+        used |= set(re.findall(r'expect\(\s*"([A-Z]\d+)"', module.read_text()))
+    assert used, "no case calls expect()"
+    assert used <= set(behaviours), used - set(behaviours)
+
+
+def test_every_guest_function_a_case_calls_exists():
+    for module in CASES.glob("test_*.py"):
+        called = set(re.findall(r'guest\.call\(\s*"(\w+)"', module.read_text()))
+        guest_side = CASES / "guest" / (module.stem[len("test_"):] + ".py")
+        defined = {n.name for n in ast.parse(guest_side.read_text()).body
+                   if isinstance(n, ast.FunctionDef)} if guest_side.exists() else set()
+        assert called <= defined, (module.name, called - defined)

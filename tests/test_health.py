@@ -1,0 +1,41 @@
+"""Splat detection and taint, on saved kernel logs."""
+import datetime
+from pathlib import Path
+
+from harness.health import HealthRules
+from harness.session import crash_fingerprint
+
+DATA = Path(__file__).parent / "data"
+
+
+def test_clean_boot_log_has_no_findings():
+    lines = (DATA / "boot-6.1-clean.log").read_text().splitlines()
+    assert HealthRules().check_lines(lines) == []
+
+
+def test_warning_splat_is_found():
+    findings = HealthRules().check({"log_during": [
+        "[   20.1] ------------[ cut here ]------------",
+        "[   20.1] WARNING: CPU: 0 PID: 312 at net/core/skmsg.c:123 sk_psock_drop+0x1/0x2",
+        "[   20.1] Call Trace:"], "taint_before": 0, "taint_after": 512})
+    kinds = [f.kind for f in findings]
+    assert kinds == ["WARNING", "Call Trace", "taint"]
+
+
+def test_new_unsigned_module_taint_is_not_a_finding():
+    assert HealthRules().check({"log_during": [], "taint_before": 0, "taint_after": 8192}) == []
+
+
+def test_allow_list_entries_expire(tmp_path):
+    rules = tmp_path / "rules.toml"
+    rules.write_text(
+        'patterns = [{ name = "WARNING", regex = "WARNING: CPU" }]\n'
+        '[[allow]]\nregex = "skmsg"\nreason = "known"\nexpires = "2030-01-01"\n')
+    line = ["WARNING: CPU: 0 PID: 1 at net/core/skmsg.c:1"]
+    assert HealthRules(rules, today=datetime.date(2029, 12, 31)).check_lines(line) == []
+    assert len(HealthRules(rules, today=datetime.date(2030, 1, 2)).check_lines(line)) == 1
+
+
+def test_panic_log_gives_a_fingerprint_of_the_first_frames():
+    lines = (DATA / "panic-6.1-sysrq.log").read_text().splitlines()
+    assert crash_fingerprint(lines) == "sysrq_handle_crash|__handle_sysrq|write_sysrq_trigger|proc_reg_write"

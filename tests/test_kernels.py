@@ -1,0 +1,117 @@
+"""Kernel names, version bounds and cached trees, without booting anything."""
+import json
+import os
+import struct
+
+import pytest
+
+from harness.errors import KconformError
+from harness.kernels import (KernelProvider, bzimage_release, check_manifest, default_kernel_names,
+                             expand_kernel_args, load_specs, parse_kconfig, parse_upstream_version,
+                             system_debian_mirror, write_manifest)
+
+
+def test_every_named_kernel_is_defined_and_ordered_by_series():
+    specs = load_specs()
+    assert list(specs) == ["debian-5.10", "debian-6.1", "debian-6.12", "debian-7.2", "debian-7.3"]
+    for name in default_kernel_names():
+        assert name in specs
+
+
+def test_kernel_args_accept_comma_lists_repeats_and_all():
+    specs = load_specs()
+    assert expand_kernel_args(["debian-6.1,debian-5.10", "debian-6.1"], specs) == \
+        ["debian-6.1", "debian-5.10"]
+    assert expand_kernel_args(["all"], specs) == list(specs)
+
+
+def test_unknown_kernel_name_lists_the_known_ones():
+    with pytest.raises(KconformError) as info:
+        expand_kernel_args(["debian-9.9"], load_specs())
+    assert "debian-9.9" in str(info.value) and "debian-6.12" in str(info.value)
+
+
+def test_upstream_version_comes_from_the_package_version():
+    assert parse_upstream_version("6.1.176-1") == (6, 1, 176)
+    assert parse_upstream_version("7.3.4-1~bpo13+1") == (7, 3, 4)
+    assert parse_upstream_version("6.7") == (6, 7, 0)
+
+
+def test_kconfig_parsing_keeps_set_options_only():
+    config = parse_kconfig("CONFIG_A=y\n# CONFIG_B is not set\nCONFIG_C=m\n")
+    assert config == {"CONFIG_A": "y", "CONFIG_C": "m"}
+
+
+def _fake_bzimage(path, release):
+    image = bytearray(0x600)
+    image[0x202:0x206] = b"HdrS"
+    image[0x20E:0x210] = struct.pack("<H", 0x300 - 0x200)
+    text = f"{release} (builder@host) #1 SMP".encode()
+    image[0x300:0x300 + len(text)] = text
+    path.write_bytes(bytes(image))
+
+
+def test_bzimage_release_is_read_from_the_boot_header(tmp_path):
+    _fake_bzimage(tmp_path / "bzImage", "6.13.0-rc1+")
+    assert bzimage_release(tmp_path / "bzImage") == "6.13.0-rc1+"
+    (tmp_path / "notakernel").write_bytes(b"\0" * 2048)
+    with pytest.raises(KconformError, match="not a bzImage"):
+        bzimage_release(tmp_path / "notakernel")
+
+
+def _tree(root):
+    (root / "boot").mkdir(parents=True)
+    (root / "boot" / "vmlinuz-1.0").write_bytes(b"kernel" * 100)
+    (root / "lib/modules/1.0").mkdir(parents=True)
+    (root / "lib/modules/1.0/a.ko").write_bytes(b"module" * 50)
+    write_manifest(root, {"release": "1.0", "package_version": "1.0-1"})
+
+
+def test_manifest_catches_truncated_and_changed_files(tmp_path):
+    _tree(tmp_path)
+    assert check_manifest(tmp_path)[0]["release"] == "1.0"
+    os.truncate(tmp_path / "lib/modules/1.0/a.ko", 10)
+    assert "a.ko" in check_manifest(tmp_path)[1]
+    _tree(tmp_path / "again")
+    (tmp_path / "again/boot/vmlinuz-1.0").write_bytes(b"KERNEL" * 100)  # same size, other bytes
+    assert "sha256" in check_manifest(tmp_path / "again")[1]
+
+
+def test_a_damaged_cached_kernel_is_fetched_again(tmp_path, monkeypatch):
+    """The provider drops a damaged tree and rebuilds it, instead of booting it."""
+    provider = KernelProvider(cache=tmp_path)
+    spec = provider.specs["debian-6.1"]
+    root = tmp_path / "trees" / "1.0_1.0-1"
+    _tree(root)
+    os.truncate(root / "boot/vmlinuz-1.0", 3)
+    fetched = []
+    monkeypatch.setattr(provider, "_resolve", lambda s: ("1.0", "1.0-1"))
+    monkeypatch.setattr(provider, "_fetch", lambda s, abi, version, dest: (fetched.append(version),
+                                                                           _tree(dest)))
+    tree = provider.get("debian-6.1")
+    assert fetched == ["1.0-1"] and tree.package_version == "1.0-1" and spec.name == tree.name
+
+
+def test_offline_resolution_falls_back_to_the_cached_kernel(tmp_path, monkeypatch):
+    monkeypatch.setenv("KCONFORM_DEBIAN_MIRROR", "http://127.0.0.1:9/debian")
+    provider = KernelProvider(cache=tmp_path, refresh=True)
+    _tree(tmp_path / "trees" / "1.0_1.0-1")
+    (tmp_path / "resolved").mkdir()
+    (tmp_path / "resolved" / "debian-6.1.json").write_text(
+        json.dumps({"abi": "1.0", "version": "1.0-1", "at": 0}))
+    messages = []
+    provider.log = messages.append
+    assert provider.get("debian-6.1").package_version == "1.0-1"
+    assert any("cannot reach the Debian archive" in m for m in messages)
+
+
+def test_offline_without_a_cached_kernel_says_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setenv("KCONFORM_DEBIAN_MIRROR", "http://127.0.0.1:9/debian")
+    provider = KernelProvider(cache=tmp_path)
+    with pytest.raises(KconformError, match="cannot reach the Debian archive.*KCONFORM_DEBIAN_MIRROR"):
+        provider.get("debian-6.1")
+
+
+def test_mirror_override_wins(monkeypatch):
+    monkeypatch.setenv("KCONFORM_DEBIAN_MIRROR", "http://mirror.example/debian/")
+    assert system_debian_mirror() == "http://mirror.example/debian"
