@@ -18,3 +18,8 @@ def test_lookup_with_u64_value_returns_socket_cookie(guest, expect, map_type):
 def test_lookup_with_u32_value_fails_enospc(guest, expect, map_type):
     observed = guest.call("lookup_inserted_tcp_socket", map_type=map_type, value_size=4)
     expect("L2", observed, variant=map_type)
+
+
+@pytest.mark.parametrize("map_type", MAP_TYPES)
+def test_lookup_of_a_missing_entry_is_enoent(guest, expect, map_type):
+    expect("L3", guest.call("lookup_missing", map_type=map_type), variant=map_type)

@@ -366,8 +366,9 @@ class KernelProvider:
             apt = AptArchive(self.cache / "apt", mirror)
             self.log(f"{spec.name}: asking the archive for the current {spec.meta} "
                      f"in {', '.join(spec.suites)}")
-            apt.update(spec)
-            abi, version = apt.resolve(spec)
+            with self._lock("apt"):  # apt locks its lists; other workers wait instead of failing
+                apt.update(spec)
+                abi, version = apt.resolve(spec)
         except KernelUnavailable as exc:
             if recent and (self.trees_dir / f"{recent['abi']}_{recent['version']}").exists():
                 self.log(f"{spec.name}: {exc}\n{spec.name}: using the cached "
@@ -388,7 +389,9 @@ class KernelProvider:
             debs_dir.mkdir()
             tree.mkdir()
             self.log(f"{spec.name}: downloading {version}: {', '.join(packages)}")
-            for deb in apt.download(spec, packages, version, debs_dir):
+            with self._lock("apt"):
+                debs = apt.download(spec, packages, version, debs_dir)
+            for deb in debs:
                 proc = subprocess.run(["dpkg-deb", "-x", str(deb), str(tree)],
                                       capture_output=True, text=True)
                 if proc.returncode != 0:
@@ -415,11 +418,12 @@ class KernelProvider:
 
     @contextlib.contextmanager
     def _lock(self, key: str):
-        """One fetch per kernel at a time, across xdist workers and concurrent runs."""
+        """Serialise across xdist workers and concurrent runs: one fetch per kernel, one apt."""
         for stale in self.trees_dir.glob(".staging-*"):
             # A staging dir older than an hour is from a run that died; nobody holds it.
-            if time.time() - stale.stat().st_mtime > 3600:
-                shutil.rmtree(stale, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                if time.time() - stale.stat().st_mtime > 3600:
+                    shutil.rmtree(stale, ignore_errors=True)
         with open(self.trees_dir / f".lock-{key}", "w") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             yield

@@ -310,18 +310,23 @@ def _failure_text(exc: GuestFailure, info: KernelInfo | None) -> str:
 def guest(request: pytest.FixtureRequest, kernel: str) -> CaseGuest:
     run = request.config.stash[RUN_KEY]
     item = request.node
+    problem = None  # failed outside the except blocks, so reports are not exception chains
     try:
         tree = run.pool.tree(kernel)
     except KconformError as exc:
-        pytest.fail(str(exc), pytrace=False)
+        problem = str(exc)
+    if problem:
+        pytest.fail(problem, pytrace=False)
     _skip_without_config(item, kernel, tree)
     try:
         session = run.pool.session(kernel)
     except GuestFailure as exc:
         item.stash[CRASHED_KEY] = True
-        pytest.fail(_failure_text(exc, run.kernels.get(kernel)), pytrace=False)
+        problem = _failure_text(exc, run.kernels.get(kernel))
     except KconformError as exc:
-        pytest.fail(str(exc), pytrace=False)
+        problem = str(exc)
+    if problem:
+        pytest.fail(problem, pytrace=False)
     info = run.kernels[kernel]
     item.user_properties += [("kernel", kernel), ("kernel_version", info.exact_version),
                              ("uname", info.uname)]
@@ -337,6 +342,23 @@ def _skip_without_config(item: pytest.Item, kernel: str, tree: KernelTree) -> No
     if missing:
         pytest.skip(f"{kernel} is built without {', '.join(missing)} "
                     f"(read from {tree.config_path})")
+
+
+@pytest.fixture(scope="session")
+def bpf_object(request: pytest.FixtureRequest):
+    """bpf_object("sockmap_progs") -> path of cases/bpf/sockmap_progs.bpf.c built (and cached)."""
+    from .bpf import BpfBuildError, build
+    built: dict[str, str] = {}
+
+    def get(name: str) -> str:
+        if name not in built:
+            try:
+                built[name] = str(build(name))
+            except BpfBuildError as exc:
+                raise pytest.fail.Exception(str(exc), pytrace=False) from None
+        return built[name]
+
+    return get
 
 
 @pytest.fixture

@@ -17,7 +17,10 @@ def test_suite_passes_on_5_10_and_6_1_with_one_boot_per_kernel(run_pytest, tmp_p
     proc = run_pytest("cases", "--kernel", "debian-5.10,debian-6.1", "-n", "2",
                       f"--junitxml={junit}")
     assert proc.returncode == 0
-    assert re.search(r"\b8 passed\b", proc.stdout)
+    assert re.search(r"\b\d{3} passed\b", proc.stdout) and "failed" not in proc.stdout
+    # 5.10 predates unix sockets in sockmap and skb_verdict: the differences are asserted
+    assert re.search(r"debian-5.10: 5\.10\.\S+ \(uname [^)]+\): \d+ expected-difference", proc.stdout)
+    assert re.search(r"debian-6.1: 6\.1\.\S+ \(uname [^)]+\): \d+ pass$", proc.stdout, re.M)
     logs = sorted(p.name for p in (proc.results / "console").iterdir())
     # one guest per kernel, on one worker each: loadgroup kept each kernel together
     assert len(logs) == 2 and logs[0].startswith("debian-5.10-gw") and logs[1].startswith("debian-6.1-gw")

@@ -18,3 +18,13 @@ def lookup_inserted_tcp_socket(map_type, value_size):
         if got:
             observed["value_is_so_cookie"] = int.from_bytes(got[0], "little") == socket_cookie(cli)
         return observed
+
+
+def lookup_missing(map_type):
+    """An empty slot, a key never inserted, and (sockmap) an index past max_entries."""
+    import os
+    fd = bpf.map_create(map_type, 4, 8, 2)
+    obs = {"empty_or_missing": outcome(bpf.map_lookup, fd, bpf.u32(0), 8),
+           "past_max_entries": outcome(bpf.map_lookup, fd, bpf.u32(7), 8)}
+    os.close(fd)
+    return obs

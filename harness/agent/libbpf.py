@@ -24,10 +24,13 @@ BPF_ANY, BPF_NOEXIST, BPF_EXIST, BPF_F_LOCK = 0, 1, 2, 4
 BPF_F_INGRESS = 1
 
 
+# Where two names share a number, the one the kernel source and the docs use.
+_PREFERRED = {ENOTSUPP: "ENOTSUPP", _errno.EOPNOTSUPP: "EOPNOTSUPP", _errno.EAGAIN: "EAGAIN",
+              _errno.EDEADLK: "EDEADLK"}
+
+
 def errno_name(code):
-    if code == ENOTSUPP:
-        return "ENOTSUPP"
-    return _errno.errorcode.get(code, "E%d" % code)
+    return _PREFERRED.get(code) or _errno.errorcode.get(code, "E%d" % code)
 
 
 class BpfError(OSError):

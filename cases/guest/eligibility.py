@@ -1,0 +1,55 @@
+"""Guest side of cases/test_eligibility.py: which sockets a map accepts, by family and state."""
+import os
+import socket
+
+from harness.agent import libbpf as bpf
+from harness.agent.observe import outcome
+from harness.agent.sockets import closing_all, tcp_listener, tcp_pair, udp_pair, unix_pair
+
+
+def _insert(map_type, sock):
+    fd = bpf.map_create(map_type, 4, 8, 4)
+    try:
+        return outcome(bpf.map_update, fd, bpf.u32(0), bpf.u64(sock.fileno()))
+    finally:
+        os.close(fd)
+
+
+def tcp_states(map_type, family):
+    fam = socket.AF_INET6 if family == "ipv6" else socket.AF_INET
+    host = "::1" if fam == socket.AF_INET6 else "127.0.0.1"
+    new = socket.socket(fam, socket.SOCK_STREAM)
+    bound = socket.socket(fam, socket.SOCK_STREAM)
+    bound.bind((host, 0))
+    listener = tcp_listener(fam)
+    cli, srv = tcp_pair(fam)
+    with closing_all(new, bound, listener, cli, srv):
+        return {"new": _insert(map_type, new), "bound": _insert(map_type, bound),
+                "listening": _insert(map_type, listener), "established": _insert(map_type, cli),
+                "accepted": _insert(map_type, srv)}
+
+
+def udp_states(map_type, family):
+    fam = socket.AF_INET6 if family == "ipv6" else socket.AF_INET
+    host = "::1" if fam == socket.AF_INET6 else "127.0.0.1"
+    unbound = socket.socket(fam, socket.SOCK_DGRAM)
+    bound = socket.socket(fam, socket.SOCK_DGRAM)
+    bound.bind((host, 0))
+    a, b = udp_pair(fam)
+    with closing_all(unbound, bound, a, b):
+        return {"unbound": _insert(map_type, unbound), "bound": _insert(map_type, bound),
+                "connected": _insert(map_type, a)}
+
+
+def unix_kinds(map_type):
+    sa, sb = unix_pair(socket.SOCK_STREAM)
+    da, db = unix_pair(socket.SOCK_DGRAM)
+    with closing_all(sa, sb, da, db):
+        return {"stream_pair": _insert(map_type, sa), "dgram_pair": _insert(map_type, da)}
+
+
+def other_families(map_type):
+    raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    packet = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+    with closing_all(raw, packet):
+        return {"raw_inet": _insert(map_type, raw), "packet": _insert(map_type, packet)}

@@ -1,0 +1,36 @@
+"""Map creation (BPF_MAP_CREATE): the sizes and flags a sockmap/sockhash accepts.
+
+map_sockmap.rst, note under the introduction: the value type is either __u32 or __u64.
+"""
+import pytest
+
+BOTH = pytest.mark.parametrize("map_type", ["sockmap", "sockhash"])
+
+
+@BOTH
+def test_value_size_4_and_8_are_accepted(guest, expect, map_type):
+    expect("C1", guest.call("create_with_value_sizes", map_type=map_type), map_type)
+
+
+@BOTH
+def test_value_size_other_than_4_or_8_is_einval(guest, expect, map_type):
+    expect("C3", guest.call("create_with_bad_value_size", map_type=map_type), map_type)
+
+
+def test_sockmap_key_size_other_than_4_is_einval(guest, expect):
+    expect("C2", guest.call("create_with_key_size", map_type="sockmap", key_size=8))
+
+
+@pytest.mark.parametrize("key_size, behaviour", [(0, "C6a"), (513, "C6b"), (512, "C6c"), (1, "C6c")])
+def test_sockhash_key_size_limits(guest, expect, key_size, behaviour):
+    expect(behaviour, guest.call("create_with_key_size", map_type="sockhash", key_size=key_size))
+
+
+@BOTH
+def test_zero_max_entries_is_einval(guest, expect, map_type):
+    expect("C4", guest.call("create_with_zero_entries", map_type=map_type), map_type)
+
+
+@BOTH
+def test_no_prealloc_flag_is_einval(guest, expect, map_type):
+    expect("C5", guest.call("create_with_no_prealloc", map_type=map_type), map_type)

@@ -1,0 +1,26 @@
+"""Deleting entries (bpf_map_delete_elem), and entries leaving when their socket goes.
+
+map_sockmap.rst, "User space / bpf_map_delete_elem()": returns 0 on success, or negative error.
+"""
+import pytest
+
+BOTH = pytest.mark.parametrize("map_type", ["sockmap", "sockhash"])
+
+
+@BOTH
+def test_delete_of_a_present_entry_removes_it(guest, expect, map_type):
+    expect("D0", guest.call("delete_present", map_type=map_type), map_type)
+
+
+def test_sockmap_delete_of_empty_or_out_of_range_slot_is_einval(guest, expect):
+    expect("D1", guest.call("delete_missing", map_type="sockmap"))
+
+
+def test_sockhash_delete_of_missing_key_is_enoent(guest, expect):
+    expect("D2", guest.call("delete_missing", map_type="sockhash"))
+
+
+@BOTH
+def test_closed_socket_leaves_the_map(guest, expect, map_type):
+    expect("D3", guest.call("closed_socket_leaves_map", map_type=map_type), map_type)
+

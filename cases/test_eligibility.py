@@ -1,0 +1,48 @@
+"""Which sockets a sockmap/sockhash accepts (socket family, type and state).
+
+map_sockmap.rst, "User space / bpf_map_update_elem()": the update retrieves the socket behind
+the fd and attaches a psock; sockets that cannot carry one are refused.
+"""
+import pytest
+
+BOTH = pytest.mark.parametrize("map_type", ["sockmap", "sockhash"])
+FAMILIES = pytest.mark.parametrize("family", ["ipv4", "ipv6"])
+
+
+@BOTH
+@FAMILIES
+def test_tcp_socket_not_listening_or_connected_is_eopnotsupp(guest, expect, map_type, family):
+    expect("U8", guest.call("tcp_states", map_type=map_type, family=family), map_type)
+
+
+@BOTH
+@FAMILIES
+def test_tcp_listening_and_established_sockets_are_accepted(guest, expect, map_type, family):
+    expect("U9", guest.call("tcp_states", map_type=map_type, family=family), map_type)
+
+
+@BOTH
+@FAMILIES
+def test_udp_socket_never_bound(guest, expect, map_type, family):
+    expect("U10", guest.call("udp_states", map_type=map_type, family=family), map_type)
+
+
+@BOTH
+@FAMILIES
+def test_udp_bound_and_connected_sockets_are_accepted(guest, expect, map_type, family):
+    expect("U11", guest.call("udp_states", map_type=map_type, family=family), map_type)
+
+
+@BOTH
+def test_unix_dgram_socket(guest, expect, map_type):
+    expect("U12", guest.call("unix_kinds", map_type=map_type), map_type)
+
+
+@BOTH
+def test_unix_stream_socketpair(guest, expect, map_type):
+    expect("U13", guest.call("unix_kinds", map_type=map_type), map_type)
+
+
+@BOTH
+def test_raw_and_packet_sockets_are_eopnotsupp(guest, expect, map_type):
+    expect("U16", guest.call("other_families", map_type=map_type), map_type)

@@ -1,0 +1,59 @@
+"""Builds the cases' BPF C programs on the host with clang, cached by content hash.
+
+The guest shares the host's root, so a built object's cache path is also its path in the guest.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from .errors import KconformError
+from .paths import REPO_ROOT, cache_dir
+
+BPF_DIR = REPO_ROOT / "cases" / "bpf"
+ARCH_INCLUDE = "/usr/include/x86_64-linux-gnu"  # asm/types.h for -target bpf on Debian
+
+
+class BpfBuildError(KconformError):
+    pass
+
+
+def clang_command(source: Path, output: Path) -> list[str]:
+    return ["clang", "-O2", "-g", "-target", "bpf", "-D__TARGET_ARCH_x86", "-Wall", "-Werror",
+            f"-I{ARCH_INCLUDE}", f"-I{BPF_DIR}", "-c", str(source), "-o", str(output)]
+
+
+def _inputs_digest(source: Path, clang_version: str) -> str:
+    h = hashlib.sha256(clang_version.encode())
+    for path in [source, *sorted(BPF_DIR.glob("*.h"))]:
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    h.update(" ".join(clang_command(Path("src"), Path("out"))).encode())
+    return h.hexdigest()[:24]
+
+
+def build(name: str, cache: Path | None = None) -> Path:
+    """cases/bpf/<name>.bpf.c -> a cached .o; rebuilt only when its inputs change."""
+    source = BPF_DIR / f"{name}.bpf.c"
+    if not source.exists():
+        raise BpfBuildError(f"no BPF source {source}")
+    if not shutil.which("clang"):
+        raise BpfBuildError("clang not found: install clang, llvm and libbpf-dev "
+                            "(apt-get install clang llvm libbpf-dev), or run ./kconform")
+    version = subprocess.run(["clang", "--version"], capture_output=True, text=True).stdout
+    out_dir = (cache or cache_dir()) / "bpf"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / f"{name}-{_inputs_digest(source, version)}.o"
+    if target.exists():
+        return target
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}-", suffix=".o", dir=out_dir)
+    os.close(fd)
+    proc = subprocess.run(clang_command(source, Path(tmp)), capture_output=True, text=True)
+    if proc.returncode != 0:
+        os.unlink(tmp)
+        raise BpfBuildError(f"building {source.name} failed:\n{proc.stderr.strip()}")
+    os.replace(tmp, target)  # concurrent builders of the same inputs write the same bytes
+    return target
