@@ -1,7 +1,6 @@
 """./kconform subcommands. Each one ends in a pytest run, so pytest's own options pass through."""
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 

@@ -12,7 +12,7 @@ import json
 import os
 import re
 import signal
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -21,7 +21,7 @@ from . import expectations
 from .accel import choose_accel
 from .errors import KconformError
 from .health import HealthRules
-from .kernels import KernelProvider, KernelTree, default_kernel_names, expand_kernel_args, load_specs
+from .kernels import KernelProvider, KernelTree, expand_kernel_args, load_specs
 from .session import BootFailure, GuestCallError, GuestFailure, GuestSession
 from .vm import kill_all_guests
 
@@ -49,7 +49,6 @@ def pytest_addoption(parser):
     group.addoption("--expectations", default=None, metavar="FILE",
                     help="expectations file to judge with (default: cases/expectations.toml)")
     group.addoption("--guest-memory", default="1G", help="memory per guest (default 1G)")
-    parser.addini("kconform_default_kernels", "unused; see kernels/default.txt", default="")
 
 
 # ----------------------------------------------------------------------------- run state

@@ -3,7 +3,6 @@
 These boot Debian kernels under QEMU (TCG here), so they take minutes; `-m "not vm"` skips them.
 """
 import re
-from pathlib import Path
 
 import pytest
 

@@ -1,4 +1,6 @@
 """Guest side of cases/test_create.py: map creation through BPF_MAP_CREATE."""
+import os
+
 from harness.agent import libbpf as bpf
 from harness.agent.observe import outcome
 
@@ -7,9 +9,7 @@ BPF_F_NO_PREALLOC = 1
 
 def _create(map_type, key_size=4, value_size=8, max_entries=4, map_flags=0):
     def attempt():
-        fd = bpf.map_create(map_type, key_size, value_size, max_entries, map_flags=map_flags)
-        import os
-        os.close(fd)
+        os.close(bpf.map_create(map_type, key_size, value_size, max_entries, map_flags=map_flags))
     return outcome(attempt)
 
 

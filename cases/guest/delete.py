@@ -1,12 +1,10 @@
 """Guest side of cases/test_delete.py: deleting entries, and entries leaving with their socket."""
 import os
-import socket
 import time
 
 from harness.agent import libbpf as bpf
-from harness.agent.libbpf import errno_name
 from harness.agent.observe import outcome
-from harness.agent.sockets import closing_all, tcp_listener, tcp_pair
+from harness.agent.sockets import closing_all, tcp_pair
 
 
 def delete_missing(map_type):

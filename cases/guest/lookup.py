@@ -1,4 +1,6 @@
 """Guest side of cases/test_lookup.py: what user space gets back from a sockmap lookup."""
+import os
+
 from harness.agent import libbpf as bpf
 from harness.agent.observe import outcome, socket_cookie
 from harness.agent.sockets import closing_all, tcp_pair
@@ -22,7 +24,6 @@ def lookup_inserted_tcp_socket(map_type, value_size):
 
 def lookup_missing(map_type):
     """An empty slot, a key never inserted, and (sockmap) an index past max_entries."""
-    import os
     fd = bpf.map_create(map_type, 4, 8, 2)
     obs = {"empty_or_missing": outcome(bpf.map_lookup, fd, bpf.u32(0), 8),
            "past_max_entries": outcome(bpf.map_lookup, fd, bpf.u32(7), 8)}

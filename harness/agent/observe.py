@@ -1,5 +1,4 @@
 """Turning guest-side actions into observations: an errno name, or "OK"."""
-import errno
 import socket
 
 from .libbpf import errno_name
@@ -21,6 +20,3 @@ SO_COOKIE = 57  # not exported by Python's socket module
 
 def socket_cookie(sock):
     return int.from_bytes(sock.getsockopt(socket.SOL_SOCKET, SO_COOKIE, 8), "little")
-
-
-
