@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from .accel import choose_accel
+from .accel import Accel, choose_accel
 from .kernels import KernelProvider, expand_kernel_args, load_specs
 from .session import GuestSession
 
@@ -29,9 +29,8 @@ def agent_start_seconds(console: list[str], hello_uptime: float) -> float | None
     return None
 
 
-def measure(name: str, provider: KernelProvider, calls: int, results: Path) -> dict:
+def measure(name: str, provider: KernelProvider, accel: Accel, calls: int, results: Path) -> dict:
     tree = provider.get(name)
-    accel = choose_accel(cache=provider.cache)
     session = GuestSession(tree, accel, results / f"bench-{name}.log", boot_timeout=300)
     session.start()
     try:
@@ -64,7 +63,8 @@ def main(argv: list[str]) -> int:
     provider = KernelProvider(log=lambda m: print(f"kconform: {m}", file=sys.stderr))
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    rows = [measure(n, provider, args.calls, out.parent) for n in names]
+    accel = choose_accel(cache=provider.cache)
+    rows = [measure(n, provider, accel, args.calls, out.parent) for n in names]
     header = f"{'kernel':14} {'version':12} {'accel':5} {'boot s':>7} {'agent s':>8} " \
              f"{'call ms':>8} {'overhead ms':>12} {'target':>8}"
     print(header)

@@ -59,6 +59,13 @@ class HealthRules:
                     break
         return findings
 
+    def first_splat(self, lines: list[str]) -> int | None:
+        """Index of the first line that matches a splat pattern (allowed or not): evidence starts there."""
+        for i, line in enumerate(lines):
+            if any(regex.search(line) for _, regex in self.patterns):
+                return i
+        return None
+
     def check(self, health: dict) -> list[Finding]:
         findings = self.check_lines(health.get("log_during", []))
         before, after = health.get("taint_before", 0), health.get("taint_after", 0)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import atexit
 import json
 import os
-import re
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -272,7 +271,8 @@ class CaseGuest:
             failure = exc
         if failure:  # failed outside the except block, so the report is not an exception chain
             self.item.stash[CRASHED_KEY] = True
-            pytest.fail(_failure_text(failure, self.run.kernels.get(self.kernel)), pytrace=False)
+            pytest.fail(_failure_text(failure, self.run.kernels.get(self.kernel),
+                                      self.run.health), pytrace=False)
         self._check_health(result.health)
         return result.result
 
@@ -286,17 +286,15 @@ class CaseGuest:
                         f"kernel log during the test:\n{log}", pytrace=False)
 
 
-_SPLAT_START = re.compile(r"Kernel panic|BUG:|Oops:|WARNING: |general protection|sysrq: Trigger")
-
-
-def _failure_text(exc: GuestFailure, info: KernelInfo | None) -> str:
+def _failure_text(exc: GuestFailure, info: KernelInfo | None, rules: HealthRules) -> str:
     text = [str(exc)]
     if exc.fingerprint:
         text.append(f"crash fingerprint: {exc.fingerprint}")
     if exc.console:
         # From the first splat line when there is one: the panic message is the evidence.
-        start = next((i for i, line in enumerate(exc.console) if _SPLAT_START.search(line)),
-                     max(0, len(exc.console) - 40))
+        start = rules.first_splat(exc.console)
+        if start is None:
+            start = max(0, len(exc.console) - 40)
         text.append("console lines:")
         text += [f"  | {line}" for line in exc.console[start:start + 80]]
     if info:
@@ -321,7 +319,7 @@ def guest(request: pytest.FixtureRequest, kernel: str) -> CaseGuest:
         session = run.pool.session(kernel)
     except GuestFailure as exc:
         item.stash[CRASHED_KEY] = True
-        problem = _failure_text(exc, run.kernels.get(kernel))
+        problem = _failure_text(exc, run.kernels.get(kernel), run.health)
     except KconformError as exc:
         problem = str(exc)
     if problem:

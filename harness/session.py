@@ -87,7 +87,7 @@ def crash_fingerprint(lines: list[str], frames: int = 4) -> str | None:
             continue
         found = []
         for follow in lines[i + 1:]:
-            text = follow.split("] ", 1)[-1] if "] " in follow else follow
+            text = follow.split("] ", 1)[-1]
             if "RIP:" in text or "---[" in text or "</TASK>" in text:
                 break
             m = _FRAME.match(text)

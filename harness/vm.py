@@ -36,7 +36,7 @@ def guest_python() -> str:
 
 
 def guest_name() -> str:
-    """QEMU's -name for this run's guests: lets anyone find (pgrep -f) what a run left behind."""
+    """QEMU's -name for this process's guests: pgrep -f finds what a process left behind."""
     return f"kconform-{os.getpid()}"
 
 

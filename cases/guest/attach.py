@@ -1,6 +1,4 @@
 """Guest side of cases/test_attach.py: attaching programs to maps, and what they do to inserts."""
-import os
-
 from harness.agent import libbpf as bpf
 from harness.agent.observe import outcome
 from harness.agent.sockets import closing_all, tcp_pair
@@ -39,15 +37,12 @@ def stream_and_skb_verdict_together(obj, map_type, first):
 
 def socket_with_programs_into_second_map(obj, map_type, with_programs):
     """A socket that inherited parser+verdict from one map, inserted into another map."""
-    with bpf.BpfObject(obj) as o:
+    with bpf.BpfObject(obj) as o, bpf.created_map(map_type, 4, 8, 4) as second:
         first = o.map_fd(MAPS[map_type])
-        second = bpf.map_create(map_type, 4, 8, 4)
         for fd in ([first, second] if with_programs else [first]):
             bpf.prog_attach(o.prog_fd("prog_parser"), fd, "stream_parser")
             bpf.prog_attach(o.prog_fd("prog_verdict_pass"), fd, "stream_verdict")
         a, b = tcp_pair()
         with closing_all(a, b):
-            obs = {"first_map": outcome(bpf.map_update, first, bpf.u32(0), bpf.u64(a.fileno())),
-                   "second_map": outcome(bpf.map_update, second, bpf.u32(0), bpf.u64(a.fileno()))}
-        os.close(second)
-        return obs
+            return {"first_map": outcome(bpf.map_update, first, bpf.u32(0), bpf.u64(a.fileno())),
+                    "second_map": outcome(bpf.map_update, second, bpf.u32(0), bpf.u64(a.fileno()))}

@@ -1,6 +1,4 @@
 """Guest side of cases/test_create.py: map creation through BPF_MAP_CREATE."""
-import os
-
 from harness.agent import libbpf as bpf
 from harness.agent.observe import outcome
 
@@ -9,7 +7,8 @@ BPF_F_NO_PREALLOC = 1
 
 def _create(map_type, key_size=4, value_size=8, max_entries=4, map_flags=0):
     def attempt():
-        os.close(bpf.map_create(map_type, key_size, value_size, max_entries, map_flags=map_flags))
+        with bpf.created_map(map_type, key_size, value_size, max_entries, map_flags=map_flags):
+            pass
     return outcome(attempt)
 
 

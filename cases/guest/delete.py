@@ -1,5 +1,4 @@
 """Guest side of cases/test_delete.py: deleting entries, and entries leaving with their socket."""
-import os
 import time
 
 from harness.agent import libbpf as bpf
@@ -8,22 +7,17 @@ from harness.agent.sockets import closing_all, tcp_pair
 
 
 def delete_missing(map_type):
-    fd = bpf.map_create(map_type, 4, 8, 2)
-    obs = {"missing_key": outcome(bpf.map_delete, fd, bpf.u32(0)),
-           "key_past_max_entries": outcome(bpf.map_delete, fd, bpf.u32(5))}
-    os.close(fd)
-    return obs
+    with bpf.created_map(map_type, 4, 8, 2) as fd:
+        return {"missing_key": outcome(bpf.map_delete, fd, bpf.u32(0)),
+                "key_past_max_entries": outcome(bpf.map_delete, fd, bpf.u32(5))}
 
 
 def delete_present(map_type):
-    fd = bpf.map_create(map_type, 4, 8, 2)
     a, b = tcp_pair()
-    with closing_all(a, b):
+    with bpf.created_map(map_type, 4, 8, 2) as fd, closing_all(a, b):
         bpf.map_update(fd, bpf.u32(0), bpf.u64(a.fileno()))
-        obs = {"delete": outcome(bpf.map_delete, fd, bpf.u32(0)),
-               "lookup_after": outcome(bpf.map_lookup, fd, bpf.u32(0), 8)}
-    os.close(fd)
-    return obs
+        return {"delete": outcome(bpf.map_delete, fd, bpf.u32(0)),
+                "lookup_after": outcome(bpf.map_lookup, fd, bpf.u32(0), 8)}
 
 
 def _gone_within(fd, key, seconds=2.0):
@@ -37,13 +31,10 @@ def _gone_within(fd, key, seconds=2.0):
 
 
 def closed_socket_leaves_map(map_type):
-    fd = bpf.map_create(map_type, 4, 8, 2)
     a, b = tcp_pair()
-    with closing_all(b):
+    with bpf.created_map(map_type, 4, 8, 2) as fd, closing_all(a, b):
         bpf.map_update(fd, bpf.u32(0), bpf.u64(a.fileno()))
         before = outcome(bpf.map_lookup, fd, bpf.u32(0), 8)
         a.close()
-        obs = {"lookup_before_close": before, "lookup_after_close": _gone_within(fd, bpf.u32(0))}
-    os.close(fd)
-    return obs
+        return {"lookup_before_close": before, "lookup_after_close": _gone_within(fd, bpf.u32(0))}
 

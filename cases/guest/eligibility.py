@@ -1,5 +1,4 @@
 """Guest side of cases/test_eligibility.py: which sockets a map accepts, by family and state."""
-import os
 import socket
 
 from harness.agent import libbpf as bpf
@@ -8,11 +7,8 @@ from harness.agent.sockets import closing_all, tcp_listener, tcp_pair, udp_pair,
 
 
 def _insert(map_type, sock):
-    fd = bpf.map_create(map_type, 4, 8, 4)
-    try:
+    with bpf.created_map(map_type, 4, 8, 4) as fd:
         return outcome(bpf.map_update, fd, bpf.u32(0), bpf.u64(sock.fileno()))
-    finally:
-        os.close(fd)
 
 
 def tcp_states(map_type, family):

@@ -1,6 +1,4 @@
 """Guest side of cases/test_iterate.py: BPF_MAP_GET_NEXT_KEY over sockmap and sockhash."""
-import os
-
 from harness.agent import libbpf as bpf
 from harness.agent.observe import outcome
 from harness.agent.sockets import closing_all, tcp_pair
@@ -19,25 +17,19 @@ def _walk(fd, limit=16):
 
 def sockmap_walk():
     """max_entries 4, only index 1 filled: every index is walked, then ENOENT."""
-    fd = bpf.map_create("sockmap", 4, 8, 4)
     a, b = tcp_pair()
-    with closing_all(a, b):
+    with bpf.created_map("sockmap", 4, 8, 4) as fd, closing_all(a, b):
         bpf.map_update(fd, bpf.u32(1), bpf.u64(a.fileno()))
         keys, end = _walk(fd)
-        obs = {"keys": keys, "end": end,
-               "next_after_last": outcome(bpf.map_get_next_key, fd, bpf.u32(3), 4)}
-    os.close(fd)
-    return obs
+        return {"keys": keys, "end": end,
+                "next_after_last": outcome(bpf.map_get_next_key, fd, bpf.u32(3), 4)}
 
 
 def sockhash_walk():
-    fd = bpf.map_create("sockhash", 4, 8, 4)
     a, b = tcp_pair()
-    with closing_all(a, b):
+    with bpf.created_map("sockhash", 4, 8, 4) as fd, closing_all(a, b):
         bpf.map_update(fd, bpf.u32(10), bpf.u64(a.fileno()))
         bpf.map_update(fd, bpf.u32(20), bpf.u64(b.fileno()))
         keys, end = _walk(fd)
         restart = int.from_bytes(bpf.map_get_next_key(fd, bpf.u32(99), 4), "little")
-        obs = {"keys": sorted(keys), "end": end, "unknown_key_restarts": restart in (10, 20)}
-    os.close(fd)
-    return obs
+        return {"keys": sorted(keys), "end": end, "unknown_key_restarts": restart in (10, 20)}

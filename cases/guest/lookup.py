@@ -1,6 +1,4 @@
 """Guest side of cases/test_lookup.py: what user space gets back from a sockmap lookup."""
-import os
-
 from harness.agent import libbpf as bpf
 from harness.agent.observe import outcome, socket_cookie
 from harness.agent.sockets import closing_all, tcp_pair
@@ -9,9 +7,8 @@ from harness.agent.sockets import closing_all, tcp_pair
 def lookup_inserted_tcp_socket(map_type, value_size):
     """Insert an established TCP socket at key 0, look it up; compare with SO_COOKIE."""
     key_size = 4
-    fd = bpf.map_create(map_type, key_size, value_size, 2)
     cli, srv = tcp_pair()
-    with closing_all(cli, srv):
+    with bpf.created_map(map_type, key_size, value_size, 2) as fd, closing_all(cli, srv):
         value = bpf.u64(cli.fileno()) if value_size == 8 else bpf.u32(cli.fileno())
         update = outcome(bpf.map_update, fd, bpf.u32(0), value)
         got = []
@@ -24,8 +21,6 @@ def lookup_inserted_tcp_socket(map_type, value_size):
 
 def lookup_missing(map_type):
     """An empty slot, a key never inserted, and (sockmap) an index past max_entries."""
-    fd = bpf.map_create(map_type, 4, 8, 2)
-    obs = {"empty_or_missing": outcome(bpf.map_lookup, fd, bpf.u32(0), 8),
-           "past_max_entries": outcome(bpf.map_lookup, fd, bpf.u32(7), 8)}
-    os.close(fd)
-    return obs
+    with bpf.created_map(map_type, 4, 8, 2) as fd:
+        return {"empty_or_missing": outcome(bpf.map_lookup, fd, bpf.u32(0), 8),
+                "past_max_entries": outcome(bpf.map_lookup, fd, bpf.u32(7), 8)}

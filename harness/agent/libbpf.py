@@ -3,6 +3,7 @@
 Only what the cases need, each call mapped one to one. Failures raise BpfError carrying the errno
 name ("EBUSY"), because an errno is what the documented contract talks about.
 """
+import contextlib
 import ctypes
 import errno as _errno
 import os
@@ -108,6 +109,16 @@ def map_create(map_type, key_size, value_size, max_entries, map_flags=0, btf_fd=
     kind = MAP_TYPES.get(map_type, map_type)
     return _check(lib().bpf_map_create(kind, name.encode() if name else None, key_size, value_size,
                                        max_entries, ctypes.byref(opts)), "map_create")
+
+
+@contextlib.contextmanager
+def created_map(map_type, key_size, value_size, max_entries, **kwargs):
+    """A map fd closed when the block ends, even when a step inside fails: the agent lives on."""
+    fd = map_create(map_type, key_size, value_size, max_entries, **kwargs)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
 def u32(v):
