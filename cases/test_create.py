@@ -34,3 +34,14 @@ def test_zero_max_entries_is_einval(guest, expect, map_type):
 @BOTH
 def test_no_prealloc_flag_is_einval(guest, expect, map_type):
     expect("C5", guest.call("create_with_no_prealloc", map_type=map_type), map_type)
+
+
+@BOTH
+def test_creation_without_privileges_is_eperm(guest, expect, map_type):
+    expect("C7", guest.call("create_unprivileged", map_type=map_type), map_type)
+
+
+@BOTH
+def test_btf_key_and_value_types_are_refused(guest, expect, bpf_object, map_type):
+    expect("C8", guest.call("create_with_btf_ids", map_type=map_type,
+                            obj=bpf_object("sockmap_progs")), map_type)

@@ -24,3 +24,8 @@ def test_sockhash_delete_of_missing_key_is_enoent(guest, expect):
 def test_closed_socket_leaves_the_map(guest, expect, map_type):
     expect("D3", guest.call("closed_socket_leaves_map", map_type=map_type), map_type)
 
+
+
+@BOTH
+def test_listener_disconnected_with_connect_af_unspec_stays_until_close(guest, expect, map_type):
+    expect("D3b", guest.call("listener_after_connect_unspec", map_type=map_type), map_type)

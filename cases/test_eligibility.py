@@ -46,3 +46,16 @@ def test_unix_stream_socketpair(guest, expect, map_type):
 @BOTH
 def test_raw_and_packet_sockets_are_eopnotsupp(guest, expect, map_type):
     expect("U16", guest.call("other_families", map_type=map_type), map_type)
+
+
+@BOTH
+def test_unconnected_unix_stream_socket_is_refused(guest, expect, map_type):
+    expect("U14", guest.call("unix_stream_unconnected", map_type=map_type), map_type)
+
+
+@BOTH
+def test_vsock_stream_socket_only_when_connected(guest, expect, map_type):
+    obs = guest.call("vsock_states", map_type=map_type)
+    if "unavailable" in obs:
+        pytest.skip(f"no vsock loopback transport in this guest: {obs['unavailable']}")
+    expect("U15", obs, map_type)

@@ -18,3 +18,39 @@ def test_redirect_helper_delivers_to_the_selected_path(guest, expect, bpf_object
     observed = guest.call("redirect", obj=bpf_object("sockmap_progs"), kind=kind, helper=helper,
                           flags=flags)
     expect("R1", observed, direction)
+
+
+@pytest.mark.parametrize("kind", ["skb", "msg"])
+@pytest.mark.parametrize("helper", ["map", "hash"])
+def test_redirect_flags_other_than_ingress_drop(guest, expect, bpf_object, kind, helper):
+    observed = guest.call("redirect", obj=bpf_object("sockmap_progs"), kind=kind, helper=helper,
+                          flags=2)
+    expect("R2", observed, kind)
+
+
+@pytest.mark.parametrize("kind", ["skb", "msg"])
+@pytest.mark.parametrize("target", ["missing", "listener"])
+def test_redirect_to_a_missing_key_or_a_listener_drops(guest, expect, bpf_object, kind, target):
+    observed = guest.call("redirect", obj=bpf_object("sockmap_progs"), kind=kind, helper="map",
+                          flags=0, target=target)
+    expect("R3", observed, f"{kind}_{target}")
+
+
+# Through a map with a stream parser (P7 refuses such targets on newer kernels) and through a
+# map with only an skb_verdict program.
+@pytest.mark.parametrize("kind", ["skb", "skb_verdict"])
+@pytest.mark.parametrize("target", ["udp", "unix_stream"])
+@pytest.mark.parametrize("direction, flags", [("egress", 0), ("ingress", BPF_F_INGRESS)])
+def test_skb_redirect_to_udp_and_unix_targets(guest, expect, bpf_object, kind, target, direction,
+                                              flags):
+    observed = guest.call("redirect", obj=bpf_object("sockmap_progs"), kind=kind, helper="map",
+                          flags=flags, target=target)
+    expect("R4", observed, f"{kind}_{target}_{direction}")
+
+
+@pytest.mark.parametrize("target", ["udp", "unix_stream"])
+def test_msg_egress_redirect_to_a_non_tcp_socket_drops_with_eacces(guest, expect, bpf_object,
+                                                                  target):
+    observed = guest.call("redirect", obj=bpf_object("sockmap_progs"), kind="msg", helper="map",
+                          flags=0, target=target)
+    expect("R5", observed, target)

@@ -44,3 +44,8 @@ def test_value_that_is_not_a_socket_fd_is_refused(guest, expect, map_type):
 @BOTH
 def test_one_socket_under_two_keys_and_in_two_maps(guest, expect, map_type):
     expect("U17", guest.call("same_socket_twice", map_type=map_type), map_type)
+
+
+@BOTH
+def test_replacing_a_socket_with_itself_then_closing_removes_the_entry(guest, expect, map_type):
+    expect("U19", guest.call("replaced_with_itself_then_closed", map_type=map_type), map_type)

@@ -53,7 +53,9 @@ def build(name: str, cache: Path | None = None) -> Path:
     os.close(fd)
     proc = subprocess.run(clang_command(source, Path(tmp)), capture_output=True, text=True)
     if proc.returncode != 0:
-        os.unlink(tmp)
-        raise BpfBuildError(f"building {source.name} failed:\n{proc.stderr.strip()}")
+        Path(tmp).unlink(missing_ok=True)  # clang removes its output on some errors
+        # A clang backend crash appends a stack dump: the diagnostic is what comes before it.
+        message = proc.stderr.split("PLEASE submit a bug report")[0].strip()
+        raise BpfBuildError(f"building {source.name} failed:\n{message}")
     os.replace(tmp, target)  # concurrent builders of the same inputs write the same bytes
     return target

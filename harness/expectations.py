@@ -50,6 +50,7 @@ class Outcome:
     since: tuple = ()
     until: tuple = ()
     reason: str = ""
+    differs_from_doc: bool = False
 
     def applies(self, version: tuple[int, ...]) -> bool:
         if self.since and not has_change(version, list(self.since)):
@@ -60,7 +61,9 @@ class Outcome:
 
     @property
     def documented(self) -> bool:
-        return not self.until
+        """The doc's behaviour: the newest outcome, unless the kernel is known to disagree with
+        the doc's text (then it is an expected difference on every kernel it applies to)."""
+        return not self.until and not self.differs_from_doc
 
 
 @dataclass(frozen=True)
@@ -89,7 +92,11 @@ def load(path: Path = DEFAULT_FILE) -> dict[str, Behaviour]:
             outcomes.append(Outcome(expect=o["expect"], source=o["source"],
                                     since=tuple(_versions(o.get("since"))),
                                     until=tuple(_versions(o.get("until"))),
-                                    reason=o.get("reason", "")))
+                                    reason=o.get("reason", ""),
+                                    differs_from_doc=bool(o.get("differs_from_doc", False))))
+            if (outcomes[-1].until or outcomes[-1].differs_from_doc) and not outcomes[-1].reason:
+                raise ValueError(f"{path}: {bid}: an outcome that differs from the doc "
+                                 "(until = or differs_from_doc =) needs a reason")
         behaviours[bid] = Behaviour(id=bid, title=table["title"], section=table["section"],
                                     outcomes=tuple(outcomes))
     return behaviours

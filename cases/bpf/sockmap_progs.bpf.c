@@ -75,8 +75,8 @@ int prog_verdict_drop(struct __sk_buff *skb)
 	return SK_DROP;
 }
 
-SEC("sk_skb/stream_verdict")
-int prog_skb_redirect(struct __sk_buff *skb)
+/* Redirect as `cfg` says; shared by the stream_verdict and skb_verdict programs below. */
+static __always_inline int skb_redirect_from_cfg(struct __sk_buff *skb)
 {
 	__u32 zero = 0;
 	struct redirect_cfg *c = bpf_map_lookup_elem(&cfg, &zero);
@@ -94,11 +94,24 @@ int prog_skb_redirect(struct __sk_buff *skb)
 	return ret;
 }
 
+SEC("sk_skb/stream_verdict")
+int prog_skb_redirect(struct __sk_buff *skb)
+{
+	return skb_redirect_from_cfg(skb);
+}
+
 /* Plain "sk_skb": libbpf 1.1 does not know "sk_skb/verdict"; the attach type picks the role. */
 SEC("sk_skb")
 int prog_skb_verdict_pass(struct __sk_buff *skb)
 {
 	return SK_PASS;
+}
+
+/* The same redirect as an skb_verdict program: no parser, so any socket type may sit in the map. */
+SEC("sk_skb")
+int prog_skb_verdict_redirect(struct __sk_buff *skb)
+{
+	return skb_redirect_from_cfg(skb);
 }
 
 SEC("sk_msg")

@@ -1,5 +1,6 @@
 """Guest side of cases/test_eligibility.py: which sockets a map accepts, by family and state."""
 import socket
+import subprocess
 
 from harness.agent import libbpf as bpf
 from harness.agent.observe import outcome
@@ -49,3 +50,40 @@ def other_families(map_type):
     packet = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
     with closing_all(raw, packet):
         return {"raw_inet": _insert(map_type, raw), "packet": _insert(map_type, packet)}
+
+
+def unix_stream_unconnected(map_type):
+    """AF_UNIX stream sockets that are not connected: new, and listening (U14)."""
+    new = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listening.bind("\0kconform-u14-%d" % listening.fileno())
+    listening.listen(1)
+    with closing_all(new, listening):
+        return {"unconnected": _insert(map_type, new), "listening": _insert(map_type, listening)}
+
+
+VMADDR_CID_LOCAL = 1
+
+
+def vsock_states(map_type):
+    """AF_VSOCK stream sockets over the loopback transport: connected, and never connected."""
+    subprocess.run(["modprobe", "vsock_loopback"], capture_output=True, timeout=10)
+    try:
+        listener = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+    except OSError as exc:
+        return {"unavailable": "AF_VSOCK: %s" % exc}
+    with closing_all(listener):
+        listener.settimeout(2)
+        try:
+            listener.bind((socket.VMADDR_CID_ANY, socket.VMADDR_PORT_ANY))
+            listener.listen(1)
+            cli = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+            cli.settimeout(2)
+            cli.connect((VMADDR_CID_LOCAL, listener.getsockname()[1]))
+            acc, _ = listener.accept()
+        except OSError as exc:
+            return {"unavailable": "vsock loopback: %s" % exc}
+        fresh = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+        with closing_all(cli, acc, fresh):
+            return {"connected": _insert(map_type, cli), "accepted": _insert(map_type, acc),
+                    "unconnected": _insert(map_type, fresh)}

@@ -33,3 +33,28 @@ def sockhash_walk():
         keys, end = _walk(fd)
         restart = int.from_bytes(bpf.map_get_next_key(fd, bpf.u32(99), 4), "little")
         return {"keys": sorted(keys), "end": end, "unknown_key_restarts": restart in (10, 20)}
+
+
+COUNTS = ("with_key", "with_socket", "final")
+
+
+def iterator_calls(obj, map_type):
+    """An iter/sockmap program over a 4-slot map holding 2 sockets: how often it is called."""
+    with bpf.BpfObject(obj) as o, bpf.created_map(map_type, 4, 8, 4) as fd, \
+            bpf.created_map("array", 4, 8, 1) as array:
+        prog = o.prog_fd("prog_iter_count")
+        a, b = tcp_pair()
+        with closing_all(a, b):
+            bpf.map_update(fd, bpf.u32(1), bpf.u64(a.fileno()))
+            bpf.map_update(fd, bpf.u32(2), bpf.u64(b.fileno()))
+            try:
+                bpf.iter_read(prog, fd)
+            except bpf.BpfError as exc:
+                return {"iterate": exc.errno_name}
+            counts = o.map_fd("counts")
+            obs = {name: int.from_bytes(bpf.map_lookup(counts, bpf.u32(i), 8), "little")
+                   for i, name in enumerate(COUNTS)}
+            obs["iterate"] = "OK"
+            obs["map_fd_zero"] = outcome(bpf.link_create, prog, 0, "trace_iter", iter_map_fd=0)
+            obs["array_map"] = outcome(bpf.link_create, prog, 0, "trace_iter", iter_map_fd=array)
+            return obs

@@ -2,7 +2,7 @@
 import os
 
 from harness.agent import libbpf as bpf
-from harness.agent.observe import outcome, socket_cookie
+from harness.agent.observe import lookup_within, outcome, socket_cookie
 from harness.agent.sockets import closing_all, tcp_pair
 
 u32, u64 = bpf.u32, bpf.u64
@@ -77,3 +77,14 @@ def same_socket_twice(map_type):
         return {"first_key": outcome(bpf.map_update, fd1, u32(0), u64(a.fileno())),
                 "second_key": outcome(bpf.map_update, fd1, u32(1), u64(a.fileno())),
                 "second_map": outcome(bpf.map_update, fd2, u32(0), u64(a.fileno()))}
+
+
+def replaced_with_itself_then_closed(map_type):
+    """Update a key with the socket it already holds, then close the socket (75e072a390da)."""
+    a, b = tcp_pair()
+    with bpf.created_map(map_type, 4, 8, 2) as fd, closing_all(a, b):
+        first = outcome(bpf.map_update, fd, u32(0), u64(a.fileno()))
+        again = outcome(bpf.map_update, fd, u32(0), u64(a.fileno()))
+        a.close()
+        return {"first_update": first, "same_socket_again": again,
+                "lookup_after_close": lookup_within(fd, u32(0))}

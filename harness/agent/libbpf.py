@@ -81,6 +81,13 @@ def _declare(l):
         "bpf_program__name": (ctypes.c_char_p, [vp]),
         "bpf_program__set_log_buf": (c_int, [vp, ctypes.c_char_p, ctypes.c_size_t]),
         "bpf_program__set_autoload": (c_int, [vp, ctypes.c_bool]),
+        "bpf_prog_test_run_opts": (c_int, [c_int, vp]),
+        "bpf_link_update": (c_int, [c_int, c_int, vp]),
+        "bpf_link_detach": (c_int, [c_int]),
+        "bpf_iter_create": (c_int, [c_int]),
+        "bpf_object__btf": (vp, [vp]),
+        "btf__fd": (c_int, [vp]),
+        "btf__find_by_name_kind": (ctypes.c_int32, [vp, ctypes.c_char_p, u32]),
     }
     for name, (res, args) in sigs.items():
         fn = getattr(l, name)
@@ -175,10 +182,87 @@ def prog_query(target_fd, attach_type, query_flags=0, max_ids=8):
             "prog_cnt": count.value}
 
 
-def link_create(prog_fd, target_fd, attach_type):
+class _LinkCreateOpts(ctypes.Structure):
+    # The leading fields of libbpf's struct bpf_link_create_opts; `sz` tells libbpf where we stop.
+    _fields_ = [("sz", ctypes.c_size_t), ("flags", ctypes.c_uint32),
+                ("iter_info", ctypes.c_void_p), ("iter_info_len", ctypes.c_uint32)]
+
+
+def link_create(prog_fd, target_fd, attach_type, flags=0, iter_map_fd=None):
+    info = ctypes.c_uint32(iter_map_fd) if iter_map_fd is not None else None
+    opts = _LinkCreateOpts(sz=ctypes.sizeof(_LinkCreateOpts), flags=flags,
+                           iter_info=ctypes.cast(ctypes.byref(info), ctypes.c_void_p)
+                           if info is not None else None,
+                           iter_info_len=ctypes.sizeof(info) if info is not None else 0)
     return _check(lib().bpf_link_create(prog_fd, target_fd,
-                                        ATTACH_TYPES.get(attach_type, attach_type), None),
-                  "link_create")
+                                        ATTACH_TYPES.get(attach_type, attach_type),
+                                        ctypes.byref(opts)), "link_create")
+
+
+def link_update(link_fd, new_prog_fd):
+    _check(lib().bpf_link_update(link_fd, new_prog_fd, None), "link_update")
+
+
+def link_detach(link_fd):
+    _check(lib().bpf_link_detach(link_fd), "link_detach")
+
+
+LINK_TYPES = {14: "sockmap", 4: "iter"}
+
+
+def link_info(link_fd):
+    """struct bpf_link_info: type, id, prog_id, then (8-aligned) the sockmap {map_id, attach_type}."""
+    info = ctypes.create_string_buffer(256)
+    size = ctypes.c_uint32(256)
+    _check(lib().bpf_obj_get_info_by_fd(link_fd, info, ctypes.byref(size)), "obj_get_info")
+    kind, link_id, prog, map_id, attach = struct.unpack_from("<III4xII", info.raw)
+    return {"type": LINK_TYPES.get(kind, kind), "id": link_id, "prog_id": prog,
+            "map_id": map_id, "attach_type": attach}
+
+
+def map_id(map_fd):
+    """struct bpf_map_info: type, id, ..."""
+    info = ctypes.create_string_buffer(256)
+    size = ctypes.c_uint32(256)
+    _check(lib().bpf_obj_get_info_by_fd(map_fd, info, ctypes.byref(size)), "obj_get_info")
+    return struct.unpack_from("<II", info.raw)[1]
+
+
+def iter_read(prog_fd, map_fd):
+    """Attach an iter/sockmap program to a map, read the iterator to its end, return the bytes."""
+    link = link_create(prog_fd, 0, "trace_iter", iter_map_fd=map_fd)
+    try:
+        fd = _check(lib().bpf_iter_create(link), "iter_create")
+        try:
+            out = b""
+            while True:
+                chunk = os.read(fd, 4096)
+                if not chunk:
+                    return out
+                out += chunk
+        finally:
+            os.close(fd)
+    finally:
+        os.close(link)
+
+
+class _TestRunOpts(ctypes.Structure):
+    _fields_ = [("sz", ctypes.c_size_t), ("data_in", ctypes.c_void_p),
+                ("data_out", ctypes.c_void_p), ("data_size_in", ctypes.c_uint32),
+                ("data_size_out", ctypes.c_uint32), ("ctx_in", ctypes.c_void_p),
+                ("ctx_out", ctypes.c_void_p), ("ctx_size_in", ctypes.c_uint32),
+                ("ctx_size_out", ctypes.c_uint32), ("retval", ctypes.c_uint32),
+                ("repeat", ctypes.c_int), ("duration", ctypes.c_uint32)]
+
+
+def prog_test_run(prog_fd, data):
+    """BPF_PROG_TEST_RUN once on `data` (a packet); returns the program's return value."""
+    buf = _buf(data)
+    opts = _TestRunOpts(sz=ctypes.sizeof(_TestRunOpts),
+                        data_in=ctypes.cast(buf, ctypes.c_void_p), data_size_in=len(data),
+                        repeat=1)
+    _check(lib().bpf_prog_test_run_opts(prog_fd, ctypes.byref(opts)), "prog_test_run")
+    return opts.retval
 
 
 def prog_id(prog_fd):
@@ -223,6 +307,16 @@ class BpfObject:
         if not prog:
             raise KeyError("no program %r in %s" % (name, self.path))
         return lib().bpf_program__fd(prog)
+
+    def btf_type_id(self, name, kind):
+        """(btf fd, type id) of a named type in the object's own BTF; kind 8 = typedef."""
+        btf = lib().bpf_object__btf(self.obj)
+        if not btf:
+            raise KeyError("%s has no BTF" % self.path)
+        type_id = lib().btf__find_by_name_kind(btf, name.encode(), kind)
+        if type_id < 0:
+            raise KeyError("no BTF type %r in %s" % (name, self.path))
+        return lib().btf__fd(btf), type_id
 
     def map_fd(self, name):
         return _check(lib().bpf_object__find_map_fd_by_name(self.obj, name.encode()),

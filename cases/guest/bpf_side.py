@@ -1,0 +1,61 @@
+"""Guest side of cases/test_bpf_side.py: the map helpers as BPF programs use them on sockmaps.
+
+Programs are loaded one at a time (BpfObject(only=...)), since whether the verifier accepts a
+program is itself the observation.
+"""
+import struct
+
+from harness.agent import libbpf as bpf
+from harness.agent.observe import socket_cookie
+from harness.agent.sockets import closing_all, tcp_pair
+
+TC_ACT_OK, TC_ACT_SHOT = 0, 2
+PACKET = bytes(14) + bytes([0x45]) + bytes(49)  # an Ethernet frame with an IPv4 header start
+
+
+def _rejected(exc):
+    """The errno of a refused load and the verifier's reason (its last lines before the stats)."""
+    lines = [l for l in (exc.verifier_log or "").splitlines()
+             if l.strip() and not l.startswith(("processed ", "---"))]
+    return {"load": exc.errno_name, "verifier_says": " / ".join(lines[-2:])}
+
+
+def load_result(obj, prog):
+    """"OK" if the verifier accepts the program, else the errno and the verifier's reason."""
+    try:
+        with bpf.BpfObject(obj, only=[prog]):
+            return {"load": "OK"}
+    except bpf.BpfError as exc:
+        return _rejected(exc)
+
+
+def _cookie_at(fd, key):
+    try:
+        return struct.unpack("<Q", bpf.map_lookup(fd, bpf.u32(key), 8))[0]
+    except bpf.BpfError as exc:
+        return exc.errno_name
+
+
+def tc_copies_socket(obj):
+    """A tc program looks a socket up in one sockmap and adds it to a sockmap and a sockhash."""
+    try:
+        o = bpf.BpfObject(obj, only=["prog_tc_copy"])
+    except bpf.BpfError as exc:
+        return _rejected(exc)
+    with o:
+        a, b = tcp_pair()
+        with closing_all(a, b):
+            bpf.map_update(o.map_fd("src_map"), bpf.u32(0), bpf.u64(a.fileno()))
+            copy = bpf.prog_test_run(o.prog_fd("prog_tc_copy"), PACKET)
+            cookie = socket_cookie(a)
+            return {"load": "OK",
+                    "copy_program": "all updates OK" if copy == TC_ACT_OK else "an update failed",
+                    "sockmap_holds_socket": _cookie_at(o.map_fd("dst_map"), 0) == cookie,
+                    "sockhash_holds_socket": _cookie_at(o.map_fd("dst_hash"), 0) == cookie}
+
+
+def tc_lookup_of_empty_slot(obj):
+    """A tc program looks up an empty sockmap slot (and releases what it gets, if anything)."""
+    with bpf.BpfObject(obj, only=["prog_tc_lookup_empty"]) as o:
+        empty = bpf.prog_test_run(o.prog_fd("prog_tc_lookup_empty"), PACKET)
+        return {"lookup_of_empty_slot": "NULL" if empty == TC_ACT_OK else "a socket"}
