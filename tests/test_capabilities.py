@@ -1,0 +1,37 @@
+"""A kernel built without what a case needs gets a skip that names the option, read from the
+kernel's own config, and nothing is booted for it."""
+from tests.test_kernels import _fake_bzimage
+
+FULL_CONFIG = "CONFIG_BPF_SYSCALL=y\nCONFIG_BPF_STREAM_PARSER=y\nCONFIG_NET_SOCK_MSG=y\n"
+
+
+def _built_tree(tmp_path, config):
+    """A built kernel tree as `--kernel PATH` takes it: arch/x86/boot/bzImage and .config."""
+    tree = tmp_path / "linux"
+    (tree / "arch" / "x86" / "boot").mkdir(parents=True)
+    _fake_bzimage(tree / "arch" / "x86" / "boot" / "bzImage", "6.13.0-kconform-test")
+    (tree / ".config").write_text(config)
+    return tree
+
+
+def test_case_needing_the_stream_parser_is_skipped_with_the_option_named(run_pytest, tmp_path):
+    tree = _built_tree(tmp_path, FULL_CONFIG.replace("CONFIG_BPF_STREAM_PARSER=y\n",
+                                                     "# CONFIG_BPF_STREAM_PARSER is not set\n"))
+    proc = run_pytest("cases/test_redirect.py", f"--kernel={tree}", "-rs", "-n", "0",
+                      "-k", "test_redirect_helper_delivers_to_the_selected_path")
+    assert proc.returncode == 0, proc.stdout
+    assert "8 skipped" in proc.stdout
+    assert "is built without CONFIG_BPF_STREAM_PARSER" in proc.stdout
+    assert str(tree / ".config") in proc.stdout
+    assert "booting" not in proc.stdout.lower()
+
+
+def test_kernel_without_bpf_syscall_skips_every_case_naming_it(run_pytest, tmp_path):
+    tree = _built_tree(tmp_path, FULL_CONFIG.replace("CONFIG_BPF_SYSCALL=y\n", ""))
+    proc = run_pytest("cases/test_create.py", "cases/test_msg_helpers.py", f"--kernel={tree}",
+                      "-rs", "-n", "0")
+    assert proc.returncode == 0, proc.stdout
+    assert " passed" not in proc.stdout and " failed" not in proc.stdout
+    assert "is built without CONFIG_BPF_SYSCALL" in proc.stdout
+    # A case that also needs the sk_msg options names every missing one, not just the first.
+    assert "CONFIG_BPF_SYSCALL" in proc.stdout
