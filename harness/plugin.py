@@ -21,6 +21,7 @@ from .accel import choose_accel
 from .errors import KconformError
 from .health import HealthRules
 from .kernels import KernelProvider, KernelTree, expand_kernel_args, load_specs
+from .report import Reporter
 from .session import BootFailure, GuestCallError, GuestFailure, GuestSession
 from .vm import kill_all_guests
 
@@ -175,6 +176,7 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[RUN_KEY] = KconformRun(config)
     except KconformError as exc:
         raise pytest.UsageError(str(exc)) from None
+    config.pluginmanager.register(Reporter(config, config.stash[RUN_KEY]), "kconform-report")
     atexit.register(kill_all_guests)
     if hasattr(signal, "SIGTERM"):
         signal.signal(signal.SIGTERM, _terminate)

@@ -1,0 +1,301 @@
+"""Reports of a run: each finished case becomes a record in report.json, and every report is
+written from those records (JUnit, the Markdown and HTML grid).
+
+Two halves, registered as one plugin object by harness/plugin.py:
+- on every process (each xdist worker, or the only process): pytest_runtest_makereport adds to
+  each report of a kernel case what only that process knows: the case id without the kernel,
+  the behaviour when the test failed before calling expect(), the guest console lines written
+  during the test, and how to boot the kernel by hand.
+- on the controller only: pytest_runtest_logreport collects the reports (under xdist they arrive
+  here with their user_properties), and when a case's teardown report arrives, the case is
+  judged and report.json and the JUnit file are rewritten (one rename each), so an interrupted
+  run leaves valid files holding every case that finished. The grid is written at the end.
+"""
+from __future__ import annotations
+
+import ast
+import functools
+import inspect
+import json
+import shlex
+import socket
+import textwrap
+from datetime import datetime, timezone
+
+import pytest
+
+from .grid import write_reports
+from .kernels import parse_upstream_version
+from .junit import junit_text
+from .results import (BAD, CRASHED, EXPECTED_DIFFERENCE, FAIL, PASS, REPORT_HTML, REPORT_JSON,
+                      REPORT_JUNIT, REPORT_MARKDOWN, SKIPPED, Results, write_atomic, write_json)
+
+CONSOLE_MARK = pytest.StashKey[tuple]()
+CONSOLE_EXCERPT = 100  # lines of guest console kept with a failure
+
+
+class Reporter:
+    def __init__(self, config: pytest.Config, run):
+        self.config = config
+        self.run = run
+        self.controller = not hasattr(config, "workerinput")  # xdist workers have workerinput
+        self.phases: dict[str, list] = {}
+        self.results = Results(runs=[{
+            "started": _now(), "finished": None, "complete": False, "exit_status": None,
+            "command": shlex.join(["pytest", *config.invocation_params.args]),
+            "host": socket.gethostname()}])
+        self.started_writing = False
+        config.addinivalue_line(
+            "markers", "behaviour(id): the documented behaviour a test checks, for a test whose "
+                       "expect() call does not name it as a literal (reports need it when the "
+                       "test fails before expect())")
+
+    # ------------------------------------------------------------------ every process
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_call(self, item: pytest.Item):
+        guest = getattr(item, "funcargs", {}).get("guest")
+        if guest is not None:  # mark where this test's console lines start
+            console = guest.session.guest
+            item.stash[CONSOLE_MARK] = (console, console.console_lines)
+        yield
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call):
+        outcome = yield
+        report = outcome.get_result()
+        kernel = _kernel_param(item)
+        if kernel is None:
+            return
+        props = dict(report.user_properties)
+        extra = []
+        if report.when == "setup":
+            extra += [("kernel", kernel), ("case", case_id(item, kernel))]
+            if "behaviour" not in props:
+                extra += self._declared_behaviour(item)
+            extra += self._kernel_facts(kernel)
+        if report.failed and report.when in ("setup", "call"):
+            extra += self._failure_context(item, kernel, report)
+        report.user_properties += [(k, v) for k, v in extra if k not in props or k == "verdict"]
+
+    def _declared_behaviour(self, item) -> list[tuple[str, str]]:
+        bid, variant = declared_behaviour(item)
+        behaviour = self.run.behaviours.get(bid) if bid else None
+        if not behaviour:
+            return []
+        return [("behaviour", bid), ("variant", variant or ""), ("section", behaviour.section),
+                ("title", behaviour.title)]
+
+    def _kernel_facts(self, kernel: str) -> list[tuple[str, str]]:
+        info = self.run.kernels.get(kernel)
+        tree = self.run.pool.trees.get(kernel)
+        facts = []
+        if tree is not None:
+            facts.append(("kernel_version", tree.exact_version))
+        if info is not None and info.vng_command:
+            facts.append(("boot", interactive_boot_command(info.vng_command)))
+        elif tree is not None and self.run._accel is not None:
+            from .vm import build_vng_command  # the guest never booted: build the same line
+            cmd = build_vng_command(tree, self.run._accel, "true", memory=self.run.memory)
+            facts.append(("boot", interactive_boot_command(shlex.join(cmd))))
+        return facts
+
+    def _failure_context(self, item, kernel: str, report) -> list[tuple[str, str]]:
+        from .plugin import CRASHED_KEY
+        extra = []
+        if report.when == "setup" and item.stash.get(CRASHED_KEY, False):
+            extra.append(("verdict", CRASHED))  # the guest died while booting for this test
+        mark = item.stash.get(CONSOLE_MARK, None)
+        if mark is not None:
+            console, since = mark
+            lines = console.console_tail(CONSOLE_EXCERPT, since=since)
+            extra.append(("console", json.dumps(lines)))
+        info = self.run.kernels.get(kernel)
+        if info is not None and info.console_log:
+            extra.append(("console_log", info.console_log))
+        if report.when == "setup":
+            extra += [kv for kv in self._kernel_facts(kernel) if kv[0] == "boot"]
+        return extra
+
+    # ------------------------------------------------------------------ controller
+
+    def pytest_runtest_logreport(self, report) -> None:
+        if not self.controller:
+            return
+        props = dict(report.user_properties)
+        if "kernel" not in props and report.nodeid not in self.phases:
+            return  # not a kernel case (kconform's own tests)
+        self.phases.setdefault(report.nodeid, []).append(report)
+        if report.when not in ("setup", "call"):
+            self._finish(self.phases.pop(report.nodeid))
+
+    def _finish(self, reports: list) -> None:
+        case = case_record(reports, self.config.option.expectations)
+        self.results.cases.append(case)
+        self._note_kernel(case["kernel"], reports)
+        bid = case["behaviour"]
+        if bid in self.run.behaviours and bid not in self.results.behaviours:
+            order = list(self.run.behaviours).index(bid)
+            behaviour = self.run.behaviours[bid]
+            self.results.behaviours[bid] = {"title": behaviour.title, "section": behaviour.section,
+                                            "order": order}
+        self._write_incremental()
+
+    def _note_kernel(self, kernel: str, reports: list) -> None:
+        entry = self.results.kernels.setdefault(
+            kernel, {"name": kernel, "version": None, "uname": None, "upstream": None, "boot": None})
+        props = {}
+        for report in reports:
+            props.update(dict(report.user_properties))
+        for key, prop in (("version", "kernel_version"), ("uname", "uname"), ("boot", "boot")):
+            if props.get(prop) and not entry[key]:
+                entry[key] = props[prop]
+        if entry["version"]:
+            entry["upstream"] = ".".join(map(str, parse_upstream_version(entry["version"])))
+        elif kernel in self.run.specs:
+            entry["upstream"] = self.run.specs[kernel].series
+
+    def _write_incremental(self) -> None:
+        out = self.run.results_dir
+        if not self.started_writing:  # reports of an earlier run must not pass for this one's
+            for name in (REPORT_MARKDOWN, REPORT_HTML):
+                (out / name).unlink(missing_ok=True)
+            self.started_writing = True
+        write_json(self.results, out / REPORT_JSON)
+        write_atomic(out / REPORT_JUNIT, junit_text(self.results))
+
+    def pytest_sessionfinish(self, session, exitstatus) -> None:
+        if not self.controller or not self.results.cases:
+            return
+        run = self.results.runs[0]
+        run.update(finished=_now(), exit_status=int(exitstatus),
+                   complete=int(exitstatus) in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED))
+        write_reports(self.results, self.run.results_dir)
+
+    def pytest_terminal_summary(self, terminalreporter) -> None:
+        if self.controller and self.results.cases:
+            out = self.run.results_dir
+            terminalreporter.write_line(
+                f"kconform reports: {out}/{{{REPORT_JSON}, {REPORT_JUNIT}, {REPORT_MARKDOWN}, "
+                f"{REPORT_HTML}}}")
+
+
+# ---------------------------------------------------------------------- one case
+
+def case_record(reports: list, expectations_file: str | None = None) -> dict:
+    """One result from a test's setup/call/teardown reports and their user_properties."""
+    props: dict = {}
+    for report in reports:
+        props.update(dict(report.user_properties))
+    kernel = props["kernel"]
+    # xdist's loadgroup appends "@<group>" (here the kernel) to node ids; pytest takes them without
+    nodeid = reports[0].nodeid.removesuffix(f"@{kernel}")
+    failed = next((r for r in reports if r.failed), None)
+    skipped = next((r for r in reports if r.skipped), None)
+    if failed is not None:
+        verdict = props.get("verdict") if props.get("verdict") in BAD else FAIL
+        message = failed.longreprtext
+    elif skipped is not None:
+        verdict = SKIPPED
+        longrepr = skipped.longrepr
+        message = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+        message = message.removeprefix("Skipped: ")
+    else:
+        verdict = props.get("verdict") if props.get("verdict") in (PASS, EXPECTED_DIFFERENCE) \
+            else PASS
+        message = ""
+    reproduce = ["./kconform", "suite", "--kernel", kernel, nodeid]
+    if expectations_file:
+        reproduce += ["--expectations", expectations_file]
+    case = {
+        "id": nodeid,
+        "case": props.get("case") or nodeid.split("::")[-1],
+        "file": nodeid.split("::")[0],
+        "kernel": kernel,
+        "kernel_version": props.get("kernel_version"),
+        "behaviour": props.get("behaviour") or None,
+        "variant": props.get("variant") or None,
+        "section": props.get("section") or None,
+        "title": props.get("title") or None,
+        "expected": _json(props.get("expected")),
+        "observed": _json(props.get("observed")),
+        "verdict": verdict,
+        "reason": props.get("reason") or None,
+        "source": props.get("source") or None,
+        "duration": round(sum(r.duration for r in reports), 3),
+        "message": message,
+        "reproduce": shlex.join(reproduce),
+    }
+    if verdict in BAD:
+        case["boot"] = props.get("boot")
+        case["console"] = _json(props.get("console")) or []
+        case["console_log"] = props.get("console_log")
+    return case
+
+
+def _json(text):
+    return json.loads(text) if text else None
+
+
+def _kernel_param(item) -> str | None:
+    callspec = getattr(item, "callspec", None)
+    return callspec.params.get("kernel") if callspec else None
+
+
+def case_id(item, kernel: str) -> str:
+    """The test's id without the kernel: the same case on every kernel, e.g. 'test_x[sockmap]'."""
+    ids = list(getattr(item.callspec, "_idlist", ()))
+    if kernel in ids:
+        ids.remove(kernel)
+        return item.originalname + (f"[{'-'.join(ids)}]" if ids else "")
+    return item.name  # pytest changed its internals: the kernel stays in the id
+
+
+def declared_behaviour(item) -> tuple[str | None, str | None]:
+    """The behaviour a test checks: its `behaviour` marker, else the literal id of its expect()."""
+    mark = item.get_closest_marker("behaviour")
+    if mark and mark.args:
+        return mark.args[0], mark.kwargs.get("variant")
+    function = getattr(item, "function", None)
+    if function is None:
+        return None, None
+    bid, variant_arg = _expect_call(function)
+    params = item.callspec.params if hasattr(item, "callspec") else {}
+    return bid, (str(params[variant_arg]) if variant_arg in params else None)
+
+
+@functools.lru_cache(maxsize=None)
+def _expect_call(function) -> tuple[str | None, str | None]:
+    """('U8', 'map_type') from `expect("U8", observed, map_type)` in the test's source."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
+    except (OSError, TypeError, SyntaxError):
+        return None, None
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                and node.func.id == "expect" and node.args
+                and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+            continue
+        variant = node.args[2] if len(node.args) > 2 else next(
+            (k.value for k in node.keywords if k.arg == "variant"), None)
+        return node.args[0].value, (variant.id if isinstance(variant, ast.Name) else None)
+    return None, None
+
+
+def interactive_boot_command(vng_command: str) -> str:
+    """The run's vng line without the agent (--exec) or the run's guest name: a shell on the
+    same kernel with the same memory, CPU model and accelerator. Add --dry-run to see QEMU's."""
+    words, out, skip = shlex.split(vng_command), [], False
+    for word in words:
+        if skip:
+            skip = False
+        elif word in ("--exec", "-e", "--name"):
+            skip = True
+        elif not word.startswith(("--exec=", "--name=")):
+            out.append(word)
+    return shlex.join(out)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
