@@ -1,24 +1,126 @@
-"""./kconform subcommands. Each one ends in a pytest run, so pytest's own options pass through."""
+"""./kconform subcommands. suite, test and bench end in a pytest run, so pytest's own options pass
+through; merge and compare read results files only (no VM, no pytest)."""
 from __future__ import annotations
 
+import argparse
 import os
+import subprocess
 import sys
+from pathlib import Path
 
 from .paths import REPO_ROOT
 
 USAGE = """\
 ./kconform suite [--kernel NAME[,NAME...]] [pytest args]   the conformance suite (cases/)
+./kconform suite --compare BASE NEW [pytest args]          run two kernels, report what differs
 ./kconform test [pytest args]                              kconform's own tests (tests/)
+./kconform merge RESULTS... [-o DIR]                       one grid from several runs' report.json
+./kconform compare RESULTS [RESULTS] [--base K --new K]    differing behaviours, exit 1 on regression
 ./kconform kernels                                         list the known kernel names
 ./kconform bench [--kernel NAME] [--calls N]               boot, agent start, per-call overhead
 
-Anything after the subcommand goes to pytest: -k, -n 2, -x, --junitxml=..., --kernel all.
+Anything after suite/test goes to pytest: -k, -n 2, -x, --kernel all, a test id.
+RESULTS is a report.json, or a directory holding one (a run's --results-dir, a CI artifact).
 """
+
+
+def _pytest_argv(args: list[str]) -> list[str]:
+    return [sys.executable, "-m", "pytest", *args]
 
 
 def _pytest(args: list[str]) -> None:
     os.chdir(REPO_ROOT)
-    os.execv(sys.executable, [sys.executable, "-m", "pytest", *args])
+    os.execv(sys.executable, _pytest_argv(args))
+
+
+def suite_args(rest: list[str]) -> list[str]:
+    """pytest arguments of `suite`: cases/ unless the user named tests (a path or a test id), as
+    the reproduction line of a failure does."""
+    named = any("::" in arg or (not arg.startswith("-") and arg.split("::")[0].endswith(".py"))
+                for arg in rest)
+    return rest if named else ["cases", *rest]
+
+
+def results_dir_of(args: list[str]) -> Path:
+    """The --results-dir a pytest command line sets (the plugin's default otherwise)."""
+    value = "results"
+    for i, arg in enumerate(args):
+        if arg == "--results-dir" and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith("--results-dir="):
+            value = arg.split("=", 1)[1]
+    return (REPO_ROOT / value).resolve()
+
+
+def suite_compare(rest: list[str]) -> int:
+    """`suite --compare BASE NEW`: one run over both kernels, then the comparison of its results.
+    Exit status: pytest's when the run itself broke (usage error, interrupted), else compare's."""
+    i = rest.index("--compare")
+    kernels = rest[i + 1:i + 3]
+    if len(kernels) != 2 or any(k.startswith("-") for k in kernels):
+        print("kconform: --compare takes two kernels: --compare debian-6.1 debian-6.12",
+              file=sys.stderr)
+        return 2
+    args = rest[:i] + rest[i + 3:]
+    if any(a == "--kernel" or a.startswith("--kernel=") for a in args):
+        print("kconform: --compare names the kernels; leave out --kernel", file=sys.stderr)
+        return 2
+    status = subprocess.call(_pytest_argv(suite_args(["--kernel", ",".join(kernels), *args])),
+                             cwd=REPO_ROOT)
+    if status not in (0, 1):
+        return status
+    print(flush=True)
+    return compare_main([str(results_dir_of(args)), "--base", kernels[0], "--new", kernels[1]])
+
+
+def _caller_cwd() -> None:
+    """./kconform runs from the repo; paths given to merge and compare are the caller's."""
+    os.chdir(os.environ.get("KCONFORM_CALLER_CWD") or os.getcwd())
+
+
+def merge_main(argv: list[str]) -> int:
+    from .errors import KconformError
+    from .grid import write_reports
+    from .results import load, merge
+    parser = argparse.ArgumentParser(
+        prog="kconform merge", description="Merge the results of several runs (one kernel each, "
+        "e.g. a CI matrix) into one results file with its JUnit file and grid.")
+    parser.add_argument("results", nargs="+", help="report.json files, or directories holding one")
+    parser.add_argument("-o", "--output", default="results/merged", metavar="DIR",
+                        help="where report.{json,junit.xml,md,html} go (default: results/merged)")
+    args = parser.parse_args(argv)
+    _caller_cwd()
+    try:
+        merged = merge([(path, load(path)) for path in args.results])
+        for path in write_reports(merged, Path(args.output)):
+            print(path)
+    except KconformError as exc:
+        print(f"kconform merge: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def compare_main(argv: list[str]) -> int:
+    from .compare import compare, render, sides
+    from .errors import KconformError
+    parser = argparse.ArgumentParser(
+        prog="kconform compare", description="Print the behaviours whose observed outcome differs "
+        "between two kernels. Exit status 1 when a behaviour regressed (pass or expected "
+        "difference on the base kernel, fail or crashed on the new one), 0 otherwise.")
+    parser.add_argument("results", nargs="+", help="one results file holding both kernels, or two "
+                        "(base first); a directory stands for its report.json")
+    parser.add_argument("--base", metavar="KERNEL", help="the kernel compared against")
+    parser.add_argument("--new", metavar="KERNEL", help="the kernel under test")
+    args = parser.parse_args(argv)
+    _caller_cwd()
+    try:
+        base, new = sides(args.results, args.base, args.new)
+    except KconformError as exc:
+        print(f"kconform compare: {exc}", file=sys.stderr)
+        return 2
+    result = compare(base, new)
+    print(render(result))
+    return 1 if result.regressions else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,9 +130,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command, rest = argv[0], argv[1:]
     if command == "suite":
-        _pytest(["cases", *rest])
+        if "--compare" in rest:
+            return suite_compare(rest)
+        _pytest(suite_args(rest))
     elif command == "test":
         _pytest(["tests", *rest])
+    elif command == "merge":
+        return merge_main(rest)
+    elif command == "compare":
+        return compare_main(rest)
     elif command == "bench":
         from .bench import main as bench
         return bench(rest)

@@ -1,0 +1,171 @@
+"""Kernel-to-kernel comparison: the behaviours whose observed outcome differs between two kernels.
+
+A case *regressed* when its verdict on the new kernel is fail or crashed where it was pass or
+expected-difference on the base kernel: the new kernel breaks a documented behaviour that the
+base kernel kept. Observed differences that both kernels' expectations account for (an older
+kernel's expected difference) are listed but are not regressions; neither are fixes (bad -> good)
+or cases failing on both kernels. Cases are matched by their kernel-free id, so a sockmap
+variant is compared with the same sockmap variant; skipped cases are not compared.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .grid import LABELS, observed_signature
+from .results import BAD, GOOD, SKIPPED, Results, ResultsError, load
+
+REGRESSION = "REGRESSION"
+FIXED = "fixed"
+STILL_FAILING = "still failing, observed outcome changed"
+AS_DOCUMENTED = "changed as documented"
+# a behaviour with several differing cases is listed under its most serious kind
+RANK = {REGRESSION: 0, FIXED: 1, STILL_FAILING: 2, AS_DOCUMENTED: 3}
+
+
+@dataclass
+class Side:
+    results: Results
+    kernel: str
+    origin: str
+
+    @property
+    def label(self) -> str:
+        version = self.results.kernels[self.kernel].get("version") or "version unknown"
+        return f"{self.kernel} ({version})"
+
+    def cases(self) -> dict[str, dict]:
+        return {c["case"]: c for c in self.results.cases if c["kernel"] == self.kernel}
+
+
+@dataclass
+class Difference:
+    kind: str
+    base: dict
+    new: dict
+
+
+@dataclass
+class Comparison:
+    base: Side
+    new: Side
+    differences: list[Difference] = field(default_factory=list)
+    compared: int = 0
+    only_base: list[str] = field(default_factory=list)
+    only_new: list[str] = field(default_factory=list)
+    skipped: int = 0
+
+    @property
+    def regressions(self) -> list[Difference]:
+        return [d for d in self.differences if d.kind == REGRESSION]
+
+    def by_behaviour(self) -> list[tuple[str, list[Difference]]]:
+        groups: dict[str, list[Difference]] = {}
+        for diff in self.differences:
+            key = diff.new.get("behaviour") or diff.new["case"].split("[", 1)[0]
+            groups.setdefault(key, []).append(diff)
+        return sorted(groups.items(), key=lambda kv: (min(RANK[d.kind] for d in kv[1]), kv[0]))
+
+
+def classify(base: dict, new: dict) -> str | None:
+    if base["verdict"] in GOOD and new["verdict"] in BAD:
+        return REGRESSION
+    if base["verdict"] in BAD and new["verdict"] in GOOD:
+        return FIXED
+    if observed_signature(base) == observed_signature(new):
+        return None
+    return STILL_FAILING if new["verdict"] in BAD else AS_DOCUMENTED
+
+
+def compare(base: Side, new: Side) -> Comparison:
+    result = Comparison(base, new)
+    base_cases, new_cases = base.cases(), new.cases()
+    result.only_base = sorted(base_cases.keys() - new_cases.keys())
+    result.only_new = sorted(new_cases.keys() - base_cases.keys())
+    for case in sorted(base_cases.keys() & new_cases.keys()):
+        b, n = base_cases[case], new_cases[case]
+        if SKIPPED in (b["verdict"], n["verdict"]):
+            result.skipped += 1
+            continue
+        result.compared += 1
+        kind = classify(b, n)
+        if kind:
+            result.differences.append(Difference(kind, b, n))
+    return result
+
+
+def sides(paths: list[str], base: str | None = None, new: str | None = None) -> tuple[Side, Side]:
+    """Two sides from one results file holding both kernels, or from two files (base, new)."""
+    if len(paths) == 1:
+        results = load(paths[0])
+        kernels = results.kernel_order()
+        if not (base and new) and len(kernels) != 2:
+            raise ResultsError(f"{paths[0]} holds kernels {', '.join(kernels) or 'none'}: name the "
+                               "two to compare with --base and --new")
+        base = base or next(k for k in kernels if k != new)
+        new = new or next(k for k in kernels if k != base)
+        return _side(results, base, paths[0]), _side(results, new, paths[0])
+    if len(paths) == 2:
+        first, second = load(paths[0]), load(paths[1])
+        return _side(first, base or _only(first, paths[0], "--base"), paths[0]), \
+            _side(second, new or _only(second, paths[1], "--new"), paths[1])
+    raise ResultsError("compare takes one results file holding two kernels, or two files "
+                       f"(base first); got {len(paths)}")
+
+
+def _only(results: Results, origin: str, option: str) -> str:
+    kernels = results.kernel_order()
+    if len(kernels) != 1:
+        raise ResultsError(f"{origin} holds kernels {', '.join(kernels) or 'none'}: choose one "
+                           f"with {option}")
+    return kernels[0]
+
+
+def _side(results: Results, kernel: str, origin: str) -> Side:
+    if kernel not in results.kernels:
+        raise ResultsError(f"{origin} has no results for kernel {kernel!r}; it holds "
+                           f"{', '.join(results.kernel_order()) or 'no kernel'}")
+    return Side(results, kernel, origin)
+
+
+def _observed(case: dict) -> str:
+    if case["observed"] is not None:
+        return observed_signature(case)
+    return {"crashed": "nothing: the guest crashed", "fail": "nothing: the case failed before "
+            "observing"}.get(case["verdict"], "nothing")
+
+
+def render(result: Comparison) -> str:
+    base, new = result.base, result.new
+    counts = {kind: sum(1 for d in result.differences if d.kind == kind) for kind in RANK}
+    out = [f"kconform compare: base {base.label} -> new {new.label}",
+           f"{result.compared} cases compared; {len(result.differences)} differ: "
+           f"{counts[REGRESSION]} regressed, {counts[FIXED]} fixed, "
+           f"{counts[AS_DOCUMENTED]} changed as documented, {counts[STILL_FAILING]} still failing"]
+    if result.skipped:
+        out.append(f"{result.skipped} cases skipped on one of the kernels (not compared)")
+    for name, only in ((base.kernel, result.only_base), (new.kernel, result.only_new)):
+        if only:
+            out.append(f"{len(only)} cases ran only on {name}: {', '.join(only[:5])}"
+                       + (" ..." if len(only) > 5 else ""))
+    width = max(len(base.kernel), len(new.kernel))
+    for behaviour, diffs in result.by_behaviour():
+        kind = min((d.kind for d in diffs), key=RANK.get)
+        title = diffs[0].new.get("title") or ""
+        out += ["", f"{kind}: {behaviour} {title}".rstrip()]
+        if diffs[0].new.get("section"):
+            out.append(f"  doc: map_sockmap.rst, {diffs[0].new['section']}")
+        for diff in diffs:
+            out.append(f"  case {diff.new['case']}" + (f" ({diff.kind})" if len(diffs) > 1 else ""))
+            for tag, side, case in (("base", base, diff.base), ("new ", new, diff.new)):
+                line = (f"    {tag} {side.kernel:<{width}}  {LABELS[case['verdict']]:<19} "
+                        f"observed {_observed(case)}")
+                out.append(line)
+                if case.get("reason") and case["verdict"] == "expected-difference":
+                    out.append(f"    {'':{len(tag) + width + 1}}  why: {case['reason']} "
+                               f"(source: {case.get('source')})")
+            if diff.new["verdict"] in BAD:
+                out.append(f"    rerun: {diff.new['reproduce']}")
+    out += ["", f"{counts[REGRESSION]} regression(s): "
+            + (", ".join(b for b, ds in result.by_behaviour() if any(d.kind == REGRESSION for d in ds))
+               if counts[REGRESSION] else f"none on {new.kernel} against {base.kernel}")]
+    return "\n".join(out)

@@ -1,0 +1,43 @@
+"""Cases that need no guest, for the reporting tests (tests/test_report.py); never collected on
+their own. They take the `kernel` parameter only, so nothing is fetched or booted, and set the
+user_properties that the real `expect` fixture sets."""
+import json
+import os
+import signal
+
+import pytest
+
+
+def _judged(request, behaviour, verdict, observed, reason="", source="tests/reportcases"):
+    request.node.user_properties += [
+        ("behaviour", behaviour), ("variant", ""), ("section", "User space / fake(): 'a quote'"),
+        ("title", f"fake behaviour {behaviour}"), ("expected", json.dumps(observed)),
+        ("observed", json.dumps(observed)), ("source", source), ("reason", reason),
+        ("verdict", verdict)]
+
+
+def test_a_pass(request, kernel):
+    _judged(request, "U1", "pass", {"update": "OK"})
+
+
+def test_b_expected_difference_on_5_10(request, kernel):
+    if kernel == "debian-5.10":
+        _judged(request, "U2", "expected-difference", {"update": "EOPNOTSUPP"},
+                reason="came in 5.15", source="a commit")
+    else:
+        _judged(request, "U2", "pass", {"update": "OK"})
+
+
+def test_c_fails_before_expect(kernel):
+    raise RuntimeError("the guest-side function raised")
+    expect("U3", {})  # noqa: F821 - never reached; tells the report which behaviour this is
+
+
+@pytest.mark.behaviour("U4")
+def test_d_marked(kernel):
+    assert kernel == "debian-5.10", "only 5.10 passes this one"
+
+
+def test_e_killed(kernel):
+    if os.environ.get("KCONFORM_FAKE_KILL") == kernel:
+        os.kill(os.getpid(), signal.SIGKILL)  # the run dies here, as on a host OOM or kill -9
