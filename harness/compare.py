@@ -165,7 +165,7 @@ def render(result: Comparison) -> str:
                                f"(source: {case.get('source')})")
             if diff.new["verdict"] in BAD:
                 out.append(f"    rerun: {diff.new['reproduce']}")
-    out += ["", f"{counts[REGRESSION]} regression(s): "
-            + (", ".join(b for b, ds in result.by_behaviour() if any(d.kind == REGRESSION for d in ds))
-               if counts[REGRESSION] else f"none on {new.kernel} against {base.kernel}")]
+    regressed = [b for b, diffs in result.by_behaviour() if any(d.kind == REGRESSION for d in diffs)]
+    out += ["", f"{len(regressed)} behaviour(s) regressed on {new.kernel} against {base.kernel}"
+            + (f": {', '.join(regressed)}" if regressed else "")]
     return "\n".join(out)

@@ -150,6 +150,9 @@ def write_atomic(path: Path, text: str) -> None:
     """Replace path in one rename, so a reader (or an interrupted run) never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes it private; reports are for everyone to read
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             out.write(text)
