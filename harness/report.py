@@ -17,6 +17,7 @@ import ast
 import functools
 import inspect
 import json
+import re
 import shlex
 import socket
 import textwrap
@@ -94,7 +95,7 @@ class Reporter:
             facts.append(("kernel_version", tree.exact_version))
         if info is not None and info.vng_command:
             facts.append(("boot", interactive_boot_command(info.vng_command)))
-        elif tree is not None and self.run._accel is not None:
+        elif tree is not None and self.run._accel is not None:  # chosen already: no probe boot
             from .vm import build_vng_command  # the guest never booted: build the same line
             cmd = build_vng_command(tree, self.run._accel, "true", memory=self.run.memory)
             facts.append(("boot", interactive_boot_command(shlex.join(cmd))))
@@ -113,8 +114,6 @@ class Reporter:
         info = self.run.kernels.get(kernel)
         if info is not None and info.console_log:
             extra.append(("console_log", info.console_log))
-        if report.when == "setup":
-            extra += [kv for kv in self._kernel_facts(kernel) if kv[0] == "boot"]
         return extra
 
     # ------------------------------------------------------------------ controller
@@ -123,6 +122,10 @@ class Reporter:
         if not self.controller:
             return
         props = dict(report.user_properties)
+        if report.when == "???" and "@" in report.nodeid and "kernel" not in props:
+            # xdist's report for a test whose worker died; loadgroup named the kernel in its id
+            report.user_properties.append(("kernel", report.nodeid.rsplit("@", 1)[1]))
+            props = dict(report.user_properties)
         if "kernel" not in props and report.nodeid not in self.phases:
             return  # not a kernel case (kconform's own tests)
         self.phases.setdefault(report.nodeid, []).append(report)
@@ -131,7 +134,8 @@ class Reporter:
 
     def _finish(self, reports: list) -> None:
         case = case_record(reports, self.config.option.expectations)
-        self.results.cases.append(case)
+        # xdist reruns a test whose worker died on a new worker: the last report counts
+        self.results.cases = [c for c in self.results.cases if c["id"] != case["id"]] + [case]
         self._note_kernel(case["kernel"], reports)
         bid = case["behaviour"]
         if bid in self.run.behaviours and bid not in self.results.behaviours:
@@ -194,7 +198,7 @@ def case_record(reports: list, expectations_file: str | None = None) -> dict:
     skipped = next((r for r in reports if r.skipped), None)
     if failed is not None:
         verdict = props.get("verdict") if props.get("verdict") in BAD else FAIL
-        message = failed.longreprtext
+        message = re.sub(r"^\[gw\d+\] .*\n", "", failed.longreprtext)  # xdist's worker line
     elif skipped is not None:
         verdict = SKIPPED
         longrepr = skipped.longrepr

@@ -289,6 +289,18 @@ def test_an_interrupted_run_leaves_valid_files_with_what_finished(run_pytest):
     assert res.runs[0]["complete"] is False and res.runs[0]["finished"] is None
 
 
+def test_a_test_that_kills_its_worker_is_recorded_once_as_failed(run_pytest):
+    proc = run_pytest("tests/reportcases/fake.py", "--kernel", "debian-5.10,debian-7.2", "-n", "2",
+                      "--max-worker-restart=2", env={"KCONFORM_FAKE_KILL": "debian-7.2"})
+    assert proc.returncode == 1
+    res = results.load(proc.results)
+    killed = [c for c in res.cases if c["case"] == "test_e_killed"]
+    assert [(c["kernel"], c["verdict"]) for c in killed] == [("debian-5.10", "pass"),
+                                                             ("debian-7.2", "fail")]
+    assert re.match(r"worker 'gw\d+' crashed while running", killed[1]["message"])
+    check_reports_agree(proc.results)
+
+
 def test_the_reproduction_line_reruns_just_that_case(run_pytest, tmp_path):
     proc = run_pytest("tests/reportcases/fake.py", "--kernel", "debian-5.10,debian-7.2")
     case = next(c for c in results.load(proc.results).cases
