@@ -34,7 +34,9 @@ class Side:
         return f"{self.kernel} ({version})"
 
     def cases(self) -> dict[str, dict]:
-        return {c["case"]: c for c in self.results.cases if c["kernel"] == self.kernel}
+        """This kernel's cases by their kernel-free id (file::case): the same case on any kernel."""
+        return {f"{c['file']}::{c['case']}": c for c in self.results.cases
+                if c["kernel"] == self.kernel}
 
 
 @dataclass
@@ -79,8 +81,8 @@ def classify(base: dict, new: dict) -> str | None:
 def compare(base: Side, new: Side) -> Comparison:
     result = Comparison(base, new)
     base_cases, new_cases = base.cases(), new.cases()
-    result.only_base = sorted(base_cases.keys() - new_cases.keys())
-    result.only_new = sorted(new_cases.keys() - base_cases.keys())
+    result.only_base = sorted(base_cases[c]["case"] for c in base_cases.keys() - new_cases.keys())
+    result.only_new = sorted(new_cases[c]["case"] for c in new_cases.keys() - base_cases.keys())
     for case in sorted(base_cases.keys() & new_cases.keys()):
         b, n = base_cases[case], new_cases[case]
         if SKIPPED in (b["verdict"], n["verdict"]):

@@ -136,7 +136,8 @@ def _mark_change(row: Row, kernels: list[str]) -> None:
         cell = row.cells.get(kernel)
         if cell is None:
             continue
-        signature = {c["case"]: observed_signature(c) for c in cell.cases if c["verdict"] != SKIPPED}
+        signature = {(c["file"], c["case"]): observed_signature(c) for c in cell.cases
+                     if c["verdict"] != SKIPPED}
         if not signature:
             continue
         if previous is not None:

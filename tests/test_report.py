@@ -136,6 +136,13 @@ def check_reports_agree_from(fixture, tmp_path):
     return check_reports_agree(tmp_path)
 
 
+def test_the_html_page_needs_no_network(tmp_path):
+    grid.write_reports(results.load(REGRESSION), tmp_path)
+    page = (tmp_path / results.REPORT_HTML).read_text()
+    assert not re.search(r"<(link|script|img|iframe)\b|\bsrc=|url\(|@import", page)
+    assert not re.search(r'href="(?!#)', page)  # links only within the page
+
+
 def test_failures_carry_reproduction_lines_and_console(tmp_path):
     res, md, page = check_reports_agree_from(REGRESSION, tmp_path)
     failed = [c for c in res.cases if c["verdict"] in ("fail", "crashed")]
