@@ -111,7 +111,7 @@ def build(results: Results) -> Grid:
     groups: dict[str, Group] = {}
     failures: list[dict] = []
     for key in sorted(by_row, key=lambda k: meta[k][0]):
-        order, title, section = meta[key]
+        _, title, section = meta[key]
         group_name, detail = split_section(section)
         cells = {k: Cell(sorted(by_row[key][k], key=lambda c: c["case"]))
                  for k in kernels if k in by_row[key]}

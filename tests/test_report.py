@@ -190,14 +190,12 @@ def test_merge_and_compare_name_bad_input(tmp_path):
 
 
 def test_merge_takes_paths_relative_to_the_callers_directory(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "harness.cli", "merge", ONLY_510.name, "-o", "out"],
-                          cwd=REPO, env={"KCONFORM_CALLER_CWD": str(DATA), "PATH": "/usr/bin"},
+    (tmp_path / "a.json").write_text(ONLY_510.read_text())
+    proc = subprocess.run([sys.executable, "-m", "harness.cli", "merge", "a.json", "-o", "out"],
+                          cwd=REPO, env={"KCONFORM_CALLER_CWD": str(tmp_path), "PATH": "/usr/bin"},
                           capture_output=True, text=True)
-    try:
-        assert proc.returncode == 0, proc.stderr
-        assert (DATA / "out" / results.REPORT_HTML).is_file()
-    finally:
-        subprocess.run(["rm", "-rf", str(DATA / "out")])
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "out" / results.REPORT_HTML).is_file()
 
 
 # ---------------------------------------------------------------------- compare
