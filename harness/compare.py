@@ -156,10 +156,11 @@ def render(result: Comparison) -> str:
         out += ["", f"{kind}: {behaviour} {title}".rstrip()]
         if diffs[0].new.get("section"):
             out.append(f"  doc: map_sockmap.rst, {diffs[0].new['section']}")
+        mixed = len({d.kind for d in diffs}) > 1
         for diff in diffs:
-            out.append(f"  case {diff.new['case']}" + (f" ({diff.kind})" if len(diffs) > 1 else ""))
+            out.append(f"  case {diff.new['case']}" + (f" ({diff.kind})" if mixed else ""))
             for tag, side, case in (("base", base, diff.base), ("new ", new, diff.new)):
-                line = (f"    {tag} {side.kernel:<{width}}  {LABELS[case['verdict']]:<19} "
+                line = (f"    {tag} {side.kernel:<{width}}  {LABELS[case['verdict']]:<20} "
                         f"observed {_observed(case)}")
                 out.append(line)
                 if case.get("reason") and case["verdict"] == "expected-difference":
