@@ -256,33 +256,48 @@ def case_id(item, kernel: str) -> str:
 
 
 def declared_behaviour(item) -> tuple[str | None, str | None]:
-    """The behaviour a test checks: its `behaviour` marker, else the literal id of its expect()."""
+    """The behaviour a test checks: its `behaviour` marker, else the first argument of its
+    expect() call, a literal ("U8") or one of the test's parameters (`expect(behaviour, ...)`)."""
     mark = item.get_closest_marker("behaviour")
     if mark and mark.args:
         return mark.args[0], mark.kwargs.get("variant")
     function = getattr(item, "function", None)
     if function is None:
         return None, None
-    bid, variant_arg = _expect_call(function)
     params = item.callspec.params if hasattr(item, "callspec") else {}
-    return bid, (str(params[variant_arg]) if variant_arg in params else None)
+    bid, variant = (_resolve(arg, params) for arg in _expect_call(function))
+    return bid, variant
+
+
+def _resolve(arg: tuple | None, params: dict) -> str | None:
+    if arg is None:
+        return None
+    kind, value = arg
+    if kind == "literal":
+        return value
+    return str(params[value]) if value in params else None
 
 
 @functools.lru_cache(maxsize=None)
-def _expect_call(function) -> tuple[str | None, str | None]:
-    """('U8', 'map_type') from `expect("U8", observed, map_type)` in the test's source."""
+def _expect_call(function) -> tuple[tuple | None, tuple | None]:
+    """The behaviour id and variant of the first `expect(id, observed, variant)` in the test's
+    source, each ("literal", "U8"), ("param", "map_type") or None."""
     try:
         tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
     except (OSError, TypeError, SyntaxError):
         return None, None
+
+    def arg(node):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            return ("literal", node.value)
+        return ("param", node.id) if isinstance(node, ast.Name) else None
+
     for node in ast.walk(tree):
-        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
-                and node.func.id == "expect" and node.args
-                and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
-            continue
-        variant = node.args[2] if len(node.args) > 2 else next(
-            (k.value for k in node.keywords if k.arg == "variant"), None)
-        return node.args[0].value, (variant.id if isinstance(variant, ast.Name) else None)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) \
+                and node.func.id == "expect" and node.args:
+            variant = node.args[2] if len(node.args) > 2 else next(
+                (k.value for k in node.keywords if k.arg == "variant"), None)
+            return arg(node.args[0]), (arg(variant) if variant is not None else None)
     return None, None
 
 

@@ -272,6 +272,8 @@ def test_a_run_records_every_case_including_those_without_a_verdict(run_pytest):
         ("test_c_fails_before_expect", "debian-7.2"): ("U3", "fail"),
         ("test_d_marked", "debian-5.10"): ("U4", "pass"),                 # from its marker
         ("test_d_marked", "debian-7.2"): ("U4", "fail"),
+        ("test_d_behaviour_as_parameter[U5]", "debian-5.10"): ("U5", "fail"),  # a parameter
+        ("test_d_behaviour_as_parameter[U5]", "debian-7.2"): ("U5", "fail"),
         ("test_e_killed", "debian-5.10"): (None, "pass"),
         ("test_e_killed", "debian-7.2"): (None, "pass"),
     }
@@ -289,8 +291,8 @@ def test_an_interrupted_run_leaves_valid_files_with_what_finished(run_pytest):
     xml = ET.parse(proc.results / results.REPORT_JUNIT).getroot()  # ... and valid XML
     finished = {(c["case"], c["kernel"]) for c in res.cases}
     assert ("test_e_killed", "debian-5.10") in finished
-    assert ("test_e_killed", "debian-7.2") not in finished and len(finished) == 9
-    assert len(list(xml.iter("testcase"))) == 9
+    assert ("test_e_killed", "debian-7.2") not in finished and len(finished) == 11
+    assert len(list(xml.iter("testcase"))) == 11
     assert res.runs[0]["complete"] is False and res.runs[0]["finished"] is None
 
 
