@@ -204,6 +204,15 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     metafunc.parametrize("kernel", params, scope="session")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # pytest's reordering by the session-scoped kernel parameter stops keeping a kernel's tests
+    # together once tests carry parameters of their own, and every switch of kernel frees the guest
+    # (see below), so a run without -n booted each kernel again and again until the pool gave up.
+    # A stable sort keeps each kernel's tests together, in their collected order.
+    order = {name: i for i, name in enumerate(config.stash[RUN_KEY].kernel_names)}
+    items.sort(key=lambda item: order.get(_kernel_of(item), -1))
+
+
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
     kernel = _kernel_of(item)
     if kernel and (nextitem is None or _kernel_of(nextitem) != kernel):
