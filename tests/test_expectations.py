@@ -83,3 +83,21 @@ def test_every_guest_function_a_case_calls_exists():
         defined = {n.name for n in ast.parse(guest_side.read_text()).body
                    if isinstance(n, ast.FunctionDef)} if guest_side.exists() else set()
         assert called <= defined, (module.name, called - defined)
+
+
+def test_an_older_outcome_that_says_what_the_doc_says_is_a_pass():
+    # U10's shape: refused on 5.10, accepted 5.15..7.2, refused again since the fix.
+    first = ex.Outcome({"unbound": "EOPNOTSUPP"}, "s", until=((5, 15, 0),), reason="old check")
+    middle = ex.Outcome({"unbound": "OK"}, "s", since=((5, 15, 0),), until=((7, 2, 0),),
+                        reason="check dropped")
+    last = ex.Outcome({"unbound": "EOPNOTSUPP"}, "s", since=((7, 2, 0),))
+    behaviour = _behaviour(first, middle, last)
+    assert ex.judge(behaviour, (5, 10, 223), {"unbound": "EOPNOTSUPP"}).verdict == ex.PASS
+    assert ex.judge(behaviour, (6, 1, 176), {"unbound": "OK"}).verdict == ex.EXPECTED_DIFFERENCE
+
+
+def test_an_outcome_marked_as_differing_from_the_doc_is_never_a_plain_pass():
+    copied = ex.Outcome({"seen": 100}, "s", since=((6, 5, 0),), differs_from_doc=True,
+                        reason="data copied since 6.5")
+    verdict = ex.judge(_behaviour(copied), (7, 2, 13), {"seen": 100})
+    assert verdict.verdict == ex.EXPECTED_DIFFERENCE
