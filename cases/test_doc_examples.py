@@ -6,11 +6,14 @@ import pytest
 
 pytestmark = pytest.mark.requires_config("CONFIG_BPF_STREAM_PARSER")
 DOC_PORT = 10000
+# These take about a second; some stable kernels deadlock on them (E1, E3), so say so sooner.
+HANG_TIMEOUT = 10
 
 
 @pytest.mark.parametrize("port", [DOC_PORT, DOC_PORT + 1], ids=["port_10000", "other_port"])
 def test_local_port_verdict_redirects_only_port_10000(guest, expect, bpf_object, port):
-    expect("E1", guest.call("local_port_verdict", obj=bpf_object("doc_examples"), port=port),
+    expect("E1", guest.call("local_port_verdict", obj=bpf_object("doc_examples"), port=port,
+                            timeout=HANG_TIMEOUT),
            "port_10000" if port == DOC_PORT else "other_port")
 
 
@@ -18,8 +21,9 @@ def test_local_port_verdict_redirects_only_port_10000(guest, expect, bpf_object,
 def test_socket_key_verdict_finds_the_socket_by_its_4_tuple(guest, expect, bpf_object,
                                                             key_layout):
     expect("E2", guest.call("socket_key_verdict", obj=bpf_object("doc_examples"),
-                            key_layout=key_layout), key_layout)
+                            key_layout=key_layout, timeout=HANG_TIMEOUT), key_layout)
 
 
 def test_user_space_sample_creates_attaches_and_inserts(guest, expect, bpf_object):
-    expect("E3", guest.call("user_space_sample", obj=bpf_object("doc_examples")))
+    expect("E3", guest.call("user_space_sample", obj=bpf_object("doc_examples"),
+                            timeout=HANG_TIMEOUT))

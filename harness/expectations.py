@@ -51,6 +51,9 @@ class Outcome:
     until: tuple = ()
     reason: str = ""
     differs_from_doc: bool = False
+    # A known bug of some stable releases (since/until name that window): where it applies it
+    # overrides the outcome the other bounds give, so those need not carve the window out.
+    regression: bool = False
 
     def applies(self, version: tuple[int, ...]) -> bool:
         if self.since and not has_change(version, list(self.since)):
@@ -63,7 +66,7 @@ class Outcome:
     def documented(self) -> bool:
         """The doc's behaviour: the newest outcome, unless the kernel is known to disagree with
         the doc's text (then it is an expected difference on every kernel it applies to)."""
-        return not self.until and not self.differs_from_doc
+        return not self.until and not self.differs_from_doc and not self.regression
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,8 @@ class Behaviour:
 
     def outcome_for(self, version: tuple[int, ...]) -> Outcome:
         matches = [o for o in self.outcomes if o.applies(version)]
+        if len(matches) > 1 and sum(o.regression for o in matches) == 1:
+            return next(o for o in matches if o.regression)
         if len(matches) != 1:
             raise ValueError(f"{self.id}: {len(matches)} outcomes apply to "
                              f"{'.'.join(map(str, version))}; the bounds must not overlap or leave gaps")
@@ -93,8 +98,12 @@ def load(path: Path = DEFAULT_FILE) -> dict[str, Behaviour]:
                                     since=tuple(_versions(o.get("since"))),
                                     until=tuple(_versions(o.get("until"))),
                                     reason=o.get("reason", ""),
-                                    differs_from_doc=bool(o.get("differs_from_doc", False))))
-            if (outcomes[-1].until or outcomes[-1].differs_from_doc) and not outcomes[-1].reason:
+                                    differs_from_doc=bool(o.get("differs_from_doc", False)),
+                                    regression=bool(o.get("regression", False))))
+            last = outcomes[-1]
+            if last.regression and not last.since:
+                raise ValueError(f"{path}: {bid}: a regression outcome needs since = (its window)")
+            if (last.until or last.differs_from_doc or last.regression) and not last.reason:
                 raise ValueError(f"{path}: {bid}: an outcome that differs from the doc "
                                  "(until = or differs_from_doc =) needs a reason")
         behaviours[bid] = Behaviour(id=bid, title=table["title"], section=table["section"],

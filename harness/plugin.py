@@ -22,7 +22,7 @@ from .errors import KconformError
 from .health import HealthRules
 from .kernels import KernelProvider, KernelTree, expand_kernel_args, load_specs
 from .report import Reporter
-from .session import BootFailure, GuestCallError, GuestFailure, GuestSession
+from .session import BootFailure, GuestCallError, GuestFailure, GuestHang, GuestSession
 from .vm import kill_all_guests
 
 MAX_REPLACEMENTS = 3  # a kernel whose guest dies this often gets its remaining tests failed fast
@@ -228,11 +228,24 @@ def _kernel_of(item) -> str | None:
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
-    if report.when == "call" and report.failed and item.stash.get(CRASHED_KEY, False):
+    case_guest = item.stash.get(CASE_GUEST_KEY, None)
+    lost_guest = case_guest is not None and case_guest.down is not None
+    if report.when == "call" and report.failed and (item.stash.get(CRASHED_KEY, False)
+                                                    or lost_guest):
         report.user_properties.append(("verdict", expectations.CRASHED))
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    result = yield
+    case_guest = item.stash.get(CASE_GUEST_KEY, None)
+    if case_guest is not None:
+        case_guest.fail_if_down_unjudged()
+    return result
+
+
 CRASHED_KEY = pytest.StashKey[bool]()
+CASE_GUEST_KEY = pytest.StashKey["CaseGuest"]()
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -261,11 +274,27 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
 
 # ----------------------------------------------------------------------------- fixtures
 
+class GuestDown(dict):
+    """What a test observes when the guest did not survive its call: {"guest": "hang"} or
+    {"guest": "crash"}. expect() judges it like any observation, since an old kernel can be
+    expected to hang (a cited, known bug); reading anything else from it fails the test with the
+    crash report."""
+
+    def __init__(self, kind: str, report: str):
+        super().__init__(guest=kind)
+        self.report = report
+
+    def __missing__(self, key):
+        pytest.fail(self.report, pytrace=False)
+
+
 class CaseGuest:
     """The guest as one test sees it: guest-side calls with health checks and clear failures."""
 
     def __init__(self, item: pytest.Item, run: KconformRun, kernel: str, session: GuestSession):
         self.item, self.run, self.kernel, self.session = item, run, kernel, session
+        self.down: GuestDown | None = None  # set when a call lost the guest
+        self.judged = False
         stem = Path(str(item.fspath)).stem
         self.module = f"cases.guest.{stem[len('test_'):] if stem.startswith('test_') else stem}"
 
@@ -280,12 +309,18 @@ class CaseGuest:
             raise
         except GuestFailure as exc:
             failure = exc
-        if failure:  # failed outside the except block, so the report is not an exception chain
-            self.item.stash[CRASHED_KEY] = True
-            pytest.fail(_failure_text(failure, self.run.kernels.get(self.kernel),
-                                      self.run.health), pytrace=False)
+        if failure:  # handled outside the except block, so the report is not an exception chain
+            report = _failure_text(failure, self.run.kernels.get(self.kernel), self.run.health)
+            self.down = GuestDown("hang" if isinstance(failure, GuestHang) else "crash", report)
+            self.item.user_properties.append(("console", json.dumps(failure.console[-80:])))
+            return self.down
         self._check_health(result.health)
         return result.result
+
+    def fail_if_down_unjudged(self) -> None:
+        """A lost guest that no expectation accounted for fails the test as crashed."""
+        if self.down is not None and not self.judged:
+            pytest.fail(self.down.report, pytrace=False)
 
     def _check_health(self, health: dict) -> None:
         findings = self.run.health.check(health)
@@ -338,7 +373,8 @@ def guest(request: pytest.FixtureRequest, kernel: str) -> CaseGuest:
     info = run.kernels[kernel]
     item.user_properties += [("kernel", kernel), ("kernel_version", info.exact_version),
                              ("uname", info.uname)]
-    return CaseGuest(item, run, kernel, session)
+    item.stash[CASE_GUEST_KEY] = CaseGuest(item, run, kernel, session)
+    return item.stash[CASE_GUEST_KEY]
 
 
 def _skip_without_config(item: pytest.Item, kernel: str, tree: KernelTree) -> None:
@@ -378,7 +414,10 @@ def expect(request: pytest.FixtureRequest, kernel: str, guest: CaseGuest):
 
     def judge(behaviour_id: str, observed: dict, variant: str | None = None):
         behaviour = run.behaviours[behaviour_id]
+        if guest.down is not None:
+            observed = dict(guest.down)  # only the hang or crash itself is observed
         verdict = expectations.judge(behaviour, tree.version, observed, variant)
+        guest.judged = True
         item.user_properties += [
             ("behaviour", behaviour_id), ("variant", variant or ""),
             ("section", behaviour.section), ("title", behaviour.title),
@@ -387,6 +426,9 @@ def expect(request: pytest.FixtureRequest, kernel: str, guest: CaseGuest):
             ("source", verdict.outcome.source), ("reason", verdict.outcome.reason),
             ("verdict", verdict.verdict)]
         if verdict.verdict == expectations.FAIL:
+            if guest.down is not None:
+                item.stash[CRASHED_KEY] = True
+                pytest.fail(guest.down.report, pytrace=False)
             pytest.fail(verdict.message(kernel, tree.exact_version), pytrace=False)
         return verdict
 

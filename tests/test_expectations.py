@@ -101,3 +101,15 @@ def test_an_outcome_marked_as_differing_from_the_doc_is_never_a_plain_pass():
                         reason="data copied since 6.5")
     verdict = ex.judge(_behaviour(copied), (7, 2, 13), {"seen": 100})
     assert verdict.verdict == ex.EXPECTED_DIFFERENCE
+
+
+def test_a_regression_window_overrides_the_other_outcomes_only_inside_it():
+    normal = ex.Outcome({"echo": True}, "doc")
+    window = ex.Outcome({"guest": "hang"}, "bug", since=((5, 10, 223), (6, 1, 91)),
+                        until=((5, 10, 233), (6, 1, 120)), regression=True, reason="deadlock")
+    behaviour = _behaviour(normal, window)
+    assert behaviour.outcome_for((5, 10, 223)) is window
+    assert behaviour.outcome_for((6, 1, 100)) is window
+    for outside in [(5, 10, 222), (5, 10, 233), (6, 1, 120), (6, 6, 10), (7, 3, 4)]:
+        assert behaviour.outcome_for(outside) is normal
+    assert ex.judge(behaviour, (5, 10, 223), {"guest": "hang"}).verdict == ex.EXPECTED_DIFFERENCE
