@@ -1,81 +1,244 @@
-"""./kconform bench: where a kernel's time goes, printed as a table and saved as JSON.
+"""./kconform bench: what the suite costs against the floor (a bare boot) and against the naive
+loop (one `vng --exec` per case), printed as tables and saved as JSON to compare later runs.
 
-Per kernel: boot (vng start to agent hello), agent start (guest init running the agent command to
-the agent's hello, from the kernel's own clock), and the harness overhead of one guest call (host
-round trip minus the time the guest spent in the function).
+In one run, on the kernels given (default: all):
+  floor    `vng ... --exec true` with the suite's own QEMU settings, per kernel
+  suite    the whole suite per kernel (from one `-n 1` run over all kernels): wall time split into
+           boot (kernel + init), agent start, the cases' own work (time inside guest functions)
+           and expected hangs (a known stable-release deadlock waits out its timeout)
+  overhead (suite - boot - cases' work - expected hangs) / cases: what the harness adds per case
+  naive    a sample of the same guest functions, each in its own `vng --exec` boot, extrapolated
+  matrix   wall time of all kernels with -n 1 and with -n 2
+  memory   peak RSS of the host-side processes and of each QEMU
+Targets (issue #6): suite <= 1.3 x floor + case work; overhead <= 50 ms/case; naive/suite >= 20;
+the full matrix with -n 2 <= 4 minutes.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import re
-import statistics
+import shlex
+import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
-from .accel import Accel, choose_accel
+from .accel import choose_accel
 from .kernels import KernelProvider, expand_kernel_args, load_specs
-from .session import GuestSession
+from .paths import REPO_ROOT
+from .vm import build_vng_command, guest_python
 
 OVERHEAD_TARGET_MS = 50.0
+FLOOR_FACTOR = 1.3
+NAIVE_RATIO_TARGET = 20.0
+MATRIX_TARGET_S = 240.0
+
+# Guest functions a user without kconform would script one boot each for, with their arguments.
+NAIVE_SAMPLE = [
+    ("cases.guest.create:create_with_value_sizes", {"map_type": "sockmap"}),
+    ("cases.guest.update:update_flags", {"map_type": "sockhash"}),
+    ("cases.guest.redirect:redirect", {"obj": "@sockmap_progs", "kind": "skb", "helper": "map",
+                                       "flags": 0}),
+]
 
 
-def agent_start_seconds(console: list[str], hello_uptime: float) -> float | None:
-    for line in console:
-        m = re.match(r"\[\s*([\d.]+)\] virtme-ng-init: starting script", line)
-        if m:
-            return hello_uptime - float(m.group(1))
-    return None
+class PeakMemory:
+    """Samples /proc while something runs: the highest VmHWM of each QEMU and of the host side
+    (the pytest processes of this benchmark), in MiB."""
+
+    def __init__(self, marker: str, interval: float = 0.5):
+        self.marker, self.interval = marker, interval
+        self.qemu: dict[int, float] = {}
+        self.host: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for pid_dir in Path("/proc").iterdir():
+                if not pid_dir.name.isdigit():
+                    continue
+                try:
+                    cmd = (pid_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                    status = (pid_dir / "status").read_text()
+                except OSError:
+                    continue
+                hwm = next((int(l.split()[1]) / 1024 for l in status.splitlines()
+                            if l.startswith("VmHWM:")), None)
+                if hwm is None:
+                    continue
+                pid = int(pid_dir.name)
+                if "qemu-system" in cmd and "kconform-" in cmd:
+                    self.qemu[pid] = max(hwm, self.qemu.get(pid, 0.0))
+                elif self.marker in cmd and "pytest" in cmd:
+                    self.host[pid] = max(hwm, self.host.get(pid, 0.0))
+            self._stop.wait(self.interval)
+
+    def figures(self) -> dict:
+        return {"qemu_peak_mib": round(max(self.qemu.values(), default=0.0), 1),
+                "host_peak_mib": round(max(self.host.values(), default=0.0), 1),
+                "host_total_peak_mib": round(sum(self.host.values()), 1)}
 
 
-def measure(name: str, provider: KernelProvider, accel: Accel, calls: int, results: Path) -> dict:
-    tree = provider.get(name)
-    session = GuestSession(tree, accel, results / f"bench-{name}.log", boot_timeout=300)
-    session.start()
-    try:
-        session.call("harness.agent.probes:noop", timeout=10)  # warm: imports over 9p
-        round_trips, inside = [], []
-        for _ in range(calls):
-            t = time.perf_counter()
-            r = session.call("harness.agent.probes:noop", timeout=10)
-            round_trips.append(time.perf_counter() - t)
-            inside.append(r.elapsed)
-    finally:
-        session.close()
-    overhead = [rt - e for rt, e in zip(round_trips, inside)]
-    return {"kernel": name, "version": tree.exact_version, "accel": accel.name,
-            "boot_s": round(session.boot_seconds, 2),
-            "agent_start_s": round(agent_start_seconds(list(session.guest.console),
-                                                       session.info["uptime"]) or -1, 2),
-            "call_round_trip_ms": round(statistics.median(round_trips) * 1000, 2),
-            "overhead_per_call_ms": round(statistics.median(overhead) * 1000, 2),
-            "calls": calls}
+def timed(cmd: list[str], **kwargs) -> tuple[float, subprocess.CompletedProcess]:
+    start = time.monotonic()
+    proc = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
+    return time.monotonic() - start, proc
+
+
+def floor(tree, accel) -> float:
+    """A bare boot of the kernel with the suite's QEMU settings, doing nothing."""
+    seconds, proc = timed(build_vng_command(tree, accel, "true"))
+    if proc.returncode != 0:
+        raise RuntimeError(f"vng --exec true failed on {tree.name}:\n{proc.stderr[-2000:]}")
+    return seconds
+
+
+def naive_case(tree, accel, fn: str, kwargs: dict, objects: dict) -> float:
+    """One guest function the way a shell loop would run it: its own boot, its own Python."""
+    kwargs = {k: objects[v[1:]] if isinstance(v, str) and v.startswith("@") else v
+              for k, v in kwargs.items()}
+    module, func = fn.split(":")
+    script = (f"import sys; sys.path.insert(0, {str(REPO_ROOT)!r}); "
+              f"import json, {module} as m; print(json.dumps(m.{func}(**{kwargs!r})))")
+    seconds, proc = timed(build_vng_command(tree, accel, shlex.join([guest_python(), "-c",
+                                                                     script])))
+    if proc.returncode != 0:
+        raise RuntimeError(f"naive run of {fn} failed on {tree.name}:\n{proc.stderr[-2000:]}")
+    return seconds
+
+
+def run_suite(names: list[str], workers: int, results: Path) -> tuple[float, dict, dict]:
+    """The conformance suite over `names` with -n workers; wall time, report.json, memory."""
+    cmd = [sys.executable, "-m", "pytest", "cases", "-q", "-p", "no:cacheprovider",
+           "--kernel", ",".join(names), "-n", str(workers), f"--results-dir={results}"]
+    with PeakMemory(str(results)) as memory:
+        seconds, proc = timed(cmd, cwd=REPO_ROOT)
+    if proc.returncode not in (0, 1):
+        raise RuntimeError(f"suite run failed ({proc.returncode}):\n{proc.stdout[-3000:]}")
+    report = json.loads((results / "report.json").read_text())
+    return seconds, report, memory.figures()
+
+
+def split_by_kernel(report: dict, name: str) -> dict:
+    cases = [c for c in report["cases"] if c["kernel"] == name]
+    hangs = sum(c["duration"] for c in cases if (c.get("observed") or {}).get("guest"))
+    boot = sum(c.get("boot_seconds") or 0 for c in cases)
+    agent = sum(c.get("agent_start_seconds") or 0 for c in cases)
+    work = sum(c.get("guest_seconds") or 0 for c in cases)
+    wall = sum(c["duration"] for c in cases)
+    count = len(cases)
+    overhead = (wall - boot - work - hangs) / count if count else 0.0
+    verdicts: dict[str, int] = {}
+    for c in cases:
+        verdicts[c["verdict"]] = verdicts.get(c["verdict"], 0) + 1
+    return {"cases": count, "suite_s": round(wall, 1), "boot_s": round(boot - agent, 1),
+            "agent_start_s": round(agent, 1), "work_s": round(work, 1),
+            "expected_hangs_s": round(hangs, 1), "overhead_ms": round(overhead * 1000, 1),
+            "verdicts": verdicts}
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="kconform bench", description=__doc__)
-    parser.add_argument("--kernel", action="append", default=[], help="as for the suite")
-    parser.add_argument("--calls", type=int, default=50, help="guest calls timed per kernel")
+    parser = argparse.ArgumentParser(prog="kconform bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--kernel", action="append", default=[],
+                        help="kernels to measure, as for the suite (default: all)")
+    parser.add_argument("--naive-kernel", default=None,
+                        help="kernel for the naive sample (default: the first one)")
     parser.add_argument("--json", default="results/bench.json", help="where to save the figures")
     args = parser.parse_args(argv)
-    names = expand_kernel_args(args.kernel or ["default"], load_specs())
+    names = expand_kernel_args(args.kernel or ["all"], load_specs())
     provider = KernelProvider(log=lambda m: print(f"kconform: {m}", file=sys.stderr))
+    accel = choose_accel(cache=provider.cache)
+    trees = {n: provider.get(n) for n in names}
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    accel = choose_accel(cache=provider.cache)
-    rows = [measure(n, provider, accel, args.calls, out.parent) for n in names]
-    header = f"{'kernel':14} {'version':12} {'accel':5} {'boot s':>7} {'agent s':>8} " \
-             f"{'call ms':>8} {'overhead ms':>12} {'target':>8}"
-    print(header)
-    for r in rows:
-        ok = "met" if r["overhead_per_call_ms"] <= OVERHEAD_TARGET_MS else "MISSED"
-        print(f"{r['kernel']:14} {r['version']:12} {r['accel']:5} {r['boot_s']:7.1f} "
-              f"{r['agent_start_s']:8.2f} {r['call_round_trip_ms']:8.1f} "
-              f"{r['overhead_per_call_ms']:12.2f} {ok:>8}")
-    print(f"overhead target: <= {OVERHEAD_TARGET_MS:.0f} ms per case; ratio to target: " +
-          ", ".join(f"{r['kernel']} {r['overhead_per_call_ms'] / OVERHEAD_TARGET_MS:.3f}"
-                    for r in rows))
-    out.write_text(json.dumps(rows, indent=1))
+    work_dir = Path(tempfile.mkdtemp(prefix="kconform-bench-"))
+
+    def say(message: str) -> None:
+        print(f"kconform bench: {message}", file=sys.stderr, flush=True)
+
+    figures: dict = {"accel": accel.name, "kernels": {}, "started": time.strftime("%F %T")}
+    for name in names:
+        say(f"floor: {name}")
+        with PeakMemory("vng --run") as memory:
+            figures["kernels"][name] = {"version": trees[name].exact_version,
+                                        "floor_s": round(floor(trees[name], accel), 1),
+                                        "floor_qemu_peak_mib": memory.figures()["qemu_peak_mib"]}
+    matrix = {}
+    for workers in (1, 2):
+        say(f"suite on {len(names)} kernels with -n {workers}")
+        wall, report, memory = run_suite(names, workers, work_dir / f"n{workers}")
+        matrix[f"n{workers}"] = {"wall_s": round(wall, 1), **memory}
+        if workers == 1:
+            for name in names:
+                figures["kernels"][name].update(split_by_kernel(report, name))
+    figures["matrix"] = matrix
+    naive_kernel = args.naive_kernel or names[0]
+    from .bpf import build
+    objects = {"sockmap_progs": str(build("sockmap_progs"))}
+    samples = []
+    for fn, kwargs in NAIVE_SAMPLE:
+        say(f"naive: {fn} on {naive_kernel}")
+        samples.append(naive_case(trees[naive_kernel], accel, fn, kwargs, objects))
+    per_case = sum(samples) / len(samples)
+    k = figures["kernels"][naive_kernel]
+    figures["naive"] = {"kernel": naive_kernel, "sample_s": [round(s, 1) for s in samples],
+                        "per_case_s": round(per_case, 1),
+                        "extrapolated_suite_s": round(per_case * k["cases"], 1)}
+    for name, k in figures["kernels"].items():
+        k["suite_over_floor"] = round(k["suite_s"] / k["floor_s"], 2)
+        k["suite_budget_s"] = round(FLOOR_FACTOR * k["floor_s"] + k["work_s"]
+                                    + k["expected_hangs_s"], 1)
+        k["naive_over_suite"] = round(per_case * k["cases"] / k["suite_s"], 1)
+    out.write_text(json.dumps(figures, indent=1))
+    print_tables(figures)
     print(f"saved {out}")
     return 0
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+def print_tables(f: dict) -> None:
+    print(f"accelerator: {f['accel']}")
+    print(f"{'kernel':12} {'floor s':>7} {'suite s':>7} {'boot':>6} {'agent':>6} {'work':>6} "
+          f"{'hangs':>6} {'cases':>5} {'ovh ms':>7} {'suite/floor':>11} {'budget s':>8} "
+          f"{'naive/suite':>11} {'qemu MiB':>8}")
+    for name, k in f["kernels"].items():
+        print(f"{name:12} {k['floor_s']:7.1f} {k['suite_s']:7.1f} {k['boot_s']:6.1f} "
+              f"{k['agent_start_s']:6.1f} {k['work_s']:6.1f} {k['expected_hangs_s']:6.1f} "
+              f"{k['cases']:5d} {k['overhead_ms']:7.1f} {k['suite_over_floor']:11.2f} "
+              f"{k['suite_budget_s']:8.1f} {k['naive_over_suite']:11.1f} "
+              f"{k['floor_qemu_peak_mib']:8.0f}")
+    n = f["naive"]
+    print(f"naive: {n['per_case_s']} s per case on {n['kernel']} (sample {n['sample_s']}), "
+          f"{n['extrapolated_suite_s']} s for its suite")
+    for key, m in f["matrix"].items():
+        print(f"matrix -{key[0]} {key[1:]}: {m['wall_s']} s wall; peak RSS: QEMU "
+              f"{m['qemu_peak_mib']} MiB, host process {m['host_peak_mib']} MiB "
+              f"(all host processes {m['host_total_peak_mib']} MiB)")
+    ks = f["kernels"].values()
+    print("targets:")
+    print(f"  suite <= {FLOOR_FACTOR} x floor + case work: " + ", ".join(
+        f"{name} {_met(k['suite_s'] <= k['suite_budget_s'])}" for name, k in f["kernels"].items()))
+    print(f"  overhead <= {OVERHEAD_TARGET_MS:.0f} ms/case: "
+          f"{_met(all(k['overhead_ms'] <= OVERHEAD_TARGET_MS for k in ks))} "
+          f"(worst {max(k['overhead_ms'] for k in ks)} ms)")
+    print(f"  naive/suite >= {NAIVE_RATIO_TARGET:.0f}: "
+          f"{_met(all(k['naive_over_suite'] >= NAIVE_RATIO_TARGET for k in ks))} "
+          f"(lowest {min(k['naive_over_suite'] for k in ks)})")
+    n2 = f["matrix"]["n2"]["wall_s"]
+    print(f"  matrix -n 2 <= {MATRIX_TARGET_S:.0f} s: {_met(n2 <= MATRIX_TARGET_S)} ({n2} s, "
+          f"ratio {n2 / MATRIX_TARGET_S:.2f})")

@@ -17,7 +17,7 @@ USAGE = """\
 ./kconform merge RESULTS... [-o DIR]                       one grid from several runs' report.json
 ./kconform compare RESULTS [RESULTS] [--base K --new K]    differing behaviours, exit 1 on regression
 ./kconform kernels                                         list the known kernel names
-./kconform bench [--kernel NAME] [--calls N]               boot, agent start, per-call overhead
+./kconform bench [--kernel NAME]                           floor, suite, naive loop, matrix, memory
 
 Anything after suite/test goes to pytest: -k, -n 2, -x, --kernel all, a test id.
 RESULTS is a report.json, or a directory holding one (a run's --results-dir, a CI artifact).

@@ -73,6 +73,7 @@ class GuestPool:
         self.trees: dict[str, KernelTree] = {}
         self.failed: dict[str, Exception] = {}
         self.boots: dict[str, int] = {}
+        self.fresh: dict[str, GuestSession] = {}
 
     def tree(self, name: str) -> KernelTree:
         if name not in self.trees:
@@ -108,6 +109,7 @@ class GuestPool:
             self.failed[name] = exc
             raise
         self.live[name] = session
+        self.fresh[name] = session  # the test that asked for it carries the boot's timings
         info = self.run.kernels.setdefault(name, KernelInfo(name, tree.exact_version))
         info.uname, info.boot_seconds = session.uname, session.boot_seconds
         info.vng_command, info.console_log = session.guest.command_line(), str(log)
@@ -294,6 +296,7 @@ class CaseGuest:
     def __init__(self, item: pytest.Item, run: KconformRun, kernel: str, session: GuestSession):
         self.item, self.run, self.kernel, self.session = item, run, kernel, session
         self.down: GuestDown | None = None  # set when a call lost the guest
+        self.guest_seconds = 0.0  # time spent inside guest functions (the case's own work)
         self.judged = False
         stem = Path(str(item.fspath)).stem
         self.module = f"cases.guest.{stem[len('test_'):] if stem.startswith('test_') else stem}"
@@ -315,6 +318,8 @@ class CaseGuest:
             self.item.user_properties.append(("console", json.dumps(failure.console[-80:])))
             return self.down
         self._check_health(result.health)
+        self.guest_seconds += result.elapsed
+        self.item.user_properties.append(("guest_seconds", round(self.guest_seconds, 4)))
         return result.result
 
     def fail_if_down_unjudged(self) -> None:
@@ -373,6 +378,10 @@ def guest(request: pytest.FixtureRequest, kernel: str) -> CaseGuest:
     info = run.kernels[kernel]
     item.user_properties += [("kernel", kernel), ("kernel_version", info.exact_version),
                              ("uname", info.uname)]
+    booted = run.pool.fresh.pop(kernel, None)
+    if booted is not None:
+        item.user_properties += [("boot_seconds", round(booted.boot_seconds, 3)),
+                                 ("agent_start_seconds", booted.agent_start_seconds)]
     item.stash[CASE_GUEST_KEY] = CaseGuest(item, run, kernel, session)
     return item.stash[CASE_GUEST_KEY]
 

@@ -230,6 +230,9 @@ def case_record(reports: list, expectations_file: str | None = None) -> dict:
         "message": message,
         "reproduce": shlex.join(reproduce),
     }
+    for timing in ("guest_seconds", "boot_seconds", "agent_start_seconds"):
+        if props.get(timing) is not None:
+            case[timing] = props[timing]  # for ./kconform bench
     if verdict in BAD:
         case["boot"] = props.get("boot")
         case["console"] = _json(props.get("console")) or []

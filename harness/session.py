@@ -145,6 +145,16 @@ class GuestSession:
             raise
         self.boot_seconds = time.monotonic() - self.guest.started_at
 
+    @property
+    def agent_start_seconds(self) -> float | None:
+        """From virtme-ng-init starting our command to the agent's hello, by the guest's clock:
+        the part of a boot that is Python starting and importing the agent."""
+        for line in list(self.guest.console):
+            m = re.match(r"\[\s*([\d.]+)\] virtme-ng-init: starting script", line)
+            if m and "uptime" in self.info:
+                return self.info["uptime"] - float(m.group(1))
+        return None
+
     def call(self, fn: str, *, timeout: float, **kwargs) -> CallResult:
         """Run guest-side function fn ("module:function") with kwargs; raise on guest failure."""
         if self.dead:
