@@ -159,8 +159,8 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     names = expand_kernel_args(args.kernel or ["all"], load_specs())
     provider = KernelProvider(log=lambda m: print(f"kconform: {m}", file=sys.stderr))
-    accel = choose_accel(cache=provider.cache)
     trees = {n: provider.get(n) for n in names}
+    accel = choose_accel(trees[names[0]].vmlinuz, cache=provider.cache)
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     work_dir = Path(tempfile.mkdtemp(prefix="kconform-bench-"))

@@ -100,7 +100,7 @@ class GuestPool:
             raise self.failed[name]
         self.boots[name] = count + 1
         log = self.run.results_dir / "console" / f"{_safe(name)}-{self.run.worker}-{count}.log"
-        accel = self.run.accel()
+        accel = self.run.accel(tree)
         session = GuestSession(tree, accel, log, boot_timeout=self.run.boot_timeout(accel),
                                memory=self.run.memory)
         try:
@@ -152,9 +152,10 @@ class KconformRun:
         else:
             print(f"kconform[{self.worker}]: {message}", flush=True)
 
-    def accel(self):
+    def accel(self, tree: KernelTree):
+        """Chosen once per process, probing KVM with the first kernel it boots."""
         if self._accel is None:
-            self._accel = choose_accel(self._accel_choice, cache=self.provider.cache)
+            self._accel = choose_accel(tree.vmlinuz, self._accel_choice, cache=self.provider.cache)
             self._log(f"accelerator: {self._accel.name} ({self._accel.reason})")
         return self._accel
 

@@ -130,7 +130,8 @@ class GuestSession:
                 line = self.guest.receive(timeout=max(0.0, deadline - time.monotonic()))
                 if line is None:
                     raise BootFailure(f"{self.tree.name}: no agent within {self.boot_timeout:.0f}s "
-                                      "of starting the guest (boot hang?)", self.guest.console_tail())
+                                      f"of starting the guest (boot hang?){self._kvm_hint()}",
+                                      self.guest.console_tail())
                 if line.startswith("{"):
                     msg = json.loads(line)
                     if msg.get("event") == "ready":
@@ -138,12 +139,18 @@ class GuestSession:
                         break
         except GuestDied as exc:
             self.guest.kill()
-            raise BootFailure(f"{self.tree.name}: the guest died while booting ({exc})",
-                              self.guest.console_tail()) from None
+            raise BootFailure(f"{self.tree.name}: the guest died while booting ({exc})"
+                              f"{self._kvm_hint()}", self.guest.console_tail()) from None
         except BootFailure:
             self.guest.kill()
             raise
         self.boot_seconds = time.monotonic() - self.guest.started_at
+
+    def _kvm_hint(self) -> str:
+        if self.guest.accel.name == "kvm" and any("KVM internal error" in line
+                                                  for line in self.guest.console):
+            return "; KVM failed to run this kernel: rerun with --accel tcg"
+        return ""
 
     @property
     def agent_start_seconds(self) -> float | None:
