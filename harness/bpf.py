@@ -1,6 +1,7 @@
 """Builds the cases' BPF C programs on the host with clang, cached by content hash.
 
-The guest shares the host's root, so a built object's cache path is also its path in the guest.
+A case passes the object's host path to the guest call; the machine says where the guest sees it
+(the same path on the host's root, a mount on a pinned root, a copy on an SSH target).
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 from .errors import KconformError
-from .paths import REPO_ROOT, cache_dir
+from .paths import REPO_ROOT, bpf_cache_dir
 
 BPF_DIR = REPO_ROOT / "cases" / "bpf"
 ARCH_INCLUDE = "/usr/include/x86_64-linux-gnu"  # asm/types.h for -target bpf on Debian
@@ -44,7 +45,7 @@ def build(name: str, cache: Path | None = None) -> Path:
         raise BpfBuildError("clang not found: install clang, llvm and libbpf-dev "
                             "(apt-get install clang llvm libbpf-dev), or run ./kconform")
     version = subprocess.run(["clang", "--version"], capture_output=True, text=True).stdout
-    out_dir = (cache or cache_dir()) / "bpf"
+    out_dir = cache / "bpf" if cache else bpf_cache_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{name}-{_inputs_digest(source, version)}.o"
     if target.exists():

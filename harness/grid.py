@@ -164,18 +164,29 @@ def _md(text) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
+def ran_on(info: dict) -> str:
+    """Where a kernel's cases ran: 'qemu, root: host', 'qemu, root: debian-bookworm@…', or the
+    SSH target. Results from before these fields say '?'."""
+    machine = info.get("machine")
+    if not machine:
+        return "?"
+    if machine == "qemu":
+        return f"qemu, root: {info.get('rootfs') or '?'}"
+    return machine
+
+
 def markdown(results: Results) -> str:
     grid = build(results)
     out = ["# kconform: documented behaviour × kernel", ""]
     if not grid.kernels:
         return "\n".join(out + ["No results.", ""])
-    out += ["| kernel | package version | uname -r | pass | expected difference | fail | crashed "
-            "| skipped |", "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    out += ["| kernel | package version | uname -r | ran on | pass | expected difference | fail "
+            "| crashed | skipped |", "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for kernel in grid.kernels:
         info, t = grid.kernel_info[kernel], grid.totals[kernel]
         out.append(f"| {_md(kernel)} | {_md(info.get('version') or '?')} | "
-                   f"{_md(info.get('uname') or '?')} | {t[PASS]} | {t[EXPECTED_DIFFERENCE]} | "
-                   f"{t[FAIL]} | {t[CRASHED]} | {t[SKIPPED]} |")
+                   f"{_md(info.get('uname') or '?')} | {_md(ran_on(info))} | {t[PASS]} | "
+                   f"{t[EXPECTED_DIFFERENCE]} | {t[FAIL]} | {t[CRASHED]} | {t[SKIPPED]} |")
     out += ["", "Legend: " + " · ".join(f"{MD_ICONS[v]} {LABELS[v]}" for v in LABELS)
             + f" · – {NOT_RUN}. An expected difference is an older kernel doing what its version "
             "is documented to do, asserted like any other outcome.", ""]
@@ -299,12 +310,13 @@ def html_page(results: Results) -> str:
 
 def _kernel_table(grid: Grid) -> list[str]:
     rows = ['<table class="kernels"><thead><tr><th>kernel</th><th>package version</th>'
-            "<th>uname -r</th>" + "".join(f"<th>{LABELS[v]}</th>" for v in LABELS)
+            "<th>uname -r</th><th>ran on</th>" + "".join(f"<th>{LABELS[v]}</th>" for v in LABELS)
             + "</tr></thead><tbody>"]
     for kernel in grid.kernels:
         info, totals = grid.kernel_info[kernel], grid.totals[kernel]
         rows.append(f'<tr data-kernel="{_e(kernel)}"><td>{_e(kernel)}</td>'
                     f"<td>{_e(info.get('version') or '?')}</td><td>{_e(info.get('uname') or '?')}</td>"
+                    f"<td>{_e(ran_on(info))}</td>"
                     + "".join(f'<td class="n" data-verdict="{v}">{totals[v]}</td>' for v in LABELS)
                     + "</tr>")
     rows.append("</tbody></table>")

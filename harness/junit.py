@@ -60,7 +60,8 @@ def junit_text(results: Results) -> str:
     for kernel in results.kernel_order():
         info = results.kernels[kernel]
         properties = {"kernel": kernel, "kernel_version": info.get("version") or "",
-                      "uname": info.get("uname") or ""}
+                      "uname": info.get("uname") or "", "machine": info.get("machine") or "",
+                      "rootfs": info.get("rootfs") or ""}
         suites.append(TestSuite(f"kconform {kernel}", [_testcase(c) for c in results.for_kernel(kernel)],
                                 properties=properties))
     return to_xml_report_string(suites, prettyprint=True, encoding="utf-8")

@@ -105,12 +105,13 @@ def _looks_like_path(name: str) -> bool:
 class KernelTree:
     """A bootable kernel: what virtme-ng is given, and what results record about it."""
     name: str
-    vmlinuz: Path
+    vmlinuz: Path | None              # None for a kernel already running on an SSH target
     release: str                      # `uname -r` of the kernel
     package_version: str | None = None  # e.g. 6.1.176-1 for Debian kernels
     root: Path | None = None          # tree with boot/ and lib/modules/, when we built one
     config_path: Path | None = None
     run_target: Path | None = None    # what `vng -r` is given; defaults to vmlinuz
+    target: str | None = None         # ssh://user@host:port of a machine running this kernel
     _config: dict | None = field(default=None, repr=False)
 
     @property
@@ -172,8 +173,9 @@ def write_manifest(root: Path, meta: dict) -> None:
             if p.is_symlink() or n == MANIFEST:
                 continue
             files[str(p.relative_to(root))] = p.stat().st_size
-    vmlinuz = root / "boot" / f"vmlinuz-{meta['release']}"
-    meta = dict(meta, files=files, vmlinuz_sha256=_sha256(vmlinuz))
+    meta = dict(meta, files=files)
+    if "release" in meta:  # a kernel tree: its image is hashed too
+        meta["vmlinuz_sha256"] = _sha256(root / "boot" / f"vmlinuz-{meta['release']}")
     (root / MANIFEST).write_text(json.dumps(meta, indent=1, sort_keys=True))
 
 
@@ -191,9 +193,10 @@ def check_manifest(root: Path) -> tuple[dict | None, str | None]:
             return None, f"{rel} is missing"
         if actual != size:
             return None, f"{rel} is {actual} bytes, expected {size}"
-    vmlinuz = root / "boot" / f"vmlinuz-{meta['release']}"
-    if _sha256(vmlinuz) != meta["vmlinuz_sha256"]:
-        return None, f"{vmlinuz.name} does not match its recorded sha256"
+    if "vmlinuz_sha256" in meta:
+        vmlinuz = root / "boot" / f"vmlinuz-{meta['release']}"
+        if _sha256(vmlinuz) != meta["vmlinuz_sha256"]:
+            return None, f"{vmlinuz.name} does not match its recorded sha256"
     return meta, None
 
 

@@ -15,3 +15,13 @@ def cache_dir() -> Path:
         path = Path(xdg) / "kconform"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def bpf_cache_dir() -> Path:
+    """Where built BPF objects are cached (harness/bpf.py)."""
+    return cache_dir() / "bpf"
+
+
+def agent_argv(python: str, repo_root: str) -> list[str]:
+    """The command that starts the guest agent, given where the machine sees the repo's files."""
+    return [python, "-I", "-S", f"{repo_root}/harness/agent/agent.py", repo_root]

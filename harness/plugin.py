@@ -22,8 +22,10 @@ from .errors import KconformError
 from .health import HealthRules
 from .kernels import KernelProvider, KernelTree, expand_kernel_args, load_specs
 from .report import Reporter
+from .rootfs import HOST, Rootfs, RootfsProvider, check_rootfs_name
 from .session import BootFailure, GuestCallError, GuestFailure, GuestHang, GuestSession
-from .vm import kill_all_guests
+from .ssh import SshMachine, SshTarget, describe_target
+from .vm import Guest, kill_all_guests
 
 MAX_REPLACEMENTS = 3  # a kernel whose guest dies this often gets its remaining tests failed fast
 
@@ -49,6 +51,20 @@ def pytest_addoption(parser):
     group.addoption("--expectations", default=None, metavar="FILE",
                     help="expectations file to judge with (default: cases/expectations.toml)")
     group.addoption("--guest-memory", default="1G", help="memory per guest (default 1G)")
+    group.addoption("--rootfs", default="host", metavar="NAME",
+                    help="guest root filesystem: 'host' (default: the host's own root, read-only, "
+                         "as virtme-ng does) or a pinned root built from images/NAME.toml, e.g. "
+                         "debian-bookworm")
+    group.addoption("--target", action="append", default=[], metavar="ssh://USER@HOST[:PORT]",
+                    help="also run on an already-running machine over SSH; its kernel is named "
+                         "by its `uname -r`. Repeatable. Without --kernel, only the targets run.")
+    group.addoption("--ssh-key", default=None, metavar="FILE",
+                    help="private key for --target (default: ssh-agent and ~/.ssh/id_*)")
+    group.addoption("--ssh-known-hosts", default=None, metavar="FILE",
+                    help="known_hosts file with the targets' host keys, besides ~/.ssh/known_hosts")
+    group.addoption("--ssh-accept-any-host-key", action="store_true",
+                    help="do not check --target host keys: only for throwaway VMs on a trusted "
+                         "network")
 
 
 # ----------------------------------------------------------------------------- run state
@@ -60,7 +76,7 @@ class KernelInfo:
     exact_version: str
     uname: str = ""
     boot_seconds: float | None = None
-    vng_command: str = ""
+    vng_command: str = ""   # for an SSH target: the ssh line that logs in the same way
     console_log: str = ""
 
 
@@ -76,6 +92,8 @@ class GuestPool:
         self.fresh: dict[str, GuestSession] = {}
 
     def tree(self, name: str) -> KernelTree:
+        if name in self.run.target_trees:
+            self.trees[name] = self.run.target_trees[name]
         if name not in self.trees:
             try:
                 self.trees[name] = self.run.provider.get(name)
@@ -100,9 +118,19 @@ class GuestPool:
             raise self.failed[name]
         self.boots[name] = count + 1
         log = self.run.results_dir / "console" / f"{_safe(name)}-{self.run.worker}-{count}.log"
-        accel = self.run.accel(tree)
-        session = GuestSession(tree, accel, log, boot_timeout=self.run.boot_timeout(accel),
-                               memory=self.run.memory)
+        if tree.target:
+            machine = SshMachine(self.run.targets[name], log)
+            boot_timeout = self.run.boot_timeout(None)
+        else:
+            accel = self.run.accel(tree)
+            try:
+                rootfs = self.run.rootfs(tree)
+            except KconformError as exc:
+                self.failed[name] = exc
+                raise
+            machine = Guest(tree, accel, log, rootfs=rootfs, memory=self.run.memory)
+            boot_timeout = self.run.boot_timeout(accel)
+        session = GuestSession(machine, name, boot_timeout=boot_timeout)
         try:
             session.start()
         except BootFailure as exc:
@@ -112,7 +140,7 @@ class GuestPool:
         self.fresh[name] = session  # the test that asked for it carries the boot's timings
         info = self.run.kernels.setdefault(name, KernelInfo(name, tree.exact_version))
         info.uname, info.boot_seconds = session.uname, session.boot_seconds
-        info.vng_command, info.console_log = session.guest.command_line(), str(log)
+        info.vng_command, info.console_log = machine.command_line(), str(log)
         return session
 
     def release(self, name: str) -> None:
@@ -129,8 +157,26 @@ class KconformRun:
     def __init__(self, config: pytest.Config):
         opt = config.option
         self.specs = load_specs()
-        self.kernel_names = expand_kernel_args(opt.kernel or ["default"], self.specs)
+        self.kernel_names = expand_kernel_args(
+            opt.kernel or ([] if opt.target else ["default"]), self.specs)
         self.results_dir = Path(opt.results_dir).resolve()
+        check_rootfs_name(opt.rootfs)
+        if opt.rootfs != HOST and not self.kernel_names:
+            raise KconformError("--rootfs applies to the kernels kconform boots; an SSH target "
+                                "runs its own root")
+        self.rootfs_name = opt.rootfs
+        self._rootfs: Rootfs | None | bool = False  # False: not built yet
+        self.targets: dict[str, SshTarget] = {}
+        self.target_trees: dict[str, KernelTree] = {}
+        for url in opt.target:
+            target = SshTarget.parse(url, key_file=opt.ssh_key, known_hosts=opt.ssh_known_hosts,
+                                     accept_any_host_key=opt.ssh_accept_any_host_key)
+            tree = describe_target(target, self.results_dir / "targets")
+            name = tree.release if tree.release not in self.kernel_names else \
+                f"{tree.release}@{target.address}"  # two targets running the same kernel
+            tree.name = name
+            self.targets[name], self.target_trees[name] = target, tree
+            self.kernel_names.append(name)
         self.case_timeout = opt.case_timeout
         self.memory = opt.guest_memory
         self.worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
@@ -160,7 +206,19 @@ class KconformRun:
         return self._accel
 
     def boot_timeout(self, accel) -> float:
-        return self._boot_timeout or (60.0 if accel.name == "kvm" else 180.0)
+        """accel None: an SSH target (connect, push the files, start the agent)."""
+        return self._boot_timeout or (180.0 if accel and accel.name == "tcg" else 60.0)
+
+    def rootfs(self, tree: KernelTree) -> Rootfs | None:
+        """The guest root for this run (None: the host's), with this kernel's modules in it."""
+        if self._rootfs is False:
+            self._rootfs = RootfsProvider(self.provider.cache, log=self._log).get(self.rootfs_name)
+        if self._rootfs is not None:
+            RootfsProvider(self.provider.cache).add_modules(self._rootfs, tree)
+        return self._rootfs
+
+    def rootfs_label(self) -> str:
+        return self._rootfs.describe() if self._rootfs else self.rootfs_name
 
 
 RUN_KEY = pytest.StashKey[KconformRun]()
@@ -400,14 +458,15 @@ def _skip_without_config(item: pytest.Item, kernel: str, tree: KernelTree) -> No
 
 @pytest.fixture(scope="session")
 def bpf_object(request: pytest.FixtureRequest):
-    """bpf_object("sockmap_progs") -> path of cases/bpf/sockmap_progs.bpf.c built (and cached)."""
+    """bpf_object("sockmap_progs") -> host path of cases/bpf/sockmap_progs.bpf.c built (and
+    cached). Given to guest.call() as a Path, it reaches the guest as the path it is seen at."""
     from .bpf import BpfBuildError, build
-    built: dict[str, str] = {}
+    built: dict[str, Path] = {}
 
-    def get(name: str) -> str:
+    def get(name: str) -> Path:
         if name not in built:
             try:
-                built[name] = str(build(name))
+                built[name] = build(name)
             except BpfBuildError as exc:
                 raise pytest.fail.Exception(str(exc), pytrace=False) from None
         return built[name]

@@ -57,8 +57,8 @@ class Reporter:
     def pytest_runtest_call(self, item: pytest.Item):
         guest = getattr(item, "funcargs", {}).get("guest")
         if guest is not None:  # mark where this test's console lines start
-            console = guest.session.guest
-            item.stash[CONSOLE_MARK] = (console, console.console_lines)
+            console = guest.session.machine.console
+            item.stash[CONSOLE_MARK] = (console, console.count)
         yield
 
     @pytest.hookimpl(hookwrapper=True)
@@ -92,12 +92,16 @@ class Reporter:
         tree = self.run.pool.trees.get(kernel)
         facts = []
         if tree is not None:
-            facts.append(("kernel_version", tree.exact_version))
+            facts += [("kernel_version", tree.exact_version),
+                      ("machine", tree.target or "qemu"),
+                      ("rootfs", "target's own" if tree.target else self.run.rootfs_label())]
         if info is not None and info.vng_command:
             facts.append(("boot", interactive_boot_command(info.vng_command)))
-        elif tree is not None and self.run._accel is not None:  # chosen already: no probe boot
+        elif tree is not None and not tree.target and self.run._accel is not None:
+            # the accelerator was chosen already (no probe boot): build the line the guest had
             from .vm import build_vng_command  # the guest never booted: build the same line
-            cmd = build_vng_command(tree, self.run._accel, "true", memory=self.run.memory)
+            cmd = build_vng_command(tree, self.run._accel, "true", memory=self.run.memory,
+                                    rootfs=self.run._rootfs or None)
             facts.append(("boot", interactive_boot_command(shlex.join(cmd))))
         return facts
 
@@ -109,7 +113,7 @@ class Reporter:
         mark = item.stash.get(CONSOLE_MARK, None)
         if mark is not None:
             console, since = mark
-            lines = console.console_tail(CONSOLE_EXCERPT, since=since)
+            lines = console.tail(CONSOLE_EXCERPT, since=since)
             extra.append(("console", json.dumps(lines)))
         info = self.run.kernels.get(kernel)
         if info is not None and info.console_log:
@@ -147,11 +151,13 @@ class Reporter:
 
     def _note_kernel(self, kernel: str, reports: list) -> None:
         entry = self.results.kernels.setdefault(
-            kernel, {"name": kernel, "version": None, "uname": None, "upstream": None, "boot": None})
+            kernel, {"name": kernel, "version": None, "uname": None, "upstream": None, "boot": None,
+                     "machine": None, "rootfs": None})
         props = {}
         for report in reports:
             props.update(dict(report.user_properties))
-        for key, prop in (("version", "kernel_version"), ("uname", "uname"), ("boot", "boot")):
+        for key, prop in (("version", "kernel_version"), ("uname", "uname"), ("boot", "boot"),
+                          ("machine", "machine"), ("rootfs", "rootfs")):
             if props.get(prop) and not entry[key]:
                 entry[key] = props[prop]
         if entry["version"]:

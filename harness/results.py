@@ -7,7 +7,9 @@ compare.py) read only this document, never pytest or a guest.
 
 Shape (format "kconform-results/1"):
   kernels:    name -> {name, version (exact package version), uname, upstream ("6.1.176"),
-              boot (vng command line for an interactive shell on that kernel)}
+              boot (vng command line for an interactive shell on that kernel, or the ssh line),
+              machine ("qemu", or the ssh:// target), rootfs ("host", a pinned root with its
+              digest and key package versions, or "target's own")}
   behaviours: id -> {title, section, order}, order = position in the expectations file
   cases:      one per (test case, kernel): behaviour, variant, case (id without the kernel),
               kernel, expected, observed, verdict, reason, source, duration, reproduce, ...

@@ -1,25 +1,21 @@
-"""GuestSession: the host side of the agent protocol over one booted Guest.
+"""GuestSession: the host side of the agent protocol over one machine (a QEMU Guest, or an
+SshMachine on an SSH target).
 
-Boot once, wait for the agent's hello, then one request/response per guest-side call. A guest that
-dies or stops answering raises with the console lines that show why; the session is then dead and
-its owner (GuestPool) boots a replacement for the tests that follow.
+Start once, wait for the agent's hello, then one request/response per guest-side call. A machine
+that dies or stops answering raises with the console lines that show why; the session is then dead
+and its owner (GuestPool) starts a replacement for the tests that follow.
 """
 from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
-import shlex
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from .accel import Accel
-from .kernels import KernelTree
-from .paths import REPO_ROOT
-from .vm import Guest, GuestDied, guest_python
+from .channel import GuestDied
 
-AGENT = REPO_ROOT / "harness" / "agent" / "agent.py"
 HOST_GRACE = 10.0  # the agent's own alarm fires first; past this the guest is hung
 
 
@@ -105,13 +101,10 @@ def crash_fingerprint(lines: list[str], frames: int = 4) -> str | None:
 
 
 class GuestSession:
-    def __init__(self, tree: KernelTree, accel: Accel, console_log: Path, *,
-                 boot_timeout: float, memory: str = "1G", cpus: int = 1,
-                 kernel_args: tuple[str, ...] = ()):
-        self.tree = tree
-        guest_cmd = shlex.join([guest_python(), "-I", "-S", str(AGENT), str(REPO_ROOT)])
-        self.guest = Guest(tree, accel, guest_cmd, console_log, memory=memory, cpus=cpus,
-                           kernel_args=kernel_args)
+    def __init__(self, machine, name: str, *, boot_timeout: float):
+        """machine: a Guest or an SshMachine, not started yet; name: the kernel's name."""
+        self.machine = machine
+        self.name = name
         self.boot_timeout = boot_timeout
         self.info: dict = {}
         self.boot_seconds: float | None = None
@@ -123,60 +116,58 @@ class GuestSession:
         return self.info.get("release", "")
 
     def start(self) -> None:
-        self.guest.start()
+        self.machine.start()
         deadline = time.monotonic() + self.boot_timeout
         try:
             while True:
-                line = self.guest.receive(timeout=max(0.0, deadline - time.monotonic()))
+                line = self.machine.receive(timeout=max(0.0, deadline - time.monotonic()))
                 if line is None:
-                    raise BootFailure(f"{self.tree.name}: no agent within {self.boot_timeout:.0f}s "
-                                      f"of starting the guest (boot hang?){self._kvm_hint()}",
-                                      self.guest.console_tail())
+                    raise BootFailure(f"{self.name}: no agent within {self.boot_timeout:.0f}s of "
+                                      "starting the guest (boot hang?)"
+                                      f"{self.machine.failure_hint()}", self.machine.console.tail())
                 if line.startswith("{"):
                     msg = json.loads(line)
                     if msg.get("event") == "ready":
                         self.info = msg
                         break
         except GuestDied as exc:
-            self.guest.kill()
-            raise BootFailure(f"{self.tree.name}: the guest died while booting ({exc})"
-                              f"{self._kvm_hint()}", self.guest.console_tail()) from None
+            self.machine.kill()
+            raise BootFailure(f"{self.name}: the guest died while booting ({exc})"
+                              f"{self.machine.failure_hint()}", self.machine.console.tail()) from None
         except BootFailure:
-            self.guest.kill()
+            self.machine.kill()
             raise
-        self.boot_seconds = time.monotonic() - self.guest.started_at
-
-    def _kvm_hint(self) -> str:
-        if self.guest.accel.name == "kvm" and any("KVM internal error" in line
-                                                  for line in self.guest.console):
-            return "; KVM failed to run this kernel: rerun with --accel tcg"
-        return ""
+        self.boot_seconds = time.monotonic() - self.machine.started_at
 
     @property
     def agent_start_seconds(self) -> float | None:
         """From virtme-ng-init starting our command to the agent's hello, by the guest's clock:
         the part of a boot that is Python starting and importing the agent."""
-        for line in list(self.guest.console):
+        for line in list(self.machine.console.lines):
             m = re.match(r"\[\s*([\d.]+)\] virtme-ng-init: starting script", line)
             if m and "uptime" in self.info:
                 return self.info["uptime"] - float(m.group(1))
         return None
 
     def call(self, fn: str, *, timeout: float, **kwargs) -> CallResult:
-        """Run guest-side function fn ("module:function") with kwargs; raise on guest failure."""
+        """Run guest-side function fn ("module:function") with kwargs; raise on guest failure.
+        A host file given as a path object (a BPF object) reaches the function as the path the
+        guest sees it at."""
         if self.dead:
             raise self.dead
         request_id = next(self._ids)
-        mark = self.guest.console_lines
+        mark = self.machine.console.count
         try:
-            self.guest.send(json.dumps({"id": request_id, "op": "call", "fn": fn,
-                                        "kwargs": kwargs, "timeout": timeout}))
+            kwargs = {k: self.machine.guest_path(v) if isinstance(v, os.PathLike) else v
+                      for k, v in kwargs.items()}
+            self.machine.send(json.dumps({"id": request_id, "op": "call", "fn": fn,
+                                          "kwargs": kwargs, "timeout": timeout}))
             while True:
-                line = self.guest.receive(timeout=timeout + HOST_GRACE)
+                line = self.machine.receive(timeout=timeout + HOST_GRACE)
                 if line is None:
                     self._die(GuestHang(
                         f"{fn} did not return within {timeout + HOST_GRACE:.0f}s; guest replaced",
-                        self.guest.console_tail(60, since=mark) or self.guest.console_tail(20)))
+                        self.machine.console.tail(60, since=mark) or self.machine.console.tail(20)))
                 response = json.loads(line) if line.startswith("{") else {}
                 if response.get("id") == request_id:
                     break
@@ -187,21 +178,21 @@ class GuestSession:
         if died:
             time.sleep(0.2)  # the last console lines may still be in flight
             self._die(GuestCrash(f"the guest died during {fn} ({died})",
-                                 self.guest.console_tail(200, since=mark)
-                                 or self.guest.console_tail(60)))
+                                 self.machine.console.tail(200, since=mark)
+                                 or self.machine.console.tail(60)))
         result = CallResult(result=response.get("result"), elapsed=response.get("elapsed", 0.0),
                             health=response.get("health", {}), error=response.get("error"))
         if not response.get("ok"):
             if (response.get("error") or {}).get("type") == "CallTimeout":
                 raise GuestHang(f"{fn}: {response['error']['message']}",
-                                self.guest.console_tail(20, since=mark))
+                                self.machine.console.tail(20, since=mark))
             raise GuestCallError(response.get("error") or {}, result.health)
         return result
 
     def _die(self, failure: GuestFailure):
         self.dead = failure
-        self.guest.kill()
+        self.machine.kill()
         raise failure
 
     def close(self) -> None:
-        self.guest.stop()
+        self.machine.stop()

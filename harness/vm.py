@@ -3,12 +3,14 @@
 The agent channel is virtme-ng's own script I/O: the guest command's stdin/stdout travel over
 virtio-serial ports, separate from the kernel console, which virtme-ng sends to stderr (--verbose).
 So the console can be kept whole in a log while the channel carries only protocol lines.
+
+The guest's root is the host's own (read-only, as virtme-ng does), or a pinned root filesystem
+(harness/rootfs.py); then the repo and the BPF objects are mounted into it read-only, and
+guest_path() says where a host file is seen inside.
 """
 from __future__ import annotations
 
-import collections
 import os
-import queue
 import shlex
 import signal
 import subprocess
@@ -19,18 +21,23 @@ import weakref
 from pathlib import Path
 
 from .accel import Accel
+from .channel import Console, GuestDied, LineChannel
 from .kernels import KernelTree
+from .paths import REPO_ROOT, agent_argv, bpf_cache_dir
+from .rootfs import Rootfs
 
-PANIC_MARKERS = ("Kernel panic - not syncing", "---[ end Kernel panic")
 _LIVE: "weakref.WeakSet[Guest]" = weakref.WeakSet()
+# Where a pinned root sees the host's files (mount points made when the root is built).
+GUEST_REPO = "/kconform/repo"
+GUEST_BPF = "/kconform/bpf"
+
+__all__ = ["Guest", "GuestDied", "build_vng_command", "guest_python", "kill_all_guests"]
 
 
-class GuestDied(Exception):
-    """The guest (QEMU or the agent) is gone."""
-
-
-def guest_python() -> str:
+def guest_python(rootfs: Rootfs | None = None) -> str:
     # Debian's python3 is in every guest that shares the host's root; a venv python may not be.
+    if rootfs is not None:
+        return "/usr/bin/python3"
     return os.environ.get("KCONFORM_GUEST_PYTHON") or (
         "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable)
 
@@ -50,14 +57,20 @@ BOOT_ARGS = (f"modprobe.blacklist={UNNEEDED_MODULES}",)
 
 def build_vng_command(tree: KernelTree, accel: Accel, guest_cmd: str, *, memory: str = "1G",
                       cpus: int = 1, kernel_args: tuple[str, ...] = (),
-                      extra_vng: tuple[str, ...] = (), name: str | None = None) -> list[str]:
+                      extra_vng: tuple[str, ...] = (), name: str | None = None,
+                      rootfs: Rootfs | None = None) -> list[str]:
     """The whole virtme-ng command line for one guest; print it to reproduce a boot by hand."""
     name = name or guest_name()
+    # --cwd is a host path inside the guest's root: "/" of the guest either way
+    cwd = str(rootfs.path) if rootfs is not None else "/"
     cmd = ["vng", "--run", str(tree.run_target or tree.vmlinuz), "--verbose", "--name", name,
-           "--cpus", str(cpus), "--memory", memory, "--cwd", "/",
+           "--cpus", str(cpus), "--memory", memory, "--cwd", cwd,
            f"--qemu-opts=-cpu {accel.cpu}"]
     if accel.name != "kvm":
         cmd.append("--disable-kvm")
+    if rootfs is not None:
+        cmd += ["--root", str(rootfs.path), f"--rodir={GUEST_REPO}={REPO_ROOT}",
+                f"--rodir={GUEST_BPF}={bpf_cache_dir()}"]
     for arg in (*BOOT_ARGS, *kernel_args):
         cmd += ["--append", arg]
     cmd += list(extra_vng)
@@ -68,31 +81,50 @@ def build_vng_command(tree: KernelTree, accel: Accel, guest_cmd: str, *, memory:
 class Guest:
     """One booted kernel: a vng process, its console log, and a line channel to the agent."""
 
-    def __init__(self, tree: KernelTree, accel: Accel, guest_cmd: str, console_log: Path, *,
-                 memory: str = "1G", cpus: int = 1, kernel_args: tuple[str, ...] = (),
+    def __init__(self, tree: KernelTree, accel: Accel, console_log: Path, *,
+                 rootfs: Rootfs | None = None, command: str | None = None, memory: str = "1G",
+                 cpus: int = 1, kernel_args: tuple[str, ...] = (),
                  extra_vng: tuple[str, ...] = ()):
+        """command: what the guest runs (default: kconform's agent)."""
         self.tree = tree
         self.accel = accel
-        self.console_log = console_log
-        self.cmd = build_vng_command(tree, accel, guest_cmd, memory=memory, cpus=cpus,
-                                     kernel_args=kernel_args, extra_vng=extra_vng)
+        self.rootfs = rootfs
+        if command is None:
+            python = guest_python(rootfs)
+            command = shlex.join(agent_argv(python, self.guest_path(REPO_ROOT)))
+        self.cmd = build_vng_command(tree, accel, command, memory=memory, cpus=cpus,
+                                     kernel_args=kernel_args, extra_vng=extra_vng, rootfs=rootfs)
+        self.console = Console(console_log)
+        self.channel = LineChannel(self.console)
         self.proc: subprocess.Popen | None = None
-        self.console: collections.deque[str] = collections.deque(maxlen=4000)
-        self.console_lines = 0          # total lines seen, so callers can mark positions
-        self.panicked = threading.Event()
-        self._lines: queue.Queue = queue.Queue()
         self._threads: list[threading.Thread] = []
         self.started_at: float | None = None
 
     def command_line(self) -> str:
         return shlex.join(self.cmd)
 
+    def guest_path(self, path: Path) -> str:
+        """Where the guest sees a host file of the repo or the BPF cache."""
+        path = Path(path).resolve()
+        if self.rootfs is None:
+            return str(path)  # the host's root is the guest's
+        for host, guest in ((REPO_ROOT, GUEST_REPO), (bpf_cache_dir(), GUEST_BPF)):
+            if path == host or host in path.parents:
+                return str(Path(guest) / path.relative_to(host))
+        raise ValueError(f"{path} is not visible in a guest on {self.rootfs.name}: only the repo "
+                         "and the BPF cache are mounted")
+
+    def failure_hint(self) -> str:
+        """A fix worth naming when this guest failed to boot."""
+        if self.accel.name == "kvm" and any("KVM internal error" in l for l in self.console.lines):
+            return "; KVM failed to run this kernel: rerun with --accel tcg"
+        return ""
+
     @property
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
     def start(self) -> None:
-        self.console_log.parent.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
         # vng runs virtme-run from PATH: make it the one installed beside this Python.
         env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}:/usr/sbin:/sbin"
@@ -102,26 +134,13 @@ class Guest:
             env=env, start_new_session=True)  # own process group: stop() reaps QEMU too
         _LIVE.add(self)
         self._threads = [
-            threading.Thread(target=self._pump_console, daemon=True, name="console"),
-            threading.Thread(target=self._pump_channel, daemon=True, name="channel"),
+            threading.Thread(target=self.console.pump, args=(self.proc.stderr,), daemon=True,
+                             name="console"),
+            threading.Thread(target=self.channel.pump, args=(self.proc.stdout,), daemon=True,
+                             name="channel"),
         ]
         for t in self._threads:
             t.start()
-
-    def _pump_console(self) -> None:
-        with open(self.console_log, "ab", buffering=0) as log:
-            for raw in self.proc.stderr:
-                log.write(raw)
-                line = raw.decode(errors="replace").rstrip("\r\n")
-                self.console.append(line)
-                self.console_lines += 1
-                if any(m in line for m in PANIC_MARKERS):
-                    self.panicked.set()
-
-    def _pump_channel(self) -> None:
-        for raw in self.proc.stdout:
-            self._lines.put(raw.decode(errors="replace").rstrip("\r\n"))
-        self._lines.put(None)  # EOF: the guest side closed the channel
 
     def send(self, line: str) -> None:
         if not self.alive:
@@ -134,29 +153,7 @@ class Guest:
 
     def receive(self, timeout: float) -> str | None:
         """The next channel line; None on timeout. GuestDied when the channel ended."""
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return None
-            try:
-                line = self._lines.get(timeout=min(remaining, 0.5))
-            except queue.Empty:
-                if self.panicked.is_set():
-                    time.sleep(0.5)  # let the rest of the panic reach the log
-                    raise GuestDied("kernel panic")
-                continue
-            if line is None:
-                self._lines.put(None)
-                raise GuestDied("kernel panic" if self.panicked.is_set() else
-                                f"the guest exited (status {self.proc.poll()})")
-            return line
-
-    def console_tail(self, n: int = 40, since: int | None = None) -> list[str]:
-        lines = list(self.console)
-        if since is not None:
-            lines = lines[-max(0, self.console_lines - since):] if self.console_lines > since else []
-        return lines[-n:]
+        return self.channel.receive(timeout, lambda: f"the guest exited (status {self.proc.poll()})")
 
     def stop(self, timeout: float = 10.0) -> None:
         """Close the channel (the agent exits, the guest powers off), then make sure."""

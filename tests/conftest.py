@@ -8,21 +8,41 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
+def pytest_in_child(results: Path, *args, env=None, timeout=900) -> subprocess.CompletedProcess:
+    """Run pytest with kconform's plugin in a child process, as a user's command line would."""
+    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", f"--results-dir={results}",
+           *args]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, **(env or {})))
+    proc.results = results
+    print(proc.stdout[-6000:], proc.stderr[-3000:])
+    return proc
+
+
 @pytest.fixture
 def run_pytest(tmp_path):
-    """Run pytest with kconform's plugin in a child process, as a user's command line would."""
-
     def run(*args, env=None, timeout=900):
-        results = tmp_path / "results"
-        cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
-               f"--results-dir={results}", *args]
-        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                              env=dict(os.environ, **(env or {})))
-        proc.results = results
-        print(proc.stdout[-6000:], proc.stderr[-3000:])
-        return proc
+        return pytest_in_child(tmp_path / "results", *args, env=env, timeout=timeout)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory):
+    """The conformance suite on debian-5.10 and debian-6.1 the default way (QEMU, the host's
+    root, two workers): what other ways of running the same cases are compared with."""
+    tmp = tmp_path_factory.mktemp("reference")
+    proc = pytest_in_child(tmp / "results", "cases", "--kernel", "debian-5.10,debian-6.1", "-n",
+                           "2", f"--junitxml={tmp / 'junit.xml'}")
+    proc.junit = tmp / "junit.xml"
+    return proc
+
+
+def verdicts_of(results_dir: Path, kernel: str) -> dict:
+    """{(file, case without the kernel): verdict} of one kernel in a run's report.json."""
+    from harness import results
+    cases = results.load(results_dir).for_kernel(kernel)
+    return {(c["file"], c["case"]): c["verdict"] for c in cases}
 
 
 def leftover_guests(pid: int) -> list[str]:

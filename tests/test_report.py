@@ -82,7 +82,8 @@ def check_reports_agree(directory):
         props = {p.get("name"): p.get("value") for p in suite.iter("property")}
         info = res.kernels[kernel]
         assert props == {"kernel": kernel, "kernel_version": info["version"] or "",
-                         "uname": info["uname"] or ""}
+                         "uname": info["uname"] or "", "machine": info.get("machine") or "",
+                         "rootfs": info.get("rootfs") or ""}
         cases = {junit.testcase_name(c): c for c in res.for_kernel(kernel)}
         seen = {tc.get("name"): tc for tc in suite.iter("testcase")}
         assert seen.keys() == cases.keys()

@@ -1,0 +1,193 @@
+"""Pinned guest root filesystems: a minimal Debian built by debootstrap from a recipe in images/.
+
+The default guest root is the host's own, so results can change when the host's Python or libbpf
+changes. A pinned root holds only what the guest side needs, from one Debian suite, and is cached
+like a kernel: built once per recipe under <cache>/rootfs/<name>-<recipe digest>/, published with
+one rename, with a manifest that catches damage later. debootstrap checks the archive's signatures
+(--force-check-gpg with Debian's keyring).
+
+virtme-ng takes a kernel's modules from the root it boots (<root>/lib/modules/<release>), so each
+kernel's modules are hard-linked into the root on first use; they add no userspace to the pin.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import KconformError
+from .kernels import DEBIAN_KEYRING, KernelTree, check_manifest, system_debian_mirror, write_manifest
+from .paths import REPO_ROOT, cache_dir
+
+IMAGES_DIR = REPO_ROOT / "images"
+HOST = "host"
+# Mount points of the repo and the BPF objects in a guest on a pinned root (harness/vm.py).
+MOUNT_POINTS = ("kconform/repo", "kconform/bpf")
+
+
+@dataclass(frozen=True)
+class RootfsSpec:
+    """A recipe: images/<name>.toml."""
+    name: str
+    suite: str
+    packages: tuple[str, ...]
+    variant: str
+    description: str
+    digest: str  # of the recipe's text: a changed recipe is a different root
+
+    @classmethod
+    def load(cls, path: Path) -> "RootfsSpec":
+        text = path.read_text()
+        data = tomllib.loads(text)
+        return cls(name=path.stem, suite=data["suite"], packages=tuple(data["packages"]),
+                   variant=data.get("variant", "minbase"), description=data.get("description", ""),
+                   digest=hashlib.sha256(text.encode()).hexdigest()[:12])
+
+
+@dataclass(frozen=True)
+class Rootfs:
+    """A built root: what vng --root is given, and what results record about it."""
+    name: str
+    path: Path
+    digest: str
+    packages: dict  # package -> version, as debootstrap installed them
+
+    def describe(self) -> str:
+        """e.g. 'debian-bookworm@1a2b3c4d5e6f (python3 3.11.2-1+b1, libbpf1 1:1.1.0-1)'."""
+        key = ", ".join(f"{p} {self.packages[p]}" for p in ("python3", "libbpf1")
+                        if p in self.packages)
+        return f"{self.name}@{self.digest}" + (f" ({key})" if key else "")
+
+
+def load_recipes(directory: Path = IMAGES_DIR) -> dict[str, RootfsSpec]:
+    return {p.stem: RootfsSpec.load(p) for p in sorted(directory.glob("*.toml"))}
+
+
+def check_rootfs_name(name: str) -> None:
+    if name != HOST and name not in load_recipes():
+        raise KconformError(f"unknown root filesystem {name!r}. Known: {HOST} (the host's own "
+                            f"root, the default), {', '.join(load_recipes()) or 'none'} "
+                            "(images/*.toml defines them)")
+
+
+class RootfsProvider:
+    def __init__(self, cache: Path | None = None, log=lambda msg: None):
+        self.dir = (cache or cache_dir()) / "rootfs"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.log = log
+
+    def get(self, name: str) -> Rootfs | None:
+        """The built root for a recipe name (None for the host's own root)."""
+        if name == HOST:
+            return None
+        check_rootfs_name(name)
+        spec = load_recipes()[name]
+        root = self.dir / f"{name}-{spec.digest}"
+        with self._lock(root.name):
+            if root.exists():
+                meta, problem = check_manifest(root)
+                if meta:
+                    return Rootfs(name, root, spec.digest, meta["packages"])
+                self.log(f"rootfs {name}: cached root {root} is damaged ({problem}); building again")
+                shutil.rmtree(root, ignore_errors=True)
+            self._build(spec, root)
+            meta, problem = check_manifest(root)
+            if not meta:
+                raise KconformError(f"rootfs {name}: freshly built root is damaged: {problem}")
+            return Rootfs(name, root, spec.digest, meta["packages"])
+
+    def _build(self, spec: RootfsSpec, root: Path) -> None:
+        if not shutil.which("debootstrap"):
+            raise KconformError(f"--rootfs {spec.name} needs debootstrap: apt-get install "
+                                "debootstrap (./kconform installs it)")
+        if os.geteuid() != 0:
+            raise KconformError(f"--rootfs {spec.name}: building a root with debootstrap needs "
+                                "root; run once as root, or use --rootfs host")
+        mirror = system_debian_mirror()
+        if not mirror:
+            raise KconformError("no Debian mirror found in /etc/apt/sources*: set "
+                                "KCONFORM_DEBIAN_MIRROR to a Debian mirror URL (one ending in /debian)")
+        staging = Path(tempfile.mkdtemp(prefix=f".staging-{spec.name}-", dir=self.dir))
+        target = staging / "root"
+        cmd = ["debootstrap", f"--variant={spec.variant}", f"--include={','.join(spec.packages)}",
+               f"--keyring={DEBIAN_KEYRING}", "--force-check-gpg", spec.suite, str(target), mirror]
+        self.log(f"rootfs {spec.name}: building with {' '.join(cmd)} (once per recipe)")
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True,
+                                  env=dict(os.environ, LC_ALL="C", DEBIAN_FRONTEND="noninteractive"))
+            if proc.returncode != 0:
+                raise KconformError(_debootstrap_error(spec, mirror, proc, target))
+            for point in MOUNT_POINTS:
+                (target / point).mkdir(parents=True, exist_ok=True)
+            # The downloaded .debs are not part of the root.
+            for deb in (target / "var/cache/apt/archives").glob("*.deb"):
+                deb.unlink()
+            write_manifest(target, {"name": spec.name, "suite": spec.suite, "mirror": mirror,
+                                    "recipe_digest": spec.digest,
+                                    "packages": _installed_packages(target)})
+            os.rename(target, root)  # the publish step: a root is complete or absent
+        except OSError as exc:
+            detail = str(exc)
+            if "No space left" in detail:
+                detail = f"no space left in {self.dir}: free some, or set KCONFORM_CACHE"
+            raise KconformError(f"rootfs {spec.name}: {detail}") from None
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def add_modules(self, rootfs: Rootfs, tree: KernelTree) -> None:
+        """Hard-link a kernel's modules into the root, where virtme-ng looks for them."""
+        source = tree.root / "lib" / "modules" / tree.release if tree.root else None
+        if source is None or not source.is_dir():
+            return  # a local or host kernel: the guest runs without loadable modules
+        dest = rootfs.path / "usr" / "lib" / "modules" / tree.release
+        with self._lock(rootfs.path.name):
+            if dest.exists():
+                return
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=".modules-", dir=dest.parent))
+            try:
+                copy = subprocess.run(["cp", "-al", f"{source}/.", str(staging)],
+                                      capture_output=True, text=True)
+                if copy.returncode != 0:  # another filesystem: copy instead
+                    shutil.rmtree(staging)
+                    shutil.copytree(source, staging, symlinks=True)
+                os.rename(staging, dest)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def _lock(self, key: str):
+        with open(self.dir / f".lock-{key}", "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            yield
+
+
+def _installed_packages(root: Path) -> dict[str, str]:
+    proc = subprocess.run(["dpkg-query", f"--admindir={root}/var/lib/dpkg", "-W",
+                           "-f=${Package} ${Version}\n"], capture_output=True, text=True, check=True)
+    return dict(line.split(" ", 1) for line in proc.stdout.splitlines() if " " in line)
+
+
+def _debootstrap_error(spec: RootfsSpec, mirror: str, proc, target: Path) -> str:
+    log = target / "debootstrap" / "debootstrap.log"
+    detail = (proc.stderr + proc.stdout).strip().splitlines()[-8:]
+    if log.exists():
+        detail += log.read_text(errors="replace").strip().splitlines()[-8:]
+    text = "\n".join(detail)
+    if "No space left" in text:
+        hint = "no space left on the device: free some, or point KCONFORM_CACHE at a larger disk"
+    elif "Release signed by unknown key" in text or "Invalid Release signature" in text:
+        hint = "the archive's signature could not be checked: update debian-archive-keyring"
+    elif "Failed getting release file" in text or "Couldn't download" in text:
+        hint = (f"cannot download from {mirror}: check the network, or set KCONFORM_DEBIAN_MIRROR "
+                "to a reachable Debian mirror")
+    else:
+        hint = "debootstrap failed"
+    return f"rootfs {spec.name} ({spec.suite}): {hint}\n{text}"

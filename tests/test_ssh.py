@@ -1,0 +1,54 @@
+"""SSH targets without a machine: URLs, and what a target's description says about its kernel."""
+import pytest
+
+from harness.errors import KconformError
+from harness.ssh import SshTarget, parse_description
+
+DEBIAN = ("Linux version 6.1.0-50-amd64 (debian-kernel@lists.debian.org) (gcc-12 (Debian "
+          "12.2.0-14+deb12u1) 12.2.0, GNU ld (GNU Binutils for Debian) 2.40) #1 SMP "
+          "PREEMPT_DYNAMIC Debian 6.1.176-1 (2026-07-02)")
+UBUNTU = "Linux version 6.8.0-45-generic (buildd@lcy02) (x86_64-linux-gnu-gcc-13) #45-Ubuntu SMP"
+
+
+def target():
+    return SshTarget.parse("ssh://root@lab1:2222")
+
+
+def test_target_url_with_and_without_user_and_port():
+    assert (target().user, target().host, target().port) == ("root", "lab1", 2222)
+    bare = SshTarget.parse("ssh://lab2")
+    assert (bare.user, bare.port, bare.url) == ("root", 22, "ssh://root@lab2:22")
+
+
+@pytest.mark.parametrize("url", ["lab1", "http://lab1", "ssh://", "ssh://lab1/path",
+                                 "ssh://lab1:port"])
+def test_a_bad_target_url_names_the_form_expected(url):
+    with pytest.raises(KconformError, match=r"ssh://user@host\[:port\]|not a number"):
+        SshTarget.parse(url)
+
+
+def test_debian_kernel_is_judged_by_its_package_version_not_the_compilers(tmp_path):
+    tree = parse_description(target(), f"6.1.0-50-amd64\n0\n{DEBIAN}\n\n---config---\n", "",
+                             tmp_path)
+    assert (tree.name, tree.release, tree.exact_version) == ("6.1.0-50-amd64", "6.1.0-50-amd64",
+                                                             "6.1.176-1")
+    assert tree.version == (6, 1, 176) and tree.config_path is None
+    assert tree.target == "ssh://root@lab1:2222"
+
+
+def test_ubuntu_kernel_is_judged_by_its_upstream_version(tmp_path):
+    out = (f"6.8.0-45-generic\n0\n{UBUNTU}\nUbuntu 6.8.0-45.45-generic 6.8.12\n---config---\n"
+           "CONFIG_BPF_SYSCALL=y\n# CONFIG_BPF_STREAM_PARSER is not set\n")
+    tree = parse_description(target(), out, "", tmp_path)
+    assert tree.version == (6, 8, 12)
+    assert tree.config() == {"CONFIG_BPF_SYSCALL": "y"}
+
+
+def test_a_target_without_root_says_to_log_in_as_root(tmp_path):
+    with pytest.raises(KconformError, match=r"need root .*\(ssh://root@lab1:2222\)"):
+        parse_description(target(), f"6.1.0-50-amd64\n1000\n{DEBIAN}\n", "", tmp_path)
+
+
+def test_the_ssh_line_logs_in_the_same_way():
+    t = SshTarget.parse("ssh://root@127.0.0.1:2299", key_file="/k", known_hosts="/kh")
+    assert t.ssh_command() == "ssh -p 2299 -i /k -o UserKnownHostsFile=/kh root@127.0.0.1"

@@ -1,0 +1,129 @@
+"""Beyond the default path: the same cases on a pinned root filesystem and on an SSH target give
+the verdicts of the default path (QEMU on the host's root) on the same kernel, debian-6.1.
+
+The SSH target is debian-6.1 booted by virtme-ng with its SSH server forwarded to a loopback port
+(`vng --ssh PORT --ssh-tcp`); kconform reaches it only through --target, as it would a lab machine.
+"""
+import re
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from harness import results
+from harness.accel import choose_accel
+from harness.kernels import KernelProvider
+from harness.ssh import SshError, SshTarget, connect, run
+from harness.vm import Guest
+from tests.conftest import verdicts_of
+
+pytestmark = pytest.mark.vm
+
+VNG_SSH = Path.home() / ".cache" / "virtme-ng" / ".ssh"  # where vng --ssh keeps its keys
+
+
+def test_suite_on_the_pinned_root_gives_the_verdicts_of_the_default_path(reference_run,
+                                                                         run_pytest):
+    proc = run_pytest("cases", "--kernel", "debian-6.1", "--rootfs", "debian-bookworm")
+    assert proc.returncode == 0
+    pinned = verdicts_of(proc.results, "debian-6.1")
+    assert len(pinned) > 100
+    assert pinned == verdicts_of(reference_run.results, "debian-6.1")
+    kernel = results.load(proc.results).kernels["debian-6.1"]
+    assert kernel["machine"] == "qemu"
+    assert re.match(r"debian-bookworm@[0-9a-f]{12} \(python3 3\.11\.\S+, libbpf1 \S+\)$",
+                    kernel["rootfs"]), kernel["rootfs"]
+    assert "--root " in kernel["boot"] and "ran on" in (proc.results / "report.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def ssh_target(tmp_path_factory):
+    """debian-6.1 with an SSH server on 127.0.0.1:<free port>, and a known_hosts file holding
+    its host key (vng --ssh generates the keys when it starts)."""
+    tmp = tmp_path_factory.mktemp("ssh-target")
+    tree = KernelProvider().get("debian-6.1")
+    port = _free_port()
+    guest = Guest(tree, choose_accel(tree.vmlinuz), tmp / "console.log", command="cat >/dev/null",
+                  extra_vng=("--ssh", str(port), "--ssh-tcp"))
+    guest.start()
+    try:
+        key = VNG_SSH / "id_virtme"
+        known_hosts = tmp / "known_hosts"
+        deadline = time.monotonic() + 240
+        while True:
+            host_key = VNG_SSH / "etc" / "ssh" / "ssh_host_ed25519_key.pub"
+            if host_key.exists():
+                known_hosts.write_text(f"[127.0.0.1]:{port} {host_key.read_text().strip()}\n")
+            target = SshTarget.parse(f"ssh://root@127.0.0.1:{port}", key_file=str(key),
+                                     known_hosts=str(known_hosts))
+            try:
+                connect(target, timeout=5).close()
+                break
+            except SshError:
+                if time.monotonic() > deadline or not guest.alive:
+                    raise AssertionError("the SSH target never answered:\n"
+                                         + "\n".join(guest.console.tail(30)))
+                time.sleep(2)
+        yield target
+    finally:
+        guest.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _target_args(target: SshTarget) -> list[str]:
+    return ["--target", target.url, "--ssh-key", target.key_file,
+            "--ssh-known-hosts", target.known_hosts]
+
+
+def _pushed_directories(target: SshTarget) -> str:
+    client = connect(target)
+    try:
+        return run(client, "ls -d /tmp/kconform.* 2>/dev/null")[1].strip()
+    finally:
+        client.close()
+
+
+def test_suite_on_an_ssh_target_gives_the_verdicts_of_the_default_path(reference_run, run_pytest,
+                                                                       ssh_target):
+    proc = run_pytest("cases", *_target_args(ssh_target))
+    assert proc.returncode == 0
+    res = results.load(proc.results)
+    # named by its `uname -r`, judged by its package version, recorded as an SSH target
+    (name, kernel), = res.kernels.items()
+    assert re.fullmatch(r"6\.1\.0-\d+-amd64", name)
+    assert kernel["version"].startswith("6.1.") and kernel["uname"] == name
+    assert kernel["machine"] == ssh_target.url and kernel["rootfs"] == "target's own"
+    assert verdicts_of(proc.results, name) == verdicts_of(reference_run.results, "debian-6.1")
+    assert _pushed_directories(ssh_target) == ""  # the private directory was removed
+
+
+def test_an_unknown_host_key_is_refused_naming_the_fixes(run_pytest, ssh_target, tmp_path):
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    proc = run_pytest("cases", "--target", ssh_target.url, "--ssh-key", ssh_target.key_file,
+                      "--ssh-known-hosts", str(empty), "--collect-only")
+    assert proc.returncode == 4  # a usage error, before any test runs
+    assert "its host key is not known" in proc.stderr
+    assert "--ssh-known-hosts FILE" in proc.stderr and "--ssh-accept-any-host-key" in proc.stderr
+    accepted = run_pytest("cases", "--target", ssh_target.url, "--ssh-key", ssh_target.key_file,
+                          "--ssh-accept-any-host-key", "--collect-only", "-q")
+    assert accepted.returncode == 0 and "150 tests collected" in accepted.stdout
+
+
+def test_a_lost_connection_fails_its_test_and_the_rest_reconnect(run_pytest, ssh_target):
+    proc = run_pytest("tests/faultcases/connection.py", *_target_args(ssh_target), "-v")
+    outcome = dict(re.findall(r"::(test_\w+)\[[^\]]+\] (PASSED|FAILED)", proc.stdout))
+    assert outcome == {"test_1_before": "PASSED", "test_2_connection_lost": "FAILED",
+                       "test_3_after": "PASSED"}, proc.stdout
+    assert f"the connection to {ssh_target.url} was lost" in proc.stdout
+    res = results.load(proc.results)
+    lost = next(c for c in res.cases if c["case"] == "test_2_connection_lost")
+    assert lost["verdict"] == "crashed"
+    assert lost["boot"].startswith(f"ssh -p {ssh_target.port} ")  # how to log in by hand
+    assert _pushed_directories(ssh_target) == ""  # both sessions' directories are gone
