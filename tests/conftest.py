@@ -8,7 +8,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
-def pytest_in_child(results: Path, *args, env=None, timeout=900) -> subprocess.CompletedProcess:
+def child_pytest(results: Path, *args, env=None, timeout=900) -> subprocess.CompletedProcess:
     """Run pytest with kconform's plugin in a child process, as a user's command line would."""
     cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", f"--results-dir={results}",
            *args]
@@ -22,7 +22,7 @@ def pytest_in_child(results: Path, *args, env=None, timeout=900) -> subprocess.C
 @pytest.fixture
 def run_pytest(tmp_path):
     def run(*args, env=None, timeout=900):
-        return pytest_in_child(tmp_path / "results", *args, env=env, timeout=timeout)
+        return child_pytest(tmp_path / "results", *args, env=env, timeout=timeout)
 
     return run
 
@@ -32,7 +32,7 @@ def reference_run(tmp_path_factory):
     """The conformance suite on debian-5.10 and debian-6.1 the default way (QEMU, the host's
     root, two workers): what other ways of running the same cases are compared with."""
     tmp = tmp_path_factory.mktemp("reference")
-    proc = pytest_in_child(tmp / "results", "cases", "--kernel", "debian-5.10,debian-6.1", "-n",
+    proc = child_pytest(tmp / "results", "cases", "--kernel", "debian-5.10,debian-6.1", "-n",
                            "2", f"--junitxml={tmp / 'junit.xml'}")
     proc.junit = tmp / "junit.xml"
     return proc
