@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_RULES = Path(__file__).parent / "data" / "splats.toml"
+DEFAULT_KNOWN_CRASHES = Path(__file__).parent / "data" / "known_crashes.toml"
 
 # /proc/sys/kernel/tainted bits (Documentation/admin-guide/tainted-kernels.rst)
 TAINT_FLAGS = {0: "P proprietary module", 1: "F forced module load", 2: "S unsafe SMP",
@@ -75,3 +76,35 @@ class HealthRules:
                 findings.append(Finding("taint", f"kernel became tainted: {label} "
                                                  f"(tainted {before} -> {after})"))
         return findings
+
+
+@dataclass(frozen=True)
+class KnownCrash:
+    fingerprint: str
+    reason: str
+    link: str = ""
+
+    def __str__(self) -> str:
+        return f"known crash: {self.reason}" + (f" ({self.link})" if self.link else "")
+
+
+class KnownCrashes:
+    """Known crashes, from a data file like data/known_crashes.toml. An entry matches a crash
+    whose fingerprint starts with the entry's frames, so an entry may list fewer frames than a
+    fingerprint has."""
+
+    def __init__(self, path: Path = DEFAULT_KNOWN_CRASHES):
+        self.entries = []
+        for entry in tomllib.loads(Path(path).read_text()).get("crash", []):
+            if not entry.get("fingerprint") or not entry.get("reason"):
+                raise ValueError(f"{path}: crash entry {entry!r} needs a fingerprint and a reason")
+            self.entries.append(KnownCrash(entry["fingerprint"], entry["reason"],
+                                           entry.get("link", "")))
+
+    def match(self, fingerprint: str | None) -> KnownCrash | None:
+        frames = fingerprint.split("|") if fingerprint else []
+        for known in self.entries:
+            want = known.fingerprint.split("|")
+            if frames[:len(want)] == want:
+                return known
+        return None

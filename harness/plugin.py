@@ -19,7 +19,7 @@ import pytest
 from . import expectations
 from .accel import choose_accel
 from .errors import KconformError
-from .health import HealthRules
+from .health import HealthRules, KnownCrash, KnownCrashes
 from .kernels import KernelProvider, KernelTree, expand_kernel_args, load_specs
 from .report import Reporter
 from .rootfs import HOST, Rootfs, RootfsProvider, check_rootfs_name
@@ -50,6 +50,9 @@ def pytest_addoption(parser):
                     help="where console logs and reports go (default: results/)")
     group.addoption("--expectations", default=None, metavar="FILE",
                     help="expectations file to judge with (default: cases/expectations.toml)")
+    group.addoption("--known-crashes", default=None, metavar="FILE",
+                    help="crash fingerprints to report as known (default: "
+                         "harness/data/known_crashes.toml)")
     group.addoption("--guest-memory", default="1G", help="memory per guest (default 1G)")
     group.addoption("--rootfs", default="host", metavar="NAME",
                     help="guest root filesystem: 'host' (default: the host's own root, read-only, "
@@ -187,6 +190,8 @@ class KconformRun:
         self.behaviours = expectations.load(Path(opt.expectations)) if opt.expectations \
             else expectations.load()
         self.health = HealthRules()
+        self.known_crashes = KnownCrashes(Path(opt.known_crashes)) if opt.known_crashes \
+            else KnownCrashes()
         self.pool = GuestPool(self)
         self.kernels: dict[str, KernelInfo] = {}
         self.config = config
@@ -216,6 +221,12 @@ class KconformRun:
         if self._rootfs is not None:
             RootfsProvider(self.provider.cache).add_modules(self._rootfs, tree)
         return self._rootfs
+
+    def failure_report(self, exc: GuestFailure, kernel: str, item: pytest.Item) -> str:
+        known = self.known_crashes.match(exc.fingerprint)
+        if known:
+            item.user_properties.append(("known_crash", str(known)))
+        return _failure_text(exc, self.kernels.get(kernel), self.health, known)
 
     def rootfs_label(self) -> str:
         return self._rootfs.describe() if self._rootfs else self.rootfs_name
@@ -372,7 +383,7 @@ class CaseGuest:
         except GuestFailure as exc:
             failure = exc
         if failure:  # handled outside the except block, so the report is not an exception chain
-            report = _failure_text(failure, self.run.kernels.get(self.kernel), self.run.health)
+            report = self.run.failure_report(failure, self.kernel, self.item)
             self.down = GuestDown("hang" if isinstance(failure, GuestHang) else "crash", report)
             self.item.user_properties.append(("console", json.dumps(failure.console[-80:])))
             return self.down
@@ -396,10 +407,15 @@ class CaseGuest:
                         f"kernel log during the test:\n{log}", pytrace=False)
 
 
-def _failure_text(exc: GuestFailure, info: KernelInfo | None, rules: HealthRules) -> str:
+def _failure_text(exc: GuestFailure, info: KernelInfo | None, rules: HealthRules,
+                  known: KnownCrash | None) -> str:
+    """What a test that lost its guest reports: why, the crash fingerprint (and whether it is a
+    known crash), the console lines from the first splat on, and how to boot that kernel."""
     text = [str(exc)]
     if exc.fingerprint:
         text.append(f"crash fingerprint: {exc.fingerprint}")
+    if known:
+        text.append(str(known))
     if exc.console:
         # From the first splat line when there is one: the panic message is the evidence.
         start = rules.first_splat(exc.console)
@@ -429,7 +445,7 @@ def guest(request: pytest.FixtureRequest, kernel: str) -> CaseGuest:
         session = run.pool.session(kernel)
     except GuestFailure as exc:
         item.stash[CRASHED_KEY] = True
-        problem = _failure_text(exc, run.kernels.get(kernel), run.health)
+        problem = run.failure_report(exc, kernel, item)
     except KconformError as exc:
         problem = str(exc)
     if problem:

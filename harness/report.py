@@ -240,6 +240,8 @@ def case_record(reports: list, expectations_file: str | None = None) -> dict:
         if props.get(timing) is not None:
             case[timing] = props[timing]  # for ./kconform bench
     if verdict in BAD:
+        if props.get("known_crash"):
+            case["known_crash"] = props["known_crash"]
         case["boot"] = props.get("boot")
         case["console"] = _json(props.get("console")) or []
         case["console_log"] = props.get("console_log")

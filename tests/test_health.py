@@ -2,6 +2,8 @@
 import datetime
 from pathlib import Path
 
+import pytest
+
 from harness.health import HealthRules
 from harness.session import crash_fingerprint
 
@@ -39,3 +41,16 @@ def test_allow_list_entries_expire(tmp_path):
 def test_panic_log_gives_a_fingerprint_of_the_first_frames():
     lines = (DATA / "panic-6.1-sysrq.log").read_text().splitlines()
     assert crash_fingerprint(lines) == "sysrq_handle_crash|__handle_sysrq|write_sysrq_trigger|proc_reg_write"
+
+
+def test_known_crashes_are_data_with_reasons_matched_by_their_first_frames(tmp_path):
+    from harness.health import KnownCrashes
+    assert KnownCrashes().entries == []  # the shipped list loads (and is empty so far)
+    path = tmp_path / "known.toml"
+    path.write_text('[[crash]]\nfingerprint = "a|b"\nreason = "why"\nlink = "https://x"\n')
+    known = KnownCrashes(path)
+    assert str(known.match("a|b|c|d")) == "known crash: why (https://x)"
+    assert known.match("a|bc|d") is None and known.match("b|a") is None and known.match(None) is None
+    path.write_text('[[crash]]\nfingerprint = "a|b"\n')
+    with pytest.raises(ValueError, match="needs a fingerprint and a reason"):
+        KnownCrashes(path)

@@ -1,11 +1,20 @@
-"""kconform on real kernels: the suite, a wrong expectation, and injected faults.
+"""kconform on real kernels: the suite, a wrong expectation, injected faults, interrupts, a killed
+worker and a damaged cache.
 
 These boot Debian kernels under QEMU (TCG here), so they take minutes; `-m "not vm"` skips them.
 """
 import re
+import signal
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
 
 import pytest
 
+from harness import results
+from harness.kernels import KernelProvider, check_manifest
+from harness.paths import cache_dir
 from tests.conftest import REPO, leftover_guests
 
 pytestmark = pytest.mark.vm
@@ -45,19 +54,31 @@ def test_a_wrong_expectation_makes_the_case_fail(run_pytest, tmp_path):
     assert "downloading" not in proc.stdout  # the first test fetched it; the cache serves it now
 
 
-def test_injected_faults_fail_only_their_test_and_the_run_goes_on(run_pytest):
-    proc = run_pytest("tests/faultcases/inject.py", "--kernel", "debian-6.1", "-v", "-rA")
+def test_injected_faults_fail_only_their_test_and_the_run_goes_on(run_pytest, tmp_path):
+    known = tmp_path / "known_crashes.toml"
+    known.write_text('[[crash]]\nfingerprint = "sysrq_handle_crash|__handle_sysrq"\n'
+                     'reason = "sysrq-trigger crash injected by kconform\'s tests"\n')
+    proc = run_pytest("tests/faultcases/inject.py", "--kernel", "debian-6.1", "-v", "-rA",
+                      "--known-crashes", str(known))
     out = proc.stdout
     outcome = dict(re.findall(r"::(test_\w+)\[debian-6.1\] (PASSED|FAILED)", out))
     assert outcome == {"test_1_before": "PASSED", "test_2_panic": "FAILED",
                        "test_2_hang": "FAILED", "test_2_warning": "FAILED",
-                       "test_2_agent_dies": "FAILED", "test_3_after": "PASSED"}, out
+                       "test_2_agent_dies": "FAILED", "test_2_qemu_killed": "FAILED",
+                       "test_3_after": "PASSED"}, out
     sections = _failure_sections(out)
     assert "Kernel panic - not syncing: sysrq triggered crash" in sections["test_2_panic"]
     assert "crash fingerprint: sysrq_handle_crash|__handle_sysrq" in sections["test_2_panic"]
+    assert "known crash: sysrq-trigger crash injected by kconform's tests" in sections["test_2_panic"]
     assert "ran past 3" in sections["test_2_hang"]
     assert "WARNING: CPU: 0 PID:" in sections["test_2_warning"]
     assert "the guest died during" in sections["test_2_agent_dies"]
+    assert re.search(r"the guest died during \S+hang \(the guest exited \(status -?\d+\)\)",
+                     sections["test_2_qemu_killed"]), sections["test_2_qemu_killed"]
+    assert "known crash" not in sections["test_2_agent_dies"]
+    cases = {c["case"]: c for c in results.load(proc.results).cases}
+    assert len(cases) == 7 and cases["test_2_panic"]["verdict"] == "crashed"
+    assert cases["test_2_panic"]["known_crash"].startswith("known crash: sysrq-trigger")
     assert leftover_guests(_child_pid(proc)) == []
 
 
@@ -70,3 +91,78 @@ def _child_pid(proc) -> int:
     match = re.search(r"--name kconform-(\d+)", proc.stdout)
     assert match, "no vng command line in the output"
     return int(match.group(1))
+
+
+def _qemu_guests() -> set[str]:
+    out = subprocess.run(["pgrep", "-f", "qemu-system.* -name kconform-"], capture_output=True,
+                         text=True).stdout
+    return set(out.split())
+
+
+def _wait_for(condition, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
+    return True
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_an_interrupted_run_leaves_valid_reports_and_no_processes(tmp_path, signum):
+    out_dir = tmp_path / "results"
+    before = _qemu_guests()
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
+                             f"--results-dir={out_dir}", "cases", "--kernel", "debian-6.1",
+                             "-k", "test_update"], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    def finished() -> int:
+        report = out_dir / results.REPORT_JSON
+        return len(results.load(report).cases) if report.exists() else 0
+
+    try:
+        assert _wait_for(lambda: finished() >= 3, 300), "no case finished"
+        proc.send_signal(signum)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 2, out  # pytest's "interrupted"
+    assert "KeyboardInterrupt" in out
+    res = results.load(out_dir)
+    assert 3 <= len(res.cases) < 24 and res.runs[0]["complete"] is False
+    assert len(list(ET.parse(out_dir / results.REPORT_JUNIT).getroot().iter("testcase"))) \
+        == len(res.cases)
+    assert leftover_guests(proc.pid) == [] and _qemu_guests() == before
+
+
+def test_a_killed_worker_leaves_no_guest_behind(run_pytest):
+    before = _qemu_guests()
+    proc = run_pytest("tests/faultcases/worker.py", "--kernel", "debian-6.1", "-n", "1")
+    assert proc.returncode == 1
+    assert re.search(r"worker 'gw0' crashed while running .*test_1_kills_its_worker", proc.stdout)
+    assert re.search(r"test_2_after\[debian-6.1\]", proc.stdout) and "1 passed" in proc.stdout
+    # the dead worker's guest is reaped, though nothing ran in that worker after the kill
+    assert _wait_for(lambda: _qemu_guests() == before, 15), _qemu_guests() - before
+
+
+def test_a_truncated_cached_kernel_is_fetched_again(run_pytest, tmp_path):
+    """A private cache holding a copy of the debian-6.1 tree whose image was cut in half."""
+    real_cache = cache_dir()
+    real = KernelProvider().get("debian-6.1")
+    cache = tmp_path / "cache"
+    (cache / "trees").mkdir(parents=True)
+    tree = cache / "trees" / real.root.name
+    subprocess.run(["cp", "-al", str(real.root), str(tree)], check=True)
+    for keep in ["apt", "resolved", *[p.name for p in real_cache.glob("kvm-kernel-probe-*")]]:
+        subprocess.run(["cp", "-a", str(real_cache / keep), str(cache / keep)], check=True)
+    image = tree / "boot" / real.vmlinuz.name
+    whole = image.read_bytes()
+    image.unlink()  # a hard link to the real cache: write a truncated copy in its place
+    image.write_bytes(whole[:len(whole) // 2])
+    proc = run_pytest("cases", "--kernel", "debian-6.1", "-k", "u32",
+                      env={"KCONFORM_CACHE": str(cache)})
+    assert proc.returncode == 0 and "2 passed" in proc.stdout
+    assert (f"cached tree {tree} is damaged (boot/{real.vmlinuz.name} is {len(whole) // 2} bytes, "
+            f"expected {len(whole)}); fetching again") in proc.stdout
+    assert f"debian-6.1: downloading {real.package_version}" in proc.stdout
+    assert check_manifest(tree)[0] and check_manifest(real.root)[0]

@@ -1,8 +1,12 @@
-"""Faults injected into real guests; run by tests/test_faults.py, never collected on their own.
+"""Faults injected into real guests; run by tests/test_vm.py, never collected on their own.
 
 Each scenario puts one fault between healthy tests, so the test that caused it can be checked to
 fail with the evidence and the ones after it to still run on a replacement guest.
 """
+import subprocess
+import threading
+
+from harness.vm import guest_name
 
 
 def test_1_before(guest):
@@ -23,6 +27,13 @@ def test_2_warning(guest):
 
 def test_2_agent_dies(guest):
     guest.call("tests.guest.faults:kill_agent")
+
+
+def test_2_qemu_killed(guest):
+    """QEMU killed from outside (the OOM killer, an impatient admin) in the middle of a call."""
+    threading.Timer(2.0, subprocess.run, args=(
+        ["pkill", "-KILL", "-f", f"^qemu-system.* -name {guest_name()} "],)).start()
+    guest.call("tests.guest.faults:hang", seconds=60)
 
 
 def test_3_after(guest):
