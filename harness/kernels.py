@@ -476,8 +476,17 @@ def _normalise_layout(tree: Path) -> str:
     return images[0].name[len("vmlinuz-"):]
 
 
+def disk_full(path: Path, detail: str) -> bool:
+    """Whether a failed write under `path` ran out of space. tar reports a full disk as "Wrote
+    only 7680 of 10240 bytes", not as ENOSPC, so the disk is asked too."""
+    try:
+        return "No space left" in detail or shutil.disk_usage(path).free < (1 << 20)
+    except OSError:
+        return "No space left" in detail
+
+
 def _unpack_error(name: str, what: str, detail: str, staging: Path) -> str:
-    if "No space left" in detail:
+    if disk_full(staging, detail):
         return (f"{name}: no space left on the device while unpacking {what} into {staging.parent}: "
                 "free some space, or point KCONFORM_CACHE at a larger disk")
     return f"{name}: unpacking {what} failed: {detail.strip()[-800:]}"

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import KconformError
-from .kernels import DEBIAN_KEYRING, KernelTree, check_manifest, system_debian_mirror, write_manifest
+from .kernels import (DEBIAN_KEYRING, KernelTree, check_manifest, disk_full, system_debian_mirror,
+                      write_manifest)
 from .paths import REPO_ROOT, cache_dir
 
 IMAGES_DIR = REPO_ROOT / "images"
@@ -135,8 +136,9 @@ class RootfsProvider:
             os.rename(target, root)  # the publish step: a root is complete or absent
         except OSError as exc:
             detail = str(exc)
-            if "No space left" in detail:
-                detail = f"no space left in {self.dir}: free some, or set KCONFORM_CACHE"
+            if disk_full(staging, detail):
+                detail = (f"no space left in {self.dir}: free some space, or point KCONFORM_CACHE "
+                          "at a larger disk")
             raise KconformError(f"rootfs {spec.name}: {detail}") from None
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -181,7 +183,7 @@ def _debootstrap_error(spec: RootfsSpec, mirror: str, proc, target: Path) -> str
     if log.exists():
         detail += log.read_text(errors="replace").strip().splitlines()[-8:]
     text = "\n".join(detail)
-    if "No space left" in text:
+    if disk_full(target.parent, text):
         hint = "no space left on the device: free some, or point KCONFORM_CACHE at a larger disk"
     elif "Release signed by unknown key" in text or "Invalid Release signature" in text:
         hint = "the archive's signature could not be checked: update debian-archive-keyring"

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from .channel import GuestDied
 
-HOST_GRACE = 10.0  # the agent's own alarm fires first; past this the guest is hung
+HOST_GRACE = 5.0  # the agent's own alarm fires first; past this the guest is hung
 
 
 class GuestFailure(Exception):

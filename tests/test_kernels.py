@@ -2,11 +2,12 @@
 import json
 import os
 import struct
+import subprocess
 
 import pytest
 
 from harness.errors import KconformError
-from harness.kernels import (KernelProvider, bzimage_release, check_manifest, default_kernel_names,
+from harness.kernels import (AptArchive, KernelProvider, bzimage_release, check_manifest, default_kernel_names,
                              expand_kernel_args, load_specs, parse_kconfig, parse_upstream_version,
                              system_debian_mirror, write_manifest)
 
@@ -115,3 +116,33 @@ def test_offline_without_a_cached_kernel_says_what_to_do(tmp_path, monkeypatch):
 def test_mirror_override_wins(monkeypatch):
     monkeypatch.setenv("KCONFORM_DEBIAN_MIRROR", "http://mirror.example/debian/")
     assert system_debian_mirror() == "http://mirror.example/debian"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_a_full_disk_while_unpacking_names_the_problem_and_the_fix(tmp_path, monkeypatch):
+    """A real ENOSPC: the cache is a 4 MiB tmpfs and the package holds 8 MiB."""
+    pkg = tmp_path / "pkg"
+    (pkg / "DEBIAN").mkdir(parents=True)
+    (pkg / "boot").mkdir()
+    (pkg / "DEBIAN" / "control").write_text(
+        "Package: kconform-fake-kernel\nVersion: 1.0-1\nArchitecture: amd64\n"
+        "Maintainer: kconform <kconform@example.org>\nDescription: fills the disk\n")
+    (pkg / "boot" / "vmlinuz-1.0").write_bytes(os.urandom(8 << 20))  # random: stays 8 MiB
+    deb = tmp_path / "fake.deb"
+    subprocess.run(["dpkg-deb", "-Znone", "--build", str(pkg), str(deb)], check=True,
+                   capture_output=True)
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(small)], check=True)
+    try:
+        monkeypatch.setenv("KCONFORM_DEBIAN_MIRROR", "http://mirror.example/debian")
+        provider = KernelProvider(cache=small)
+        monkeypatch.setattr(provider, "_resolve", lambda spec: ("1.0", "1.0-1"))
+        monkeypatch.setattr(AptArchive, "download", lambda *args: [deb])
+        with pytest.raises(KconformError, match=r"no space left on the device while unpacking "
+                                                r".*: free some space, or point KCONFORM_CACHE"):
+            provider.get("debian-6.1")
+        # nothing half-unpacked is left, and nothing was published
+        assert [p.name for p in (small / "trees").iterdir() if not p.name.startswith(".lock")] == []
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
