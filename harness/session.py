@@ -116,9 +116,9 @@ class GuestSession:
         return self.info.get("release", "")
 
     def start(self) -> None:
-        self.machine.start()
         deadline = time.monotonic() + self.boot_timeout
         try:
+            self.machine.start()  # an SSH target may already fail here (GuestDied)
             while True:
                 line = self.machine.receive(timeout=max(0.0, deadline - time.monotonic()))
                 if line is None:
