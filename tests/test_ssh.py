@@ -52,3 +52,17 @@ def test_a_target_without_root_says_to_log_in_as_root(tmp_path):
 def test_the_ssh_line_logs_in_the_same_way():
     t = SshTarget.parse("ssh://root@127.0.0.1:2299", key_file="/k", known_hosts="/kh")
     assert t.ssh_command() == "ssh -p 2299 -i /k -o UserKnownHostsFile=/kh root@127.0.0.1"
+
+
+def test_an_unreachable_target_is_a_usage_error_naming_it(run_pytest):
+    proc = run_pytest("cases", "--target", "ssh://root@127.0.0.1:9", "--collect-only")
+    assert proc.returncode == 4
+    assert "cannot connect to ssh://root@127.0.0.1:9" in proc.stderr
+    assert "check that the machine is up and sshd listens on that port" in proc.stderr
+
+
+def test_rootfs_names_are_checked_before_anything_runs(run_pytest):
+    proc = run_pytest("cases", "--rootfs", "debian-nonesuch", "--collect-only")
+    assert proc.returncode == 4
+    assert "unknown root filesystem 'debian-nonesuch'" in proc.stderr
+    assert "debian-bookworm" in proc.stderr and "images/*.toml" in proc.stderr
