@@ -45,9 +45,11 @@ def test_the_matrix_runs_every_known_kernel_and_merges_them():
     text = KERNELS_YML.read_text()
     matrix = re.search(r"^\s+kernel: \[(.*)\]$", text, re.M).group(1)
     assert [k.strip() for k in matrix.split(",")] == list(load_specs())
-    suite = re.search(r"./kconform suite --kernel \"\$KERNEL\" --results-dir \"results/\$KERNEL\"",
-                      text)
-    assert suite, "each kernel job runs the suite on its kernel into results/<kernel>"
+    suite = re.search(r"./kconform suite --kernel \"\$KERNEL\" --rootfs debian-bookworm "
+                      r"--results-dir \"results/\$KERNEL\"", text)
+    assert suite, "each kernel job runs the suite on its kernel, on the pinned root, into " \
+                  "results/<kernel>"
+    assert "~/.cache/kconform/rootfs" in text, "the pinned root is cached with the kernels"
     assert 'cat "results/$KERNEL/report.md" >> "$GITHUB_STEP_SUMMARY"' in text
     assert "path: results/${{ matrix.kernel }}/" in text
     assert "./kconform merge artifacts/results-*/report.json -o results/merged" in text
