@@ -322,7 +322,10 @@ CASE_GUEST_KEY = pytest.StashKey["CaseGuest"]()
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
     run = config.stash[RUN_KEY]
-    return [f"kconform: kernels {', '.join(run.kernel_names)}; results in {run.results_dir}"]
+    where = [f"guest root: {run.rootfs_name}"] if run.rootfs_name != HOST else []
+    where += [f"{name} on {target.url}" for name, target in run.targets.items()]
+    return [f"kconform: kernels {', '.join(run.kernel_names)}; results in {run.results_dir}"
+            + "".join(f"; {w}" for w in where)]
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
