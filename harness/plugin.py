@@ -81,6 +81,7 @@ class KernelInfo:
     boot_seconds: float | None = None
     vng_command: str = ""   # for an SSH target: the ssh line that logs in the same way
     console_log: str = ""
+    by_hand: str = "boot it by hand"  # what vng_command does
 
 
 class GuestPool:
@@ -144,6 +145,8 @@ class GuestPool:
         info = self.run.kernels.setdefault(name, KernelInfo(name, tree.exact_version))
         info.uname, info.boot_seconds = session.uname, session.boot_seconds
         info.vng_command, info.console_log = machine.command_line(), str(log)
+        if tree.target:
+            info.by_hand = "log in by hand"
         return session
 
     def release(self, name: str) -> None:
@@ -428,7 +431,7 @@ def _failure_text(exc: GuestFailure, info: KernelInfo | None, rules: HealthRules
         text += [f"  | {line}" for line in exc.console[start:start + 80]]
     if info:
         text.append(f"console log: {info.console_log}")
-        text.append(f"boot it by hand: {info.vng_command}")
+        text.append(f"{info.by_hand}: {info.vng_command}")
     return "\n".join(text)
 
 

@@ -132,7 +132,7 @@ class GuestSession:
                         break
         except GuestDied as exc:
             self.machine.kill()
-            raise BootFailure(f"{self.name}: the guest died while booting ({exc})"
+            raise BootFailure(f"{self.name}: {self.machine.noun} died while starting ({exc})"
                               f"{self.machine.failure_hint()}", self.machine.console.tail()) from None
         except BootFailure:
             self.machine.kill()
@@ -166,7 +166,8 @@ class GuestSession:
                 line = self.machine.receive(timeout=timeout + HOST_GRACE)
                 if line is None:
                     self._die(GuestHang(
-                        f"{fn} did not return within {timeout + HOST_GRACE:.0f}s; guest replaced",
+                        f"{fn} did not return within {timeout + HOST_GRACE:.0f}s; "
+                        f"{self.machine.noun} is replaced",
                         self.machine.console.tail(60, since=mark) or self.machine.console.tail(20)))
                 response = json.loads(line) if line.startswith("{") else {}
                 if response.get("id") == request_id:
@@ -177,7 +178,7 @@ class GuestSession:
             died = None
         if died:
             time.sleep(0.2)  # the last console lines may still be in flight
-            self._die(GuestCrash(f"the guest died during {fn} ({died})",
+            self._die(GuestCrash(f"{self.machine.noun} died during {fn} ({died})",
                                  self.machine.console.tail(200, since=mark)
                                  or self.machine.console.tail(60)))
         result = CallResult(result=response.get("result"), elapsed=response.get("elapsed", 0.0),

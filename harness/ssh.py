@@ -171,6 +171,8 @@ def parse_description(target: SshTarget, out: str, err: str, config_dir: Path) -
 class SshMachine:
     """The agent on an SSH target, over one connection."""
 
+    noun = "the SSH session"  # in failure messages
+
     def __init__(self, target: SshTarget, console_log: Path):
         self.target = target
         self.console = Console(console_log)

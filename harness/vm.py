@@ -115,6 +115,8 @@ def build_vng_command(tree: KernelTree, accel: Accel, guest_cmd: str, *, memory:
 class Guest:
     """One booted kernel: a vng process, its console log, and a line channel to the agent."""
 
+    noun = "the guest"  # in failure messages
+
     def __init__(self, tree: KernelTree, accel: Accel, console_log: Path, *,
                  rootfs: Rootfs | None = None, command: str | None = None, memory: str = "1G",
                  cpus: int = 1, kernel_args: tuple[str, ...] = (),

@@ -124,7 +124,9 @@ def test_a_lost_connection_fails_its_test_and_the_rest_reconnect(run_pytest, ssh
     outcome = dict(re.findall(r"::(test_\w+)\[[^\]]+\] (PASSED|FAILED)", proc.stdout))
     assert outcome == {"test_1_before": "PASSED", "test_2_connection_lost": "FAILED",
                        "test_3_after": "PASSED"}, proc.stdout
-    assert f"the connection to {ssh_target.url} was lost" in proc.stdout
+    assert (f"the SSH session died during tests.guest.faults:drop_connection (the connection to "
+            f"{ssh_target.url} was lost)") in proc.stdout
+    assert f"log in by hand: ssh -p {ssh_target.port} " in proc.stdout
     res = results.load(proc.results)
     lost = next(c for c in res.cases if c["case"] == "test_2_connection_lost")
     assert lost["verdict"] == "crashed"
