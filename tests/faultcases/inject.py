@@ -32,7 +32,7 @@ def test_2_agent_dies(guest):
 def test_2_qemu_killed(guest):
     """QEMU killed from outside (the OOM killer, an impatient admin) in the middle of a call."""
     threading.Timer(2.0, subprocess.run, args=(
-        ["pkill", "-KILL", "-f", f"^qemu-system.* -name {guest_name()} "],)).start()
+        ["pkill", "-KILL", "-f", f"/qemu-system-[^ ]+ .*-name {guest_name()} "],)).start()
     guest.call("tests.guest.faults:hang", seconds=60)
 
 
