@@ -8,9 +8,11 @@ worker with `--dist loadgroup`. `--collect-only` therefore boots and downloads n
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import signal
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -200,11 +202,15 @@ class KconformRun:
         self.config = config
 
     def _log(self, message: str) -> None:
+        """Progress a user should see as it happens (downloads, the accelerator, a damaged cache)
+        even while a test's output is captured: it is logged from inside fixtures."""
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
-        if reporter and self.worker == "main":
-            reporter.write_line(f"kconform: {message}")
-        else:
-            print(f"kconform[{self.worker}]: {message}", flush=True)
+        capture = self.config.pluginmanager.get_plugin("capturemanager")
+        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+            if reporter and self.worker == "main":
+                reporter.write_line(f"kconform: {message}")
+            else:  # an xdist worker: its stdout carries xdist's protocol, its stderr is ours
+                print(f"kconform[{self.worker}]: {message}", file=sys.stderr, flush=True)
 
     def accel(self, tree: KernelTree):
         """Chosen once per process, probing KVM with the first kernel it boots."""
