@@ -76,6 +76,14 @@ class Behaviour:
     section: str
     outcomes: tuple[Outcome, ...] = field(default_factory=tuple)
 
+    @property
+    def may_lose_the_guest(self) -> bool:
+        """Some kernel is expected to hang or crash on it ({"guest": "hang"} in an outcome)."""
+        def lost(expect) -> bool:
+            return "guest" in expect or any(isinstance(v, dict) and lost(v)
+                                            for v in expect.values())
+        return any(lost(o.expect) for o in self.outcomes)
+
     def outcome_for(self, version: tuple[int, ...]) -> Outcome:
         matches = [o for o in self.outcomes if o.applies(version)]
         if len(matches) > 1 and sum(o.regression for o in matches) == 1:

@@ -23,7 +23,7 @@ from .accel import choose_accel
 from .errors import KconformError
 from .health import HealthRules, KnownCrash, KnownCrashes
 from .kernels import KernelProvider, KernelTree, expand_kernel_args, load_specs
-from .report import Reporter
+from .report import Reporter, declared_behaviour
 from .rootfs import HOST, Rootfs, RootfsProvider, check_rootfs_name
 from .session import BootFailure, GuestCallError, GuestFailure, GuestHang, GuestSession
 from .ssh import SshMachine, SshTarget, describe_target
@@ -290,8 +290,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # together once tests carry parameters of their own, and every switch of kernel frees the guest
     # (see below), so a run without -n booted each kernel again and again until the pool gave up.
     # A stable sort keeps each kernel's tests together, in their collected order.
-    order = {name: i for i, name in enumerate(config.stash[RUN_KEY].kernel_names)}
-    items.sort(key=lambda item: order.get(_kernel_of(item), -1))
+    # Cases some kernel is expected to hang on (a cited stable-release deadlock) go last on their
+    # kernel: a replacement guest booted after the last of them serves no test, so none is booted.
+    run = config.stash[RUN_KEY]
+    order = {name: i for i, name in enumerate(run.kernel_names)}
+
+    def may_lose_the_guest(item) -> bool:
+        behaviour = run.behaviours.get(declared_behaviour(item)[0] or "")
+        return bool(behaviour and behaviour.may_lose_the_guest)
+
+    items.sort(key=lambda item: (order.get(_kernel_of(item), -1), may_lose_the_guest(item)))
 
 
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:

@@ -113,3 +113,8 @@ def test_a_regression_window_overrides_the_other_outcomes_only_inside_it():
     for outside in [(5, 10, 222), (5, 10, 233), (6, 1, 120), (6, 6, 10), (7, 3, 4)]:
         assert behaviour.outcome_for(outside) is normal
     assert ex.judge(behaviour, (5, 10, 223), {"guest": "hang"}).verdict == ex.EXPECTED_DIFFERENCE
+
+
+def test_behaviours_a_kernel_may_hang_on_are_known_before_any_boot():
+    data = ex.load()
+    assert {b for b, behaviour in data.items() if behaviour.may_lose_the_guest} == {"E1", "E3"}
