@@ -75,6 +75,16 @@ class Grid:
     failures: list[dict]   # failing and crashed cases, in grid order, each with "anchor"
 
 
+# map_sockmap.rst's own order of its parts; behaviours.md adds Iteration. Groups follow it.
+DOC_ORDER = ("introduction", "attach types", "note", "Kernel BPF", "User space", "Examples",
+             "Iteration")
+
+
+def doc_position(group_name: str) -> int:
+    return next((i for i, part in enumerate(DOC_ORDER) if group_name.startswith(part)),
+                len(DOC_ORDER))
+
+
 def split_section(section: str | None) -> tuple[str, str]:
     """'User space / bpf_map_update_elem(): 'BPF_EXIST: ...'' -> (doc section, the quoted detail)."""
     if not section:
@@ -126,8 +136,9 @@ def build(results: Results) -> Grid:
                 elif case["verdict"] in (FAIL, CRASHED):
                     failures.append(dict(case, anchor=f"case-{len(failures) + 1}"))
         groups.setdefault(group_name, Group(group_name, [])).rows.append(row)
+    ordered = sorted(groups.values(), key=lambda g: doc_position(g.name))  # stable within a part
     return Grid(kernels, {k: results.kernels[k] for k in kernels},
-                {k: results.counts(k) for k in kernels}, list(groups.values()), failures)
+                {k: results.counts(k) for k in kernels}, ordered, failures)
 
 
 def _mark_change(row: Row, kernels: list[str]) -> None:
