@@ -98,8 +98,8 @@ class GuestPool:
         self.fresh: dict[str, GuestSession] = {}
 
     def tree(self, name: str) -> KernelTree:
-        if name in self.run.target_trees:
-            self.trees[name] = self.run.target_trees[name]
+        if name not in self.trees and name in self.run.target_trees:
+            self.trees[name] = self.run.target_trees[name]  # described when the run began
         if name not in self.trees:
             try:
                 self.trees[name] = self.run.provider.get(name)
@@ -226,9 +226,10 @@ class KconformRun:
     def rootfs(self, tree: KernelTree) -> Rootfs | None:
         """The guest root for this run (None: the host's), with this kernel's modules in it."""
         if self._rootfs is False:
-            self._rootfs = RootfsProvider(self.provider.cache, log=self._log).get(self.rootfs_name)
+            self._rootfs_provider = RootfsProvider(self.provider.cache, log=self._log)
+            self._rootfs = self._rootfs_provider.get(self.rootfs_name)
         if self._rootfs is not None:
-            RootfsProvider(self.provider.cache).add_modules(self._rootfs, tree)
+            self._rootfs_provider.add_modules(self._rootfs, tree)
         return self._rootfs
 
     def failure_report(self, exc: GuestFailure, kernel: str, item: pytest.Item) -> str:
