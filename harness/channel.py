@@ -9,7 +9,7 @@ import queue
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Protocol
 
 PANIC_MARKERS = ("Kernel panic - not syncing", "---[ end Kernel panic")
 
@@ -78,3 +78,19 @@ class LineChannel:
                 self._lines.put(None)
                 raise GuestDied("kernel panic" if self.console.panicked.is_set() else ended())
             return line
+
+
+class Machine(Protocol):
+    """What a GuestSession drives: a Guest (harness/vm.py) or an SshMachine (harness/ssh.py)."""
+    noun: str                   # "the guest", "the SSH session": for failure messages
+    console: Console
+    started_at: float | None
+
+    def start(self) -> None: ...
+    def send(self, line: str) -> None: ...
+    def receive(self, timeout: float) -> str | None: ...
+    def guest_path(self, path: Path) -> str: ...      # where the machine sees a host file
+    def command_line(self) -> str: ...                # to reach the same machine by hand
+    def failure_hint(self) -> str: ...                # a fix worth naming when it failed to start
+    def stop(self) -> None: ...
+    def kill(self) -> None: ...

@@ -14,7 +14,7 @@ import re
 import time
 from dataclasses import dataclass, field
 
-from .channel import GuestDied
+from .channel import GuestDied, Machine
 
 HOST_GRACE = 5.0  # the agent's own alarm fires first; past this the guest is hung
 
@@ -101,8 +101,8 @@ def crash_fingerprint(lines: list[str], frames: int = 4) -> str | None:
 
 
 class GuestSession:
-    def __init__(self, machine, name: str, *, boot_timeout: float):
-        """machine: a Guest or an SshMachine, not started yet; name: the kernel's name."""
+    def __init__(self, machine: Machine, name: str, *, boot_timeout: float):
+        """machine: not started yet; name: the kernel's name."""
         self.machine = machine
         self.name = name
         self.boot_timeout = boot_timeout
@@ -123,7 +123,7 @@ class GuestSession:
                 line = self.machine.receive(timeout=max(0.0, deadline - time.monotonic()))
                 if line is None:
                     raise BootFailure(f"{self.name}: no agent within {self.boot_timeout:.0f}s of "
-                                      "starting the guest (boot hang?)"
+                                      f"starting {self.machine.noun} (boot hang?)"
                                       f"{self.machine.failure_hint()}", self.machine.console.tail())
                 if line.startswith("{"):
                     msg = json.loads(line)
