@@ -42,9 +42,11 @@ def ssh_target(tmp_path_factory):
     """debian-6.1 with an SSH server on 127.0.0.1:<free port>, and a known_hosts file holding
     its host key (vng --ssh generates the keys when it starts)."""
     tmp = tmp_path_factory.mktemp("ssh-target")
-    tree = KernelProvider().get("debian-6.1")
+    provider = KernelProvider()
+    tree = provider.get("debian-6.1")
     port = _free_port()
-    guest = Guest(tree, choose_accel(tree.vmlinuz), tmp / "console.log", command="cat >/dev/null",
+    accel = choose_accel(tree.vmlinuz, cache=provider.cache)  # the run's probe answer, if cached
+    guest = Guest(tree, accel, tmp / "console.log", command="cat >/dev/null",
                   extra_vng=("--ssh", str(port), "--ssh-tcp"))
     # With --verbose (the kernel console on stderr), udev in these guests renames eth0 to enp0s9
     # before virtme-ng-init's DHCP runs, so the SSH server is never reachable (seen with
