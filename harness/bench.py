@@ -132,7 +132,9 @@ def run_suite(names: list[str], workers: int, results: Path) -> tuple[float, dic
 
 def split_by_kernel(report: dict, name: str) -> dict:
     cases = [c for c in report["cases"] if c["kernel"] == name]
-    hangs = sum(c["duration"] for c in cases if (c.get("observed") or {}).get("guest"))
+    # an expected hang's own time: a case that boots a replacement first carries that boot too
+    hangs = sum(c["duration"] - (c.get("boot_seconds") or 0) for c in cases
+                if (c.get("observed") or {}).get("guest"))
     boot = sum(c.get("boot_seconds") or 0 for c in cases)
     agent = sum(c.get("agent_start_seconds") or 0 for c in cases)
     work = sum(c.get("guest_seconds") or 0 for c in cases)

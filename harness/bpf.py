@@ -36,9 +36,10 @@ def _inputs_digest(source: Path, clang_version: str) -> str:
     return h.hexdigest()[:24]
 
 
-def build(name: str, cache: Path | None = None) -> Path:
-    """cases/bpf/<name>.bpf.c -> a cached .o; rebuilt only when its inputs change."""
-    source = BPF_DIR / f"{name}.bpf.c"
+def build(name: str, cache: Path | None = None, source_dir: Path = BPF_DIR) -> Path:
+    """cases/bpf/<name>.bpf.c (or another source_dir's) -> a cached .o; rebuilt only when its
+    inputs change."""
+    source = source_dir / f"{name}.bpf.c"
     if not source.exists():
         raise BpfBuildError(f"no BPF source {source}")
     if not shutil.which("clang"):

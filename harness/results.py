@@ -164,5 +164,8 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def write_json(results: Results, path: Path) -> None:
-    write_atomic(path, json.dumps(results.to_json(), indent=1, sort_keys=False) + "\n")
+def write_json(results: Results, path: Path, compact: bool = False) -> None:
+    """compact: for the rewrite after every case, where indenting was most of the cost."""
+    text = json.dumps(results.to_json(), separators=(",", ":")) if compact \
+        else json.dumps(results.to_json(), indent=1)
+    write_atomic(path, text + "\n")

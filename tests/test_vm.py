@@ -65,7 +65,7 @@ def test_injected_faults_fail_only_their_test_and_the_run_goes_on(run_pytest, tm
     assert outcome == {"test_1_before": "PASSED", "test_2_panic": "FAILED",
                        "test_2_hang": "FAILED", "test_2_warning": "FAILED",
                        "test_2_agent_dies": "FAILED", "test_2_qemu_killed": "FAILED",
-                       "test_3_after": "PASSED"}, out
+                       "test_2_verifier_rejects": "FAILED", "test_3_after": "PASSED"}, out
     sections = _failure_sections(out)
     assert "Kernel panic - not syncing: sysrq triggered crash" in sections["test_2_panic"]
     assert "crash fingerprint: sysrq_handle_crash|__handle_sysrq" in sections["test_2_panic"]
@@ -76,8 +76,12 @@ def test_injected_faults_fail_only_their_test_and_the_run_goes_on(run_pytest, tm
     assert re.search(r"the guest died during \S+hang \(the guest exited \(status -?\d+\)\)",
                      sections["test_2_qemu_killed"]), sections["test_2_qemu_killed"]
     assert "known crash" not in sections["test_2_agent_dies"]
+    assert "BpfError" in sections["test_2_verifier_rejects"]
+    assert re.search(r"verifier log:\n--- read_past_the_packet\n(.*\n)*.*invalid access to packet",
+                     sections["test_2_verifier_rejects"]), sections["test_2_verifier_rejects"]
     cases = {c["case"]: c for c in results.load(proc.results).cases}
-    assert len(cases) == 7 and cases["test_2_panic"]["verdict"] == "crashed"
+    assert len(cases) == 8 and cases["test_2_panic"]["verdict"] == "crashed"
+    assert cases["test_2_verifier_rejects"]["verdict"] == "fail"  # the guest is fine
     assert cases["test_2_panic"]["known_crash"].startswith("known crash: sysrq-trigger")
     assert leftover_guests(_child_pid(proc)) == []
 

@@ -5,7 +5,9 @@ fail with the evidence and the ones after it to still run on a replacement guest
 """
 import subprocess
 import threading
+from pathlib import Path
 
+from harness.bpf import build
 from harness.vm import guest_name
 
 
@@ -34,6 +36,11 @@ def test_2_qemu_killed(guest):
     threading.Timer(2.0, subprocess.run, args=(
         ["pkill", "-KILL", "-f", f"/qemu-system-[^ ]+ .*-name {guest_name()} "],)).start()
     guest.call("tests.guest.faults:hang", seconds=60)
+
+
+def test_2_verifier_rejects(guest):
+    rejected = build("rejected", source_dir=Path(__file__).parent.parent / "bpf")
+    guest.call("tests.guest.faults:load_rejected", obj=rejected)
 
 
 def test_3_after(guest):

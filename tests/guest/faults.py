@@ -39,3 +39,10 @@ def drop_connection():
     import signal
     os.kill(os.getppid(), signal.SIGKILL)
     time.sleep(60)
+
+
+def load_rejected(obj):
+    """Load an object whose program the verifier refuses: the error carries the verifier log."""
+    from harness.agent import libbpf
+    with libbpf.BpfObject(obj):
+        return "loaded"
