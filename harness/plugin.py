@@ -395,15 +395,18 @@ class CaseGuest:
     def call(self, fn: str, timeout: float | None = None, **kwargs):
         """Run a guest-side function; a bare name is looked up in cases/guest/<topic>.py."""
         name = fn if ":" in fn else f"{self.module}:{fn}"
-        failure = None
+        failure = raised = None
         try:
             result = self.session.call(name, timeout=timeout or self.run.case_timeout, **kwargs)
         except GuestCallError as exc:
-            self._check_health(exc.health)
-            raise
+            raised = exc
         except GuestFailure as exc:
             failure = exc
-        if failure:  # handled outside the except block, so the report is not an exception chain
+        # handled outside the except blocks, so the reports are not exception chains
+        if raised:  # the guest side's traceback (and verifier log) is the evidence, not ours
+            self._check_health(raised.health)
+            pytest.fail(f"{name} raised in the guest: {raised}", pytrace=False)
+        if failure:
             report = self.run.failure_report(failure, self.kernel, self.item)
             self.down = GuestDown("hang" if isinstance(failure, GuestHang) else "crash", report)
             self.item.user_properties.append(("console", json.dumps(failure.console[-80:])))
