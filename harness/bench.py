@@ -144,7 +144,9 @@ def split_by_kernel(report: dict, name: str) -> dict:
     verdicts: dict[str, int] = {}
     for c in cases:
         verdicts[c["verdict"]] = verdicts.get(c["verdict"], 0) + 1
-    return {"cases": count, "suite_s": round(wall, 1), "boot_s": round(boot - agent, 1),
+    boots = sum(1 for c in cases if c.get("boot_seconds"))
+    return {"cases": count, "suite_s": round(wall, 1), "boots": boots,
+            "boot_s": round(boot - agent, 1),
             "agent_start_s": round(agent, 1), "work_s": round(work, 1),
             "expected_hangs_s": round(hangs, 1), "overhead_ms": round(overhead * 1000, 1),
             "verdicts": verdicts}
@@ -215,11 +217,11 @@ def _met(ok: bool) -> str:
 
 def print_tables(f: dict) -> None:
     print(f"accelerator: {f['accel']}")
-    print(f"{'kernel':12} {'floor s':>7} {'suite s':>7} {'boot':>6} {'agent':>6} {'work':>6} "
+    print(f"{'kernel':12} {'floor s':>7} {'suite s':>7} {'boots':>5} {'boot':>6} {'agent':>6} {'work':>6} "
           f"{'hangs':>6} {'cases':>5} {'ovh ms':>7} {'suite/floor':>11} {'budget s':>8} "
           f"{'naive/suite':>11} {'qemu MiB':>8}")
     for name, k in f["kernels"].items():
-        print(f"{name:12} {k['floor_s']:7.1f} {k['suite_s']:7.1f} {k['boot_s']:6.1f} "
+        print(f"{name:12} {k['floor_s']:7.1f} {k['suite_s']:7.1f} {k.get('boots', 1):5d} {k['boot_s']:6.1f} "
               f"{k['agent_start_s']:6.1f} {k['work_s']:6.1f} {k['expected_hangs_s']:6.1f} "
               f"{k['cases']:5d} {k['overhead_ms']:7.1f} {k['suite_over_floor']:11.2f} "
               f"{k['suite_budget_s']:8.1f} {k['naive_over_suite']:11.1f} "
