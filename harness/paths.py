@@ -18,8 +18,11 @@ def cache_dir() -> Path:
 
 
 def bpf_cache_dir() -> Path:
-    """Where built BPF objects are cached (harness/bpf.py)."""
-    return cache_dir() / "bpf"
+    """Where built BPF objects are cached (harness/bpf.py). It exists: a pinned-root guest mounts
+    it before the first object is built."""
+    path = cache_dir().resolve() / "bpf"
+    path.mkdir(exist_ok=True)
+    return path
 
 
 def agent_argv(python: str, repo_root: str) -> list[str]:

@@ -26,7 +26,8 @@ from .kernels import KernelProvider, KernelTree, expand_kernel_args, load_specs
 from .report import Reporter, declared_behaviour
 from .rootfs import HOST, Rootfs, RootfsProvider, check_rootfs_name
 from .session import BootFailure, GuestCallError, GuestFailure, GuestHang, GuestSession
-from .ssh import SshMachine, SshTarget, describe_target
+from .ssh import (SshMachine, SshTarget, describe_target, description_from_dict,
+                  description_to_dict)
 from .vm import Guest, kill_all_guests
 
 MAX_REPLACEMENTS = 3  # a kernel whose guest dies this often gets its remaining tests failed fast
@@ -125,8 +126,8 @@ class GuestPool:
         self.boots[name] = count + 1
         log = self.run.results_dir / "console" / f"{_safe(name)}-{self.run.worker}-{count}.log"
         if tree.target:
-            machine = SshMachine(self.run.targets[name], log)
             boot_timeout = self.run.boot_timeout(None)
+            machine = SshMachine(self.run.targets[name], log, connect_within=boot_timeout / 2)
         else:
             accel = self.run.accel(tree)
             try:
@@ -174,15 +175,23 @@ class KconformRun:
                                 "runs its own root")
         self.rootfs_name = opt.rootfs
         self._rootfs: Rootfs | None | bool = False  # False: not built yet
+        self._rootfs_error: KconformError | None = None
         self.targets: dict[str, SshTarget] = {}
         self.target_trees: dict[str, KernelTree] = {}
+        # The controller connects to each target once to describe it; xdist workers get the
+        # descriptions from it (pytest_configure_node), so their test ids cannot differ.
+        described = getattr(config, "workerinput", {}).get(TARGETS_KEY)
         for url in opt.target:
             target = SshTarget.parse(url, key_file=opt.ssh_key, known_hosts=opt.ssh_known_hosts,
                                      accept_any_host_key=opt.ssh_accept_any_host_key)
-            tree = describe_target(target, self.results_dir / "targets")
-            name = tree.release if tree.release not in self.kernel_names else \
-                f"{tree.release}@{target.address}"  # two targets running the same kernel
-            tree.name = name
+            if described is not None:
+                tree = description_from_dict(described[target.url])
+                name = tree.name
+            else:
+                tree = describe_target(target, self.results_dir / "targets")
+                name = tree.release if tree.release not in self.kernel_names else \
+                    f"{tree.release}@{target.address}"  # two targets running the same kernel
+                tree.name = name
             self.targets[name], self.target_trees[name] = target, tree
             self.kernel_names.append(name)
         self.case_timeout = opt.case_timeout
@@ -225,9 +234,15 @@ class KconformRun:
 
     def rootfs(self, tree: KernelTree) -> Rootfs | None:
         """The guest root for this run (None: the host's), with this kernel's modules in it."""
+        if self._rootfs_error:
+            raise self._rootfs_error  # it failed for another kernel: do not build it again
         if self._rootfs is False:
             self._rootfs_provider = RootfsProvider(self.provider.cache, log=self._log)
-            self._rootfs = self._rootfs_provider.get(self.rootfs_name)
+            try:
+                self._rootfs = self._rootfs_provider.get(self.rootfs_name)
+            except KconformError as exc:
+                self._rootfs_error = exc
+                raise
         if self._rootfs is not None:
             self._rootfs_provider.add_modules(self._rootfs, tree)
         return self._rootfs
@@ -243,6 +258,7 @@ class KconformRun:
 
 
 RUN_KEY = pytest.StashKey[KconformRun]()
+TARGETS_KEY = "kconform_targets"  # in an xdist worker's workerinput
 
 
 def _safe(name: str) -> str:
@@ -262,6 +278,14 @@ def pytest_configure(config: pytest.Config) -> None:
     atexit.register(kill_all_guests)
     if hasattr(signal, "SIGTERM"):
         signal.signal(signal.SIGTERM, _terminate)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node) -> None:
+    """xdist, on the controller: hand each worker the SSH targets' descriptions."""
+    run = node.config.stash[RUN_KEY]
+    node.workerinput[TARGETS_KEY] = {target.url: description_to_dict(run.target_trees[name])
+                                     for name, target in run.targets.items()}
 
 
 def _terminate(signum, frame):

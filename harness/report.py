@@ -21,6 +21,7 @@ import re
 import shlex
 import socket
 import textwrap
+import threading
 import time
 from datetime import datetime, timezone
 
@@ -48,6 +49,9 @@ class Reporter:
             "host": socket.gethostname()}])
         self.started_writing = False
         self.next_write = 0.0  # monotonic time before which report.json is not rewritten
+        self.deferred: threading.Timer | None = None  # writes what a deferred rewrite left out
+        self.lock = threading.Lock()
+        self.finished = False
         config.addinivalue_line(
             "markers", "behaviour(id): the documented behaviour a test checks, for a test whose "
                        "expect() call does not name it as a literal (reports need it when the "
@@ -128,10 +132,14 @@ class Reporter:
         if not self.controller:
             return
         props = dict(report.user_properties)
-        if report.when == "???" and "@" in report.nodeid and "kernel" not in props:
-            # xdist's report for a test whose worker died; loadgroup named the kernel in its id
-            report.user_properties.append(("kernel", report.nodeid.rsplit("@", 1)[1]))
-            props = dict(report.user_properties)
+        if report.when == "???" and "kernel" not in props:
+            # xdist's report for a test whose worker died; loadgroup appended "@<kernel>" to its
+            # id (a kernel name may hold "@" itself: two SSH targets of one release)
+            kernel = next((k for k in self.run.kernel_names
+                           if report.nodeid.endswith(f"@{k}")), None)
+            if kernel:
+                report.user_properties.append(("kernel", kernel))
+                props = dict(report.user_properties)
         if "kernel" not in props and report.nodeid not in self.phases:
             return  # not a kernel case (kconform's own tests)
         self.phases.setdefault(report.nodeid, []).append(report)
@@ -140,15 +148,16 @@ class Reporter:
 
     def _finish(self, reports: list) -> None:
         case = case_record(reports, self.config.option.expectations)
-        # xdist reruns a test whose worker died on a new worker: the last report counts
-        self.results.cases = [c for c in self.results.cases if c["id"] != case["id"]] + [case]
-        self._note_kernel(case["kernel"], reports)
-        bid = case["behaviour"]
-        if bid in self.run.behaviours and bid not in self.results.behaviours:
-            order = list(self.run.behaviours).index(bid)
-            behaviour = self.run.behaviours[bid]
-            self.results.behaviours[bid] = {"title": behaviour.title, "section": behaviour.section,
-                                            "order": order}
+        with self.lock:  # a deferred rewrite (below) may be reading the results
+            # xdist reruns a test whose worker died on a new worker: the last report counts
+            self.results.cases = [c for c in self.results.cases if c["id"] != case["id"]] + [case]
+            self._note_kernel(case["kernel"], reports)
+            bid = case["behaviour"]
+            if bid in self.run.behaviours and bid not in self.results.behaviours:
+                order = list(self.run.behaviours).index(bid)
+                behaviour = self.run.behaviours[bid]
+                self.results.behaviours[bid] = {"title": behaviour.title,
+                                                "section": behaviour.section, "order": order}
         self._write_incremental()
 
     def _note_kernel(self, kernel: str, reports: list) -> None:
@@ -175,24 +184,42 @@ class Reporter:
             self.started_writing = True
         # Rewritten as cases finish, each time whole: at 750 cases one rewrite costs ~40 ms, so
         # they are written compact (the end of the run indents them), and once a rewrite costs
-        # more than 10 ms the next waits until rewriting takes at most 1/20 of the run's time.
-        # A run that is killed outright then misses at most that wait's cases; Ctrl-C and
-        # SIGTERM end the run normally, which writes every case.
-        now = time.monotonic()
-        if now < self.next_write:
-            return
-        write_json(self.results, out / REPORT_JSON, compact=True)
-        write_atomic(out / REPORT_JUNIT, junit_text(self.results, pretty=False))
-        spent = time.monotonic() - now
-        self.next_write = now + 20 * spent if spent > 0.01 else 0.0
+        # more than 10 ms the next waits until rewriting takes at most 1/20 of the run's time;
+        # a timer then writes what came in meanwhile, even if no case finishes for a while (a
+        # boot). A run killed outright misses at most that wait's cases (under a second at 750
+        # cases); Ctrl-C and SIGTERM end the run normally, which writes every case.
+        with self.lock:
+            now = time.monotonic()
+            if self.finished:
+                return  # the run's end wrote every report
+            if now < self.next_write:
+                if self.deferred is None:
+                    self.deferred = threading.Timer(self.next_write - now, self._write_deferred)
+                    self.deferred.daemon = True
+                    self.deferred.start()
+                return
+            write_json(self.results, out / REPORT_JSON, compact=True)
+            write_atomic(out / REPORT_JUNIT, junit_text(self.results, pretty=False))
+            spent = time.monotonic() - now
+            self.next_write = now + 20 * spent if spent > 0.01 else 0.0
+
+    def _write_deferred(self) -> None:
+        with self.lock:
+            self.deferred = None
+            self.next_write = 0.0
+        self._write_incremental()
 
     def pytest_sessionfinish(self, session, exitstatus) -> None:
         if not self.controller or not self.results.cases:
             return
-        run = self.results.runs[0]
-        run.update(finished=_now(), exit_status=int(exitstatus),
-                   complete=int(exitstatus) in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED))
-        write_reports(self.results, self.run.results_dir)
+        with self.lock:
+            self.finished = True
+            if self.deferred is not None:
+                self.deferred.cancel()
+            run = self.results.runs[0]
+            run.update(finished=_now(), exit_status=int(exitstatus), complete=int(exitstatus) in
+                       (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED))
+            write_reports(self.results, self.run.results_dir)
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
         if self.controller and self.results.cases:

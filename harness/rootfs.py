@@ -89,6 +89,12 @@ class RootfsProvider:
         if name == HOST:
             return None
         check_rootfs_name(name)
+        try:
+            return self._get(name)
+        except (OSError, subprocess.CalledProcessError) as exc:
+            raise KconformError(f"rootfs {name}: {exc}") from None
+
+    def _get(self, name: str) -> Rootfs:
         spec = load_recipes()[name]
         root = self.dir / f"{name}-{spec.digest}"
         with self._lock(root.name):
@@ -110,7 +116,7 @@ class RootfsProvider:
                                 "debootstrap (./kconform installs it)")
         if os.geteuid() != 0:
             raise KconformError(f"--rootfs {spec.name}: building a root with debootstrap needs "
-                                "root; run once as root, or use --rootfs host")
+                                "root; run as root, or use --rootfs host")
         mirror = system_debian_mirror()
         if not mirror:
             raise KconformError("no Debian mirror found in /etc/apt/sources*: set "
@@ -148,10 +154,20 @@ class RootfsProvider:
         source = tree.root / "lib" / "modules" / tree.release if tree.root else None
         if source is None or not source.is_dir():
             return  # a local or host kernel: the guest runs without loadable modules
-        dest = rootfs.path / "usr" / "lib" / "modules" / tree.release
+        try:
+            self._add_modules(rootfs, source, rootfs.path / "usr/lib/modules" / tree.release)
+        except OSError as exc:
+            raise KconformError(f"rootfs {rootfs.name}: adding {tree.name}'s modules: {exc}") \
+                from None
+
+    def _add_modules(self, rootfs: Rootfs, source: Path, dest: Path) -> None:
+        # The tree they came from is recorded: a rebuilt kernel of the same release replaces them.
+        origin = dest / ".kconform-source"
         with self._lock(rootfs.path.name):
             if dest.exists():
-                return
+                if origin.exists() and origin.read_text() == str(source):
+                    return
+                shutil.rmtree(dest)
             dest.parent.mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(prefix=".modules-", dir=dest.parent))
             try:
@@ -160,6 +176,7 @@ class RootfsProvider:
                 if copy.returncode != 0:  # another filesystem: copy instead
                     shutil.rmtree(staging)
                     shutil.copytree(source, staging, symlinks=True)
+                (staging / origin.name).write_text(str(source))
                 os.rename(staging, dest)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)

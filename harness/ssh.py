@@ -34,8 +34,14 @@ GUEST_SIDE = ("harness/__init__.py", "harness/agent", "cases/__init__.py", "case
 
 
 class SshError(KconformError):
-    pass
+    def __init__(self, message: str, transient: bool = False):
+        super().__init__(message)
+        self.transient = transient  # the machine may answer later (down, rebooting, network)
 
+
+# What paramiko and the socket under it raise when a connection fails or goes away
+# (socket.timeout is an OSError).
+SSH_ERRORS = (OSError, EOFError, paramiko.SSHException)
 
 # Remote directories of ended sessions that could not be removed yet, by target URL.
 _LEFT_BEHIND: dict[str, set[str]] = {}
@@ -80,6 +86,8 @@ class SshTarget:
 
 
 def connect(target: SshTarget, timeout: float = 20.0) -> paramiko.SSHClient:
+    if target.key_file and not Path(target.key_file).is_file():
+        raise SshError(f"--ssh-key {target.key_file}: no such file")
     client = paramiko.SSHClient()
     if target.accept_any_host_key:
         client.set_missing_host_key_policy(paramiko.AutoAddPolicy())  # kept in memory only
@@ -91,37 +99,45 @@ def connect(target: SshTarget, timeout: float = 20.0) -> paramiko.SSHClient:
             except OSError as exc:
                 raise SshError(f"--ssh-known-hosts {target.known_hosts}: {exc.strerror}") from None
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
-    where = f"{target.url}"
     try:
         client.connect(target.host, target.port, username=target.user,
                        key_filename=target.key_file, timeout=timeout, banner_timeout=timeout,
                        auth_timeout=timeout, look_for_keys=target.key_file is None)
-    except paramiko.BadHostKeyException as exc:
-        raise SshError(f"{where}: the host key does not match the known one ({exc}); if the "
-                       "machine was reinstalled, update known_hosts") from None
-    except paramiko.AuthenticationException as exc:
-        raise SshError(f"{where}: authentication failed ({exc}): give the key with --ssh-key "
-                       "FILE") from None
-    except paramiko.SSHException as exc:
-        if "not found in known_hosts" in str(exc):
-            raise SshError(
-                f"{where}: its host key is not known. Add it (ssh-keyscan -p {target.port} "
-                f"{target.host} >> ~/.ssh/known_hosts, after checking it), pass "
-                "--ssh-known-hosts FILE, or, for a throwaway VM only, --ssh-accept-any-host-key"
-            ) from None
-        raise SshError(f"{where}: {exc}") from None
-    except (OSError, socket.timeout) as exc:
-        raise SshError(f"cannot connect to {where}: {exc}; check that the machine is up and "
-                       "sshd listens on that port") from None
+    except Exception as exc:  # paramiko also raises EOFError and others of its own
+        client.close()
+        refused = isinstance(exc, (paramiko.BadHostKeyException, paramiko.AuthenticationException)) \
+            or "not found in known_hosts" in str(exc)
+        raise SshError(_connect_error(target, exc), transient=not refused) from None
     transport = client.get_transport()
-    transport.set_keepalive(5)  # a machine that vanished is noticed, not waited on
+    transport.set_keepalive(5)
+    # Keepalives alone never notice a peer that vanished (a panicked lab box): with unacked data
+    # older than 20 s the kernel drops the connection, and the running test fails at once.
+    transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 20_000)
     return client
 
 
+def _connect_error(target: SshTarget, exc: Exception) -> str:
+    where = target.url
+    if isinstance(exc, paramiko.BadHostKeyException):
+        return (f"{where}: the host key does not match the known one ({exc}); if the machine "
+                "was reinstalled, update known_hosts")
+    if isinstance(exc, paramiko.AuthenticationException):
+        return f"{where}: authentication failed ({exc}): give the key with --ssh-key FILE"
+    if "not found in known_hosts" in str(exc):
+        return (f"{where}: its host key is not known. Add it (ssh-keyscan -p {target.port} "
+                f"{target.host} >> ~/.ssh/known_hosts, after checking it), pass "
+                "--ssh-known-hosts FILE, or, for a throwaway VM only, --ssh-accept-any-host-key")
+    if isinstance(exc, OSError):
+        return (f"cannot connect to {where}: {exc}; check that the machine is up and sshd "
+                "listens on that port")
+    return f"{where}: the SSH handshake failed ({type(exc).__name__}: {exc or 'connection closed'})"
+
+
 def run(client: paramiko.SSHClient, command: str, timeout: float = 30.0) -> tuple[int, str, str]:
+    """Run a short command; socket.timeout (an OSError) past `timeout`."""
     _, out, err = client.exec_command(command, timeout=timeout)
-    status = out.channel.recv_exit_status()
-    return status, out.read().decode(errors="replace"), err.read().decode(errors="replace")
+    text, errors = out.read().decode(errors="replace"), err.read().decode(errors="replace")
+    return out.channel.recv_exit_status(), text, errors
 
 
 # A Debian kernel says its package version in /proc/version ("... Debian 6.1.176-1 (2025-...)"),
@@ -139,6 +155,8 @@ def describe_target(target: SshTarget, config_dir: Path) -> KernelTree:
     client = connect(target)
     try:
         _, out, err = run(client, DESCRIBE)
+    except SSH_ERRORS as exc:
+        raise SshError(f"{target.url}: describing its kernel failed ({exc})") from None
     finally:
         client.close()
     return parse_description(target, out, err, config_dir)
@@ -168,13 +186,30 @@ def parse_description(target: SshTarget, out: str, err: str, config_dir: Path) -
                       config_path=config_path, target=target.url)
 
 
+def description_to_dict(tree: KernelTree) -> dict:
+    """A target's description as plain data, for xdist workers (they do not connect again)."""
+    return {"name": tree.name, "release": tree.release, "package_version": tree.package_version,
+            "config_path": str(tree.config_path) if tree.config_path else None,
+            "target": tree.target}
+
+
+def description_from_dict(data: dict) -> KernelTree:
+    return KernelTree(name=data["name"], vmlinuz=None, release=data["release"],
+                      package_version=data["package_version"],
+                      config_path=Path(data["config_path"]) if data["config_path"] else None,
+                      target=data["target"])
+
+
 class SshMachine:
     """The agent on an SSH target, over one connection."""
 
     noun = "the SSH session"  # in failure messages
 
-    def __init__(self, target: SshTarget, console_log: Path):
+    def __init__(self, target: SshTarget, console_log: Path, connect_within: float = 30.0):
+        """connect_within: how long to keep trying a machine that does not answer (a lab box
+        rebooting after a crash) before its session fails."""
         self.target = target
+        self.connect_within = connect_within
         self.console = Console(console_log)
         self.channel = LineChannel(self.console)
         self.client: paramiko.SSHClient | None = None
@@ -193,7 +228,7 @@ class SshMachine:
     def start(self) -> None:
         self.started_at = time.monotonic()
         try:
-            self.client = connect(self.target)
+            self.client = self._connect()
             status, out, err = run(self.client, "mktemp -d /tmp/kconform.XXXXXXXX")
             if status != 0:
                 raise SshError(f"{self.target.url}: mktemp failed: {err.strip()}")
@@ -202,7 +237,7 @@ class SshMachine:
             self._push_guest_side()
             session = self.client.get_transport().open_session()
             session.exec_command(shlex.join(agent_argv("python3", self.guest_path(REPO_ROOT))))
-        except (paramiko.SSHException, OSError) as exc:
+        except SSH_ERRORS as exc:
             self.kill()
             raise GuestDied(f"{self.target.url}: {exc}") from None
         except SshError as exc:
@@ -217,6 +252,16 @@ class SshMachine:
         ]
         for t in self._threads:
             t.start()
+
+    def _connect(self) -> paramiko.SSHClient:
+        deadline = self.started_at + self.connect_within
+        while True:
+            try:
+                return connect(self.target)
+            except SshError as exc:
+                if not exc.transient or time.monotonic() + 3 > deadline:
+                    raise
+            time.sleep(3)
 
     def _push_guest_side(self) -> None:
         sftp = self.client.open_sftp()
@@ -246,9 +291,10 @@ class SshMachine:
         path = Path(path).resolve()
         if path == REPO_ROOT:
             return self._uploaded[REPO_ROOT]
-        if REPO_ROOT in path.parents:
+        if any(path == REPO_ROOT / entry or REPO_ROOT / entry in path.parents
+               for entry in GUEST_SIDE):
             return f"{self._uploaded[REPO_ROOT]}/{path.relative_to(REPO_ROOT)}"
-        if path not in self._uploaded:
+        if path not in self._uploaded:  # not pushed at start (a BPF object, wherever it is built)
             remote = f"{self.remote_dir}/{len(self._uploaded)}-{path.name}"
             try:
                 sftp = self.client.open_sftp()
@@ -256,7 +302,7 @@ class SshMachine:
                     sftp.put(str(path), remote)
                 finally:
                     sftp.close()
-            except (OSError, paramiko.SSHException) as exc:
+            except SSH_ERRORS as exc:
                 raise GuestDied(f"pushing {path.name} to {self.target.url} failed ({exc})") from None
             self._uploaded[path] = remote
         return self._uploaded[path]
@@ -271,7 +317,7 @@ class SshMachine:
                       f"rm -rf {shlex.quote(directory)}")
             try:
                 status, _, _ = run(self.client, script, timeout=10)
-            except (OSError, paramiko.SSHException, socket.timeout):
+            except SSH_ERRORS:
                 return
             if status == 0:
                 left.discard(directory)
@@ -281,7 +327,7 @@ class SshMachine:
             raise GuestDied(f"the connection to {self.target.url} is closed")
         try:
             self._session.sendall(line.encode() + b"\n")
-        except (OSError, paramiko.SSHException) as exc:
+        except SSH_ERRORS as exc:
             raise GuestDied(f"the connection to {self.target.url} was lost ({exc})") from exc
 
     def receive(self, timeout: float) -> str | None:
@@ -309,7 +355,7 @@ class SshMachine:
                 deadline = time.monotonic() + timeout
                 while not self._session.exit_status_ready() and time.monotonic() < deadline:
                     time.sleep(0.05)
-            except (OSError, paramiko.SSHException):
+            except SSH_ERRORS:
                 pass
         self.kill()
 

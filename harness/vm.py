@@ -24,6 +24,7 @@ from pathlib import Path
 
 from .accel import Accel
 from .channel import Console, GuestDied, LineChannel
+from .errors import KconformError
 from .kernels import KernelTree
 from .paths import REPO_ROOT, agent_argv, bpf_cache_dir
 from .rootfs import Rootfs
@@ -148,8 +149,8 @@ class Guest:
         for host, guest in ((REPO_ROOT, GUEST_REPO), (bpf_cache_dir(), GUEST_BPF)):
             if path == host or host in path.parents:
                 return str(Path(guest) / path.relative_to(host))
-        raise ValueError(f"{path} is not visible in a guest on {self.rootfs.name}: only the repo "
-                         "and the BPF cache are mounted")
+        raise KconformError(f"{path} is not visible in a guest on {self.rootfs.name}: only the "
+                            f"repo and the BPF cache ({bpf_cache_dir()}) are mounted there")
 
     def failure_hint(self) -> str:
         """A fix worth naming when this guest failed to boot."""

@@ -6,6 +6,7 @@ judged with a doctored expectation that makes L2 regress on 7.2, plus an injecte
 """
 import json
 import re
+import time
 import shlex
 import subprocess
 import sys
@@ -345,3 +346,31 @@ def test_junit_is_one_suite_per_kernel_with_kernel_properties():
     assert [s.get("name") for s in root] == ["kconform debian-5.10", "kconform debian-7.2"]
     tc = next(root.iter("testcase"))
     assert tc.get("classname").startswith("debian-5.10.") and re.match(r"[A-Z]\d+\w* test_", tc.get("name"))
+
+
+def test_costly_rewrites_are_spaced_out_and_what_they_skip_is_written_soon(tmp_path, monkeypatch):
+    """Once a rewrite costs over 10 ms, the next waits 20 times as long; a timer then writes
+    the cases that finished meanwhile, though no further case finishes."""
+    from types import SimpleNamespace
+
+    from harness import report
+    writes = []
+
+    def slow_json(results_doc, path, compact=False):
+        time.sleep(0.02)
+        writes.append(len(results_doc.cases))
+
+    monkeypatch.setattr(report, "write_json", slow_json)
+    monkeypatch.setattr(report, "write_atomic", lambda path, text: None)
+    monkeypatch.setattr(report, "junit_text", lambda results_doc, pretty=True: "")
+    config = SimpleNamespace(invocation_params=SimpleNamespace(args=()),
+                             addinivalue_line=lambda *a: None)
+    reporter = report.Reporter(config, SimpleNamespace(results_dir=tmp_path))
+    for n in range(5):
+        reporter.results.cases.append({"id": str(n)})
+        reporter._write_incremental()
+    assert writes == [1]  # the first cost 20 ms: the next four waited
+    deadline = time.monotonic() + 5
+    while writes == [1] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert writes == [1, 5]  # the timer wrote them, with no sixth case to trigger it

@@ -66,3 +66,43 @@ def test_rootfs_names_are_checked_before_anything_runs(run_pytest):
     assert proc.returncode == 4
     assert "unknown root filesystem 'debian-nonesuch'" in proc.stderr
     assert "debian-bookworm" in proc.stderr and "images/*.toml" in proc.stderr
+
+
+def test_a_server_that_hangs_up_after_its_banner_is_a_clear_transient_error():
+    """paramiko raises EOFError here, which is no OSError: it must not escape as a crash."""
+    import socket
+    import threading
+
+    from harness.ssh import SshError, connect
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+
+    def hang_up():
+        conn, _ = server.accept()
+        conn.sendall(b"SSH-2.0-kconform-test\r\n")
+        conn.close()
+
+    threading.Thread(target=hang_up, daemon=True).start()
+    port = server.getsockname()[1]
+    with pytest.raises(SshError, match=rf"ssh://root@127.0.0.1:{port}: the SSH handshake failed") \
+            as failure:
+        connect(SshTarget.parse(f"ssh://root@127.0.0.1:{port}", accept_any_host_key=True),
+                timeout=5)
+    assert failure.value.transient
+    server.close()
+
+
+def test_a_missing_key_file_is_named(tmp_path):
+    from harness.ssh import SshError, connect
+    with pytest.raises(SshError, match="--ssh-key .*/nokey: no such file"):
+        connect(SshTarget.parse("ssh://root@127.0.0.1:9", key_file=str(tmp_path / "nokey")))
+
+
+def test_a_description_survives_the_trip_to_an_xdist_worker(tmp_path):
+    from harness.ssh import description_from_dict, description_to_dict
+    out = f"6.1.0-50-amd64\n0\n{DEBIAN}\n---config---\nCONFIG_BPF_SYSCALL=y\n"
+    tree = parse_description(target(), out, "", tmp_path)
+    again = description_from_dict(description_to_dict(tree))
+    assert (again.name, again.release, again.exact_version, again.target, again.config()) == \
+        (tree.name, tree.release, "6.1.176-1", "ssh://root@lab1:2222", {"CONFIG_BPF_SYSCALL": "y"})
