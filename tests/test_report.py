@@ -6,10 +6,10 @@ judged with a doctored expectation that makes L2 regress on 7.2, plus an injecte
 """
 import json
 import re
-import time
 import shlex
 import subprocess
 import sys
+import time
 import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
 
