@@ -8,8 +8,6 @@ and carry a manifest that catches truncation or corruption later.
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -23,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import KernelUnavailable, KconformError
-from .paths import REPO_ROOT, cache_dir
+from .paths import REPO_ROOT, cache_dir, cache_lock
 
 KERNELS_DIR = REPO_ROOT / "kernels"
 DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
@@ -419,17 +417,8 @@ class KernelProvider:
                           package_version=meta["package_version"], root=root,
                           config_path=root / "boot" / f"config-{release}")
 
-    @contextlib.contextmanager
     def _lock(self, key: str):
-        """Serialise across xdist workers and concurrent runs: one fetch per kernel, one apt."""
-        for stale in self.trees_dir.glob(".staging-*"):
-            # A staging dir older than an hour is from a run that died; nobody holds it.
-            with contextlib.suppress(OSError):
-                if time.time() - stale.stat().st_mtime > 3600:
-                    shutil.rmtree(stale, ignore_errors=True)
-        with open(self.trees_dir / f".lock-{key}", "w") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            yield
+        return cache_lock(self.trees_dir, key)
 
     # -- local and host kernels
 

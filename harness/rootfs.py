@@ -11,8 +11,6 @@ kernel's modules are hard-linked into the root on first use; they add no userspa
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import os
 import shutil
@@ -25,7 +23,7 @@ from pathlib import Path
 from .errors import KconformError
 from .kernels import (DEBIAN_KEYRING, KernelTree, check_manifest, disk_full, system_debian_mirror,
                       write_manifest)
-from .paths import REPO_ROOT, cache_dir
+from .paths import REPO_ROOT, cache_dir, cache_lock
 
 IMAGES_DIR = REPO_ROOT / "images"
 HOST = "host"
@@ -181,11 +179,8 @@ class RootfsProvider:
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
 
-    @contextlib.contextmanager
     def _lock(self, key: str):
-        with open(self.dir / f".lock-{key}", "w") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            yield
+        return cache_lock(self.dir, key)
 
 
 def _installed_packages(root: Path) -> dict[str, str]:
