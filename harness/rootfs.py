@@ -27,8 +27,10 @@ from .paths import REPO_ROOT, cache_dir, cache_lock
 
 IMAGES_DIR = REPO_ROOT / "images"
 HOST = "host"
-# Mount points of the repo and the BPF objects in a guest on a pinned root (harness/vm.py).
-MOUNT_POINTS = ("kconform/repo", "kconform/bpf")
+# Where a guest on a pinned root sees the repo and the BPF objects (harness/vm.py mounts them);
+# the mount points are made when the root is built.
+GUEST_REPO = "/kconform/repo"
+GUEST_BPF = "/kconform/bpf"
 
 
 @dataclass(frozen=True)
@@ -129,8 +131,8 @@ class RootfsProvider:
                                   env=dict(os.environ, LC_ALL="C", DEBIAN_FRONTEND="noninteractive"))
             if proc.returncode != 0:
                 raise KconformError(_debootstrap_error(spec, mirror, proc, target))
-            for point in MOUNT_POINTS:
-                (target / point).mkdir(parents=True, exist_ok=True)
+            for point in (GUEST_REPO, GUEST_BPF):
+                (target / point.lstrip("/")).mkdir(parents=True, exist_ok=True)
             # The downloaded .debs are not part of the root.
             for deb in (target / "var/cache/apt/archives").glob("*.deb"):
                 deb.unlink()

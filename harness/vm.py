@@ -27,14 +27,14 @@ from .channel import Console, GuestDied, LineChannel
 from .errors import KconformError
 from .kernels import KernelTree
 from .paths import REPO_ROOT, agent_argv, bpf_cache_dir
-from .rootfs import Rootfs
+from .rootfs import GUEST_BPF, GUEST_REPO, Rootfs
 
 _LIVE: "weakref.WeakSet[Guest]" = weakref.WeakSet()
-# Where a pinned root sees the host's files (mount points made when the root is built).
-GUEST_REPO = "/kconform/repo"
-GUEST_BPF = "/kconform/bpf"
 
-__all__ = ["Guest", "GuestDied", "build_vng_command", "guest_python", "kill_all_guests"]
+
+def pinned_root_mounts() -> tuple[tuple[Path, str], ...]:
+    """(host directory, where a guest on a pinned root sees it)."""
+    return ((REPO_ROOT, GUEST_REPO), (bpf_cache_dir(), GUEST_BPF))
 
 
 # Kills a guest's process group once the process that started the guest is gone, however it went
@@ -104,8 +104,8 @@ def build_vng_command(tree: KernelTree, accel: Accel, guest_cmd: str, *, memory:
     if not virtiofs_usable():
         cmd.append("--force-9p")
     if rootfs is not None:
-        cmd += ["--root", str(rootfs.path), f"--rodir={GUEST_REPO}={REPO_ROOT}",
-                f"--rodir={GUEST_BPF}={bpf_cache_dir()}"]
+        cmd += ["--root", str(rootfs.path)]
+        cmd += [f"--rodir={guest}={host}" for host, guest in pinned_root_mounts()]
     for arg in (*BOOT_ARGS, *kernel_args):
         cmd += ["--append", arg]
     cmd += list(extra_vng)
@@ -146,11 +146,12 @@ class Guest:
         path = Path(path).resolve()
         if self.rootfs is None:
             return str(path)  # the host's root is the guest's
-        for host, guest in ((REPO_ROOT, GUEST_REPO), (bpf_cache_dir(), GUEST_BPF)):
+        mounts = pinned_root_mounts()
+        for host, guest in mounts:
             if path == host or host in path.parents:
                 return str(Path(guest) / path.relative_to(host))
-        raise KconformError(f"{path} is not visible in a guest on {self.rootfs.name}: only the "
-                            f"repo and the BPF cache ({bpf_cache_dir()}) are mounted there")
+        raise KconformError(f"{path} is not visible in a guest on {self.rootfs.name}: only "
+                            f"{', '.join(str(host) for host, _ in mounts)} are mounted there")
 
     def failure_hint(self) -> str:
         """A fix worth naming when this guest failed to boot."""
