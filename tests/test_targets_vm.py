@@ -21,6 +21,13 @@ from tests.conftest import verdicts_of
 pytestmark = pytest.mark.vm
 
 VNG_SSH = Path.home() / ".cache" / "virtme-ng" / ".ssh"  # where vng --ssh keeps its keys
+# virtme-ng's DHCP configures eth0, but udev in these guests sometimes renames it (enp0s9) first,
+# and then the forwarded port never reaches sshd (seen with virtme-ng 1.42 on Debian 12, always
+# with --verbose, now and then without). So the guest gives its one NIC the address QEMU's user
+# network forwards to, whatever it is called; where DHCP did it already, `ip` just says so.
+CONFIGURE_NETWORK = ("for nic in /sys/class/net/*; do n=${nic##*/}; [ \"$n\" = lo ] && continue; "
+                     "ip link set \"$n\" up; ip addr add 10.0.2.15/24 dev \"$n\"; done 2>/dev/null; "
+                     "ip route add default via 10.0.2.2 2>/dev/null; ")
 
 
 def test_suite_on_the_pinned_root_gives_the_verdicts_of_the_default_path(reference_run,
@@ -46,12 +53,8 @@ def ssh_target(tmp_path_factory):
     tree = provider.get("debian-6.1")
     port = _free_port()
     accel = choose_accel(tree.vmlinuz, cache=provider.cache)  # the run's probe answer, if cached
-    guest = Guest(tree, accel, tmp / "console.log", command="cat >/dev/null",
+    guest = Guest(tree, accel, tmp / "console.log", command=CONFIGURE_NETWORK + "cat >/dev/null",
                   extra_vng=("--ssh", str(port), "--ssh-tcp"))
-    # With --verbose (the kernel console on stderr), udev in these guests renames eth0 to enp0s9
-    # before virtme-ng-init's DHCP runs, so the SSH server is never reachable (seen with
-    # virtme-ng 1.42 on Debian 12). This stand-in machine needs no console.
-    guest.cmd.remove("--verbose")
     guest.start()
     try:
         key = VNG_SSH / "id_virtme"
@@ -68,7 +71,8 @@ def ssh_target(tmp_path_factory):
                 break
             except SshError:
                 if time.monotonic() > deadline or not guest.alive:
-                    raise AssertionError(f"the SSH target never answered: {guest.command_line()}")
+                    raise AssertionError("the SSH target never answered; its console:\n"
+                                         + "\n".join(guest.console.tail(40)))
                 time.sleep(2)
         yield target
     finally:
