@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -171,8 +172,41 @@ def _failure_anchor(grid: Grid, case: dict) -> str:
 
 # ---------------------------------------------------------------------- Markdown
 
+# Every cell comes from a results file: kernel names and unames (an SSH target's own words),
+# titles, reasons, observations. GitHub job summaries render inline HTML, links, emphasis, math,
+# mentions and autolinks, so such text is made inert: HTML's three characters become entities and
+# the inline Markdown punctuation is backslash-escaped ("@" too: mentions and e-mail links), and
+# the dot of "www." and the colon of "://" become entities (the autolinks they start have nothing
+# else to escape). Line breaks and other control characters would end the table row. Parentheses
+# stay: they make a link only after a "]", which is escaped.
+_MD_ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+_MD_PUNCTUATION = frozenset("\\`*_[]#!|~$@")
+_CONTROL = frozenset(chr(c) for c in (*range(32), 127))
+_AUTOLINK = re.compile(r"(?<=www)\.|:(?=//)", re.IGNORECASE)
+
+
 def _md(text) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    """`text` as literal Markdown inline text, safe inside a table cell or a heading."""
+    text, out = str(text), []
+    for i, char in enumerate(text):
+        if char in _MD_ENTITIES:
+            out.append(_MD_ENTITIES[char])
+        elif char == "_" and 0 < i < len(text) - 1 and text[i - 1].isalnum() \
+                and text[i + 1].isalnum():
+            out.append(char)  # inside a word it never emphasises: AF_UNIX stays readable
+        elif char in _MD_PUNCTUATION:
+            out.append("\\" + char)
+        elif char in _CONTROL or char in "\u2028\u2029\x85":
+            out.append(" ")
+        else:
+            out.append(char)
+    return _AUTOLINK.sub(lambda m: f"&#{ord(m.group())};", "".join(out))
+
+
+def _html_line(text) -> str:
+    """`text` escaped for the one-line HTML of a <summary>: a blank line would end the HTML
+    block and let the rest render as Markdown."""
+    return html.escape("".join(" " if c in _CONTROL else c for c in str(text)), quote=True)
 
 
 def ran_on(info: dict) -> str:
@@ -202,7 +236,7 @@ def markdown(results: Results) -> str:
             + f" · – {NOT_RUN}. An expected difference is an older kernel doing what its version "
             "is documented to do, asserted like any other outcome.", ""]
     for group in grid.groups:
-        out += [f"## {group.name}", "",
+        out += [f"## {_md(group.name)}", "",
                 "| behaviour | " + " | ".join(_md(k) for k in grid.kernels) + " | changed at |",
                 "| --- | " + " | ".join("---" for _ in grid.kernels) + " | --- |"]
         for row in group.rows:
@@ -227,8 +261,8 @@ def markdown(results: Results) -> str:
         out += ["## Failures", ""]
         for case in grid.failures:
             out += [f"<details><summary>{MD_ICONS[case['verdict']]} "
-                    f"{html.escape(str(case.get('behaviour') or ''))} {html.escape(case['case'])} "
-                    f"on {html.escape(case['kernel'])}: {case['verdict']}</summary>", "",
+                    f"{_html_line(case.get('behaviour') or '')} {_html_line(case['case'])} "
+                    f"on {_html_line(case['kernel'])}: {_html_line(case['verdict'])}</summary>", "",
                     "````text", _failure_text(case), "````", "", "</details>", ""]
     return "\n".join(out)
 
