@@ -10,11 +10,14 @@ Version bounds follow stable-kernel practice: "6.7" means every kernel from 6.7 
 """
 from __future__ import annotations
 
+import datetime
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .kernels import parse_upstream_version
+from .errors import KconformError
+from .kernels import parse_upstream_version  # noqa: F401  (callers read versions through here)
 from .paths import REPO_ROOT
 
 DEFAULT_FILE = REPO_ROOT / "cases" / "expectations.toml"
@@ -26,10 +29,27 @@ CRASHED = "crashed"
 SKIPPED = "skipped"
 
 
+class ExpectationsError(KconformError, ValueError):
+    """A bad expectations file, or bounds that leave a kernel with no outcome or with several."""
+
+
+VERSION = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
+BEHAVIOUR_FIELDS = ("title", "section", "outcomes")
+OUTCOME_FIELDS = ("expect", "source", "since", "until", "reason", "differs_from_doc", "regression")
+
+
+def parse_version(text: str) -> tuple[int, int, int]:
+    """'6.1' -> (6, 1, 0), '6.1.72' -> (6, 1, 72); anything else is a ValueError."""
+    match = VERSION.fullmatch(text)
+    if not match:
+        raise ValueError(f"{text!r} is not a kernel version like \"6.1\" or \"6.1.72\"")
+    return tuple(int(g or 0) for g in match.groups())
+
+
 def _versions(value) -> list[tuple[int, ...]]:
     if value is None:
         return []
-    return [parse_upstream_version(v) for v in ([value] if isinstance(value, str) else value)]
+    return [parse_version(v) for v in ([value] if isinstance(value, str) else value)]
 
 
 def has_change(version: tuple[int, ...], bounds: list[tuple[int, ...]]) -> bool:
@@ -89,34 +109,141 @@ class Behaviour:
         if len(matches) > 1 and sum(o.regression for o in matches) == 1:
             return next(o for o in matches if o.regression)
         if len(matches) != 1:
-            raise ValueError(f"{self.id}: {len(matches)} outcomes apply to "
-                             f"{'.'.join(map(str, version))}; the bounds must not overlap or leave gaps")
+            raise ExpectationsError(f"{self.id}: {len(matches)} outcomes apply to "
+                                    f"{'.'.join(map(str, version))}; the bounds must not overlap "
+                                    "or leave gaps")
         return matches[0]
+
+    def check_bounds(self) -> None:
+        """Exactly one outcome applies to every kernel from the oldest any outcome covers on.
+        Which outcomes apply changes only at a bound (and, for a stable bound such as 6.1.72,
+        where its series ends), so checking those versions checks them all."""
+        floor = min((min(o.since) if o.since else (0, 0, 0)) for o in self.outcomes)
+        points = {floor}
+        for outcome in self.outcomes:
+            for bound in (*outcome.since, *outcome.until):
+                points.add(bound)
+                if len(bound) >= 3 and bound[2] != 0:
+                    points.add((bound[0], bound[1] + 1, 0))
+        for version in sorted(p for p in points if p >= floor):
+            self.outcome_for(version)
+
+
+def _problem(path: Path, where: str, what: str) -> ExpectationsError:
+    return ExpectationsError(f"{path}: {where}: {what}")
+
+
+def _bounds(path: Path, where: str, name: str, value) -> tuple[tuple[int, ...], ...]:
+    if value is None:
+        return ()
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        raise _problem(path, where, f"{name} = {value!r} is a number; quote it, "
+                       f"{name} = \"{value}\" (as a number 5.10 would read as 5.1)")
+    if not (isinstance(value, str) or (isinstance(value, list) and value
+                                       and all(isinstance(v, str) for v in value))):
+        raise _problem(path, where, f"{name} = {value!r} is not a version or a list of versions; "
+                       f"write {name} = \"6.1\" or {name} = [\"6.7\", \"6.1.72\"]")
+    try:
+        return tuple(_versions(value))
+    except ValueError as exc:
+        raise _problem(path, where, f"{name}: {exc}; write {name} = \"6.1\" (mainline on) or "
+                       "\"6.1.72\" (that stable series on)") from None
+
+
+def _plain_data(value) -> bool:
+    """TOML values a guest's JSON observation can equal (no dates or times)."""
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain_data(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_plain_data(v) for v in value)
+    return not isinstance(value, (datetime.date, datetime.time))
+
+
+def _outcome(path: Path, where: str, data) -> Outcome:
+    if not isinstance(data, dict):
+        raise _problem(path, where, "is not a table; write it as [[ID.outcomes]] with expect = "
+                       "{ ... } and source = \"...\"")
+    unknown = sorted(set(data) - set(OUTCOME_FIELDS))
+    if unknown:
+        raise _problem(path, where, f"unknown field {unknown[0]!r}; an outcome has "
+                       f"{', '.join(OUTCOME_FIELDS)}")
+    expect = data.get("expect")
+    if not isinstance(expect, dict) or not _plain_data(expect):
+        raise _problem(path, where, f"expect = {expect!r} is not a table of observations; write "
+                       "expect = { update = \"OK\" } (no dates or times)")
+    source = data.get("source")
+    if not isinstance(source, str) or not source.strip():
+        raise _problem(path, where, "every outcome needs a source: add source = \"...\" saying "
+                       "who says the kernel does this (the doc, a commit, behaviours.md)")
+    reason = data.get("reason", "")
+    if not isinstance(reason, str):
+        raise _problem(path, where, f"reason = {reason!r} is not a string; write reason = \"...\"")
+    flags = {}
+    for name in ("differs_from_doc", "regression"):
+        flags[name] = data.get(name, False)
+        if not isinstance(flags[name], bool):
+            raise _problem(path, where, f"{name} = {flags[name]!r} is not true or false")
+    outcome = Outcome(expect=expect, source=source, since=_bounds(path, where, "since",
+                                                                  data.get("since")),
+                      until=_bounds(path, where, "until", data.get("until")), reason=reason,
+                      **flags)
+    if outcome.regression and not outcome.since:
+        raise _problem(path, where, "a regression outcome needs since = (its window)")
+    if (outcome.until or outcome.differs_from_doc or outcome.regression) and not reason.strip():
+        raise _problem(path, where, "an outcome that differs from the doc (until = or "
+                       "differs_from_doc =) needs a reason")
+    return outcome
+
+
+def _behaviour(path: Path, bid: str, table) -> Behaviour:
+    if not isinstance(table, dict):
+        raise _problem(path, bid, "is not a table; write [ID] with title, section and "
+                       "[[ID.outcomes]]")
+    unknown = sorted(set(table) - set(BEHAVIOUR_FIELDS))
+    if unknown:
+        raise _problem(path, bid, f"unknown field {unknown[0]!r}; a behaviour has "
+                       f"{', '.join(BEHAVIOUR_FIELDS)}")
+    for name in ("title", "section"):
+        value = table.get(name)
+        if not isinstance(value, str) or not value.strip():
+            raise _problem(path, bid, f"needs a {name}: add {name} = \"...\" "
+                           + ("(what the kernel does)" if name == "title"
+                              else "(the map_sockmap.rst section it documents)"))
+    outcomes = table.get("outcomes")
+    if not isinstance(outcomes, list) or not outcomes:
+        raise _problem(path, bid, "has no outcomes: add at least one [[" + bid + ".outcomes]] "
+                       "table with expect and source")
+    behaviour = Behaviour(id=bid, title=table["title"], section=table["section"],
+                          outcomes=tuple(_outcome(path, f"{bid} outcome {i + 1}", o)
+                                         for i, o in enumerate(outcomes)))
+    try:
+        behaviour.check_bounds()
+    except ExpectationsError as exc:
+        raise ExpectationsError(f"{path}: {exc}: make each version fall in exactly one outcome's "
+                                "since/until window (or mark one regression = true)") from None
+    return behaviour
 
 
 def load(path: Path = DEFAULT_FILE) -> dict[str, Behaviour]:
-    data = tomllib.loads(Path(path).read_text())
-    behaviours = {}
-    for bid, table in data.items():
-        outcomes = []
-        for o in table["outcomes"]:
-            if not o.get("source"):
-                raise ValueError(f"{path}: {bid}: every outcome needs a source")
-            outcomes.append(Outcome(expect=o["expect"], source=o["source"],
-                                    since=tuple(_versions(o.get("since"))),
-                                    until=tuple(_versions(o.get("until"))),
-                                    reason=o.get("reason", ""),
-                                    differs_from_doc=bool(o.get("differs_from_doc", False)),
-                                    regression=bool(o.get("regression", False))))
-            last = outcomes[-1]
-            if last.regression and not last.since:
-                raise ValueError(f"{path}: {bid}: a regression outcome needs since = (its window)")
-            if (last.until or last.differs_from_doc or last.regression) and not last.reason:
-                raise ValueError(f"{path}: {bid}: an outcome that differs from the doc "
-                                 "(until = or differs_from_doc =) needs a reason")
-        behaviours[bid] = Behaviour(id=bid, title=table["title"], section=table["section"],
-                                    outcomes=tuple(outcomes))
-    return behaviours
+    """Read and check an expectations file: every problem is an ExpectationsError naming the
+    file, the behaviour and the field, found before any kernel boots."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ExpectationsError(f"{path}: no such expectations file; give --expectations an "
+                                f"existing file (the suite's own is {DEFAULT_FILE})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ExpectationsError(f"{path}: cannot read the expectations ({exc}); make it a "
+                                "readable UTF-8 TOML file") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ExpectationsError(f"{path}: not valid TOML ({exc}); fix the file") from None
+    if not data:
+        raise ExpectationsError(f"{path}: holds no behaviours; each is a table [ID] with title, "
+                                "section and [[ID.outcomes]]")
+    return {bid: _behaviour(path, bid, table) for bid, table in data.items()}
 
 
 @dataclass

@@ -18,6 +18,7 @@ Shape (format "kconform-results/1"):
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -93,28 +94,132 @@ class Results:
 
     @classmethod
     def from_json(cls, data: dict, origin: str = "<data>") -> "Results":
+        """A results document read from a file, every field the reports read checked first, so
+        a damaged or hand-edited file is a ResultsError naming the field, never a traceback."""
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ResultsError(f"{origin}: not a kconform results file (expected \"format\": "
                                f"\"{FORMAT}\"); results files are the report.json a run writes")
-        try:
-            results = cls(kernels=dict(data["kernels"]), behaviours=dict(data["behaviours"]),
-                          cases=list(data["cases"]), runs=list(data.get("runs", [])))
-            for case in results.cases:
-                if case["kernel"] not in results.kernels or case["verdict"] not in VERDICTS:
-                    raise ResultsError(f"{origin}: case {case['id']} names kernel "
-                                       f"{case['kernel']!r} / verdict {case['verdict']!r}, "
-                                       "which the file does not define")
-        except (KeyError, TypeError) as exc:
-            raise ResultsError(f"{origin}: damaged results file (missing {exc})") from None
-        return results
+        check = _Checker(origin)
+        kernels = check.table(data, "kernels", "a table of kernel name -> kernel facts")
+        for name, info in kernels.items():
+            check.record(info, f"kernels[{name!r}]", KERNEL_FIELDS)
+        behaviours = check.table(data, "behaviours", "a table of behaviour id -> title, section, "
+                                                     "order")
+        for bid, info in behaviours.items():
+            check.record(info, f"behaviours[{bid!r}]", BEHAVIOUR_FIELDS)
+        cases = check.array(data, "cases", "a list of cases")
+        for i, case in enumerate(cases):
+            where = f"cases[{i}]"
+            check.record(case, where, CASE_FIELDS)
+            where = f"{where} (id {case['id']!r})"
+            if case["verdict"] not in VERDICTS:
+                raise check.problem(where, f"verdict {case['verdict']!r} is not one of "
+                                    f"{', '.join(VERDICTS)}")
+            if case["kernel"] not in kernels:
+                raise check.problem(where, f"kernel {case['kernel']!r} is not in the file's "
+                                    f"kernels ({', '.join(kernels) or 'none'})")
+        runs = check.array(data, "runs", "a list of runs", required=False)
+        for i, run in enumerate(runs):
+            check.record(run, f"runs[{i}]", RUN_FIELDS)
+        return cls(kernels=dict(kernels), behaviours=dict(behaviours), cases=list(cases),
+                   runs=list(runs))
+
+
+# What the reports read from a results file: field -> (required, the JSON types it may have,
+# what it is). Fields not listed are kept as they are and read by nobody.
+_STR, _NONE, _NUM = (str,), (type(None),), (int, float)
+_JSON = (str, int, float, bool, list, dict, type(None))
+KERNEL_FIELDS = {name: (False, _STR + _NONE, "text or null")
+                 for name in ("name", "version", "uname", "upstream", "boot", "machine", "rootfs")}
+BEHAVIOUR_FIELDS = {"title": (False, _STR + _NONE, "text"),
+                    "section": (False, _STR + _NONE, "text"),
+                    "order": (True, (int,), "the behaviour's position in the expectations file")}
+CASE_FIELDS = {
+    **{name: (True, _STR, "text") for name in ("id", "case", "file", "kernel", "verdict",
+                                                "reproduce")},
+    "behaviour": (True, _STR + _NONE, "a behaviour id or null"),
+    "observed": (True, _JSON, "the observation or null"),
+    "expected": (False, _JSON, "the expected outcome or null"),
+    "message": (False, _STR, "text"),
+    "console": (False, (list,) + _NONE, "a list of console lines"),
+    **{name: (False, _STR + _NONE, "text or null")
+       for name in ("variant", "section", "title", "reason", "source", "kernel_version", "boot",
+                    "console_log", "known_crash")},
+    **{name: (False, _NUM + _NONE, "a number of seconds or null")
+       for name in ("duration", "guest_seconds", "boot_seconds", "agent_start_seconds")},
+}
+RUN_FIELDS = {"started": (False, _STR + _NONE, "a time or null"),
+              "finished": (False, _STR + _NONE, "a time or null"),
+              "complete": (False, (bool,), "true or false"),
+              "exit_status": (False, (int,) + _NONE, "pytest's exit status or null"),
+              "command": (False, _STR + _NONE, "text"), "host": (False, _STR + _NONE, "text")}
+
+
+class _Checker:
+    """Checks one results document; each problem names the file, where in it, and the fix."""
+
+    def __init__(self, origin: str):
+        self.origin = origin
+
+    def problem(self, where: str, what: str) -> ResultsError:
+        return ResultsError(f"{self.origin}: damaged results file: {where}: {what}; use the "
+                            "report.json a run wrote (or run the suite again)")
+
+    def table(self, data: dict, name: str, what: str) -> dict:
+        if name not in data:
+            raise self.problem(name, f"missing (it should be {what})")
+        if not isinstance(data[name], dict):
+            raise self.problem(name, f"is a {_json_type(data[name])}, not {what}")
+        return data[name]
+
+    def array(self, data: dict, name: str, what: str, required: bool = True) -> list:
+        if name not in data and not required:
+            return []
+        if name not in data:
+            raise self.problem(name, f"missing (it should be {what})")
+        if not isinstance(data[name], list):
+            raise self.problem(name, f"is a {_json_type(data[name])}, not {what}")
+        return data[name]
+
+    def record(self, record, where: str, fields: dict) -> None:
+        if not isinstance(record, dict):
+            raise self.problem(where, f"is a {_json_type(record)}, not a table")
+        for name, (required, types, what) in fields.items():
+            if name not in record:
+                if required:
+                    raise self.problem(where, f"field {name!r} is missing (it should be {what})")
+                continue
+            value = record[name]
+            if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+                raise self.problem(where, f"field {name!r} = {_short(value)} is not {what}")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise self.problem(where, f"field {name!r} = {value} is not a finite number")
+            if name == "console" and value is not None \
+                    and not all(isinstance(line, str) for line in value):
+                raise self.problem(where, "field 'console' holds something other than lines "
+                                   "of text")
+
+
+def _json_type(value) -> str:
+    return {dict: "table", list: "list", str: "string", bool: "boolean", int: "number",
+            float: "number", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _short(value) -> str:
+    text = json.dumps(value) if not isinstance(value, float) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def results_path(path: str | Path) -> Path:
     """A results file, or a results directory holding report.json (as a CI artifact does)."""
     path = Path(path)
-    if path.is_dir():
-        path = path / REPORT_JSON
-    if not path.is_file():
+    try:
+        if path.is_dir():
+            path = path / REPORT_JSON
+        found = path.is_file()
+    except (OSError, ValueError):  # a name too long for the system, or holding a NUL
+        found = False
+    if not found:
         raise ResultsError(f"{path}: no such results file; give a report.json written by "
                            "`./kconform suite` (or the directory holding it)")
     return path
@@ -123,9 +228,10 @@ def results_path(path: str | Path) -> Path:
 def load(path: str | Path) -> Results:
     path = results_path(path)
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ResultsError(f"{path}: cannot read results ({exc})") from None
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise ResultsError(f"{path}: cannot read results ({exc}); give a report.json written by "
+                           "`./kconform suite`") from None
     return Results.from_json(data, str(path))
 
 
