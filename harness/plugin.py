@@ -20,6 +20,7 @@ import pytest
 
 from . import expectations
 from .accel import choose_accel
+from .channel import Machine
 from .errors import KconformError
 from .health import HealthRules, KnownCrash, KnownCrashes
 from .kernels import KernelProvider, KernelTree, expand_kernel_args, load_specs
@@ -28,7 +29,7 @@ from .rootfs import HOST, Rootfs, RootfsProvider, check_rootfs_name
 from .session import BootFailure, GuestCallError, GuestFailure, GuestHang, GuestSession
 from .ssh import (SshMachine, SshTarget, describe_target, description_from_dict,
                   description_to_dict)
-from .vm import Guest, kill_all_guests
+from .vm import Guest, check_memory, kill_all_guests
 
 MAX_REPLACEMENTS = 3  # a kernel whose guest dies this often gets its remaining tests failed fast
 
@@ -97,6 +98,7 @@ class GuestPool:
         self.failed: dict[str, Exception] = {}
         self.boots: dict[str, int] = {}
         self.fresh: dict[str, GuestSession] = {}
+        self.machines: dict[str, Machine] = {}  # the last one started per kernel, even if it failed
 
     def tree(self, name: str) -> KernelTree:
         if name not in self.trees and name in self.run.target_trees:
@@ -117,6 +119,7 @@ class GuestPool:
             return current
         if current:
             current.close()
+        self._make_sure_gone(name)
         tree = self.tree(name)
         count = self.boots.get(name, 0)
         if count > MAX_REPLACEMENTS:
@@ -125,21 +128,11 @@ class GuestPool:
             raise self.failed[name]
         self.boots[name] = count + 1
         log = self.run.results_dir / "console" / f"{_safe(name)}-{self.run.worker}-{count}.log"
-        if tree.target:
-            boot_timeout = self.run.boot_timeout(None)
-            machine = SshMachine(self.run.targets[name], log, connect_within=boot_timeout / 2)
-        else:
-            accel = self.run.accel(tree)
-            try:
-                rootfs = self.run.rootfs(tree)
-            except KconformError as exc:
-                self.failed[name] = exc
-                raise
-            machine = Guest(tree, accel, log, rootfs=rootfs, memory=self.run.memory)
-            boot_timeout = self.run.boot_timeout(accel)
+        machine, boot_timeout = self.new_machine(name, tree, log)
+        self.machines[name] = machine
         session = GuestSession(machine, name, boot_timeout=boot_timeout)
         try:
-            session.start()
+            session.start()  # kills the machine whatever goes wrong
         except BootFailure as exc:
             self.failed[name] = exc
             raise
@@ -151,6 +144,35 @@ class GuestPool:
         if tree.target:
             info.by_hand = "log in by hand"
         return session
+
+    def new_machine(self, name: str, tree: KernelTree, log: Path) -> tuple[Machine, float]:
+        """A machine for this kernel, not started yet, and how long its boot may take."""
+        if tree.target:
+            boot_timeout = self.run.boot_timeout(None)
+            return (SshMachine(self.run.targets[name], log, connect_within=boot_timeout / 2),
+                    boot_timeout)
+        accel = self.run.accel(tree)
+        try:
+            rootfs = self.run.rootfs(tree)
+        except KconformError as exc:
+            self.failed[name] = exc
+            raise
+        return (Guest(tree, accel, log, rootfs=rootfs, memory=self.run.memory),
+                self.run.boot_timeout(accel))
+
+    def _make_sure_gone(self, name: str) -> None:
+        """One machine per kernel per process: a replacement starts only once the last machine
+        is killed and reaped."""
+        previous = self.machines.get(name)
+        if previous is None or not previous.alive:
+            return
+        previous.kill()
+        if previous.alive:
+            self.failed[name] = BootFailure(
+                f"{name}: {previous.noun} that was replaced is still running after being killed; "
+                f"not starting another beside it (console log: {previous.console.log_path})",
+                previous.console.tail())
+            raise self.failed[name]
 
     def release(self, name: str) -> None:
         session = self.live.pop(name, None)
@@ -195,7 +217,7 @@ class KconformRun:
             self.targets[name], self.target_trees[name] = target, tree
             self.kernel_names.append(name)
         self.case_timeout = opt.case_timeout
-        self.memory = opt.guest_memory
+        self.memory = check_memory(opt.guest_memory)  # before anything boots
         self.worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
         self._boot_timeout = opt.boot_timeout
         self._accel_choice = opt.accel

@@ -10,8 +10,11 @@ guest_path() says where a host file is seen inside.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -26,7 +29,7 @@ from .accel import Accel
 from .channel import Console, GuestDied, LineChannel
 from .errors import KconformError
 from .kernels import KernelTree
-from .paths import REPO_ROOT, agent_argv, bpf_cache_dir
+from .paths import REPO_ROOT, agent_argv, bpf_cache_dir, cache_dir
 from .rootfs import GUEST_BPF, GUEST_REPO, Rootfs
 
 _LIVE: "weakref.WeakSet[Guest]" = weakref.WeakSet()
@@ -67,45 +70,226 @@ UNNEEDED_MODULES = ("ahci,libahci,libata,sr_mod,cdrom,sg,scsi_mod,kvm,kvm_amd,kv
 BOOT_ARGS = (f"modprobe.blacklist={UNNEEDED_MODULES}",)
 
 
+# -- values on vng's command line
+#
+# vng (virtme-ng 1.42) pastes its options unquoted into one string for `virtme-run` and runs it
+# with shell=True, even under --dry-run: --name, --run (as --kimg), --root, --rodir, --cwd,
+# --memory, --cpus, --ssh and --qemu-opts reach that shell as they are. virtme-run then pastes
+# --root and the --rodir host paths into virtiofsd's command line, run by os.system, when it uses
+# virtiofs. (--exec is shlex-quoted and --append re-quoted by vng; the kernel command line is
+# split at spaces all the same.) So every value is held to a grammar no shell can read anything
+# into, here, where the one command line is built.
+
+_MEMORY = re.compile(r"[1-9][0-9]{0,8}[KMGT]?", re.IGNORECASE)  # QEMU -m: MiB, or suffixed
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_CPU_MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.,=+-]*")  # e.g. qemu64, host,-pdpe1gb
+_WORD = re.compile(r"[A-Za-z0-9_.,:=/+@-]+")  # a kernel argument or an extra vng option
+# What a path may hold to reach vng's shell as is: no blank, quote, $, `, ;, &, |, <, >, (, ),
+# *, ?, [, ], {, }, ~, !, #, backslash; no = (--rodir's separator).
+_PATH_CHARS = re.compile(r"[A-Za-z0-9_.,:/+@%-]")
+PATH_CHARS_WORDS = "letters, digits and _ . , : / + @ % -"
+
+
+def check_memory(value: str, option: str = "--guest-memory") -> str:
+    """A guest memory size vng can take, e.g. 512M, 1G, 2048 (MiB)."""
+    if not isinstance(value, str) or not _MEMORY.fullmatch(value):
+        raise KconformError(f"{option} {value!r}: not a size; use a number with an optional "
+                            "K/M/G suffix, e.g. 1G")
+    return value
+
+
+def _check_word(value: str, what: str, grammar: re.Pattern, allowed: str) -> str:
+    if not isinstance(value, str) or not grammar.fullmatch(value):
+        raise KconformError(f"{what} {value!r} would reach virtme-ng's shell unquoted; it may "
+                            f"hold only {allowed}")
+    return value
+
+
+def _unsafe_char(path: str) -> str | None:
+    for char in path:
+        if not _PATH_CHARS.fullmatch(char):
+            return char
+    return None
+
+
+def _require_plain_path(path: str, what: str, fix: str) -> str:
+    char = _unsafe_char(path)
+    if char is not None or not path.startswith("/"):
+        raise KconformError(f"{what} {path!r} holds {char!r}, which virtme-ng would hand to a "
+                            f"shell unquoted; {fix} (a path of {PATH_CHARS_WORDS} only)")
+    return path
+
+
+def _alias_dir() -> Path:
+    """Where kconform keeps its plain-named links to paths vng cannot be given as they are."""
+    cache = cache_dir().absolute()
+    _require_plain_path(str(cache), "kconform's cache",
+                        "set KCONFORM_CACHE to a directory with a plain path")
+    links = cache / "vng-paths"
+    try:
+        links.mkdir(mode=0o700, exist_ok=True)
+        st = links.lstat()
+    except OSError as exc:
+        raise KconformError(f"cannot create {links} ({exc.strerror}): make {cache} writable, "
+                            "or set KCONFORM_CACHE to a directory you own") from None
+    # A link there is followed by QEMU and virtiofsd: never one someone else could replace.
+    if not links.is_dir() or links.is_symlink() or st.st_uid != os.getuid() or st.st_mode & 0o022:
+        raise KconformError(f"{links} is not a directory only you can write to: remove it "
+                            "(kconform recreates it)")
+    return links
+
+
+def _plain_alias(target: Path) -> Path:
+    """A symlink with a plain name to target; the same one for the same target, so concurrent
+    runs agree on it and a printed vng line keeps working."""
+    links = _alias_dir()
+    link = links / hashlib.sha256(os.fsencode(target)).hexdigest()[:24]
+    with contextlib.suppress(OSError):
+        if os.readlink(link) == str(target):
+            return link
+    scratch = links / f".new-{link.name}-{os.getpid()}-{threading.get_ident()}"
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(scratch)
+        os.symlink(target, scratch)
+        os.replace(scratch, link)  # one rename: a reader sees the old link or the new one
+    except OSError as exc:
+        raise KconformError(f"cannot create a link to {target} in {links} "
+                            f"({exc.strerror}): make it writable") from None
+    return link
+
+
+def vng_path(path: Path | str) -> str:
+    """path as vng may be given it: itself when plain, else a plain-named link to it (virtme-ng
+    reads through links; it resolves them only to read a file, never into its shell lines)."""
+    path = Path(os.path.abspath(path))
+    if _unsafe_char(str(path)) is None:
+        return str(path)
+    return str(_plain_alias(path))
+
+
+_KDIR_IMAGE = Path("arch/x86/boot/bzImage")
+
+
+def vng_kernel_path(path: Path | str) -> str:
+    """The kernel (an image, or a built tree) as vng may be given it. virtme-ng finds a kernel's
+    modules by what surrounds its path (a built tree around arch/x86/boot/bzImage, a lib/modules
+    beside a Debian tree's boot/), so a link is made to that surrounding directory, not the
+    file, when the path inside it is plain."""
+    path = Path(os.path.abspath(path))
+    if _unsafe_char(str(path)) is None or path.is_dir():
+        return vng_path(path)
+    anchor = None
+    if path.parts[-len(_KDIR_IMAGE.parts):] == _KDIR_IMAGE.parts:
+        anchor = path.parents[len(_KDIR_IMAGE.parts) - 1]
+    else:
+        for parent in path.parents:
+            if parent == Path("/"):
+                break
+            if (parent / "lib" / "modules").exists() or (parent / "usr" / "lib" / "modules").exists():
+                anchor = parent
+                break
+    if anchor is not None:
+        inside = str(path.relative_to(anchor))
+        if _unsafe_char(inside) is None:
+            return f"{_plain_alias(anchor)}/{inside}"
+    return str(_plain_alias(path))
+
+
+# -- which file sharing keeps the host's root read-only
+
 _VIRTIOFSD_PATHS = ("/usr/libexec/virtiofsd", "/usr/lib/virtiofsd/virtiofsd", "/usr/lib/virtiofsd",
                     "/usr/lib/qemu/virtiofsd")
 
 
-@functools.lru_cache(maxsize=None)
-def virtiofs_usable() -> bool:
-    """Whether virtme-ng will find the Rust virtiofsd it needs. Otherwise it tries QEMU's old C
-    virtiofsd (Debian 12's qemu-system-common), which rejects its options, and waits 3.1 s per
-    exported directory before falling back to 9p: a cost on every boot that --force-9p saves."""
-    for path in (shutil.which("virtiofsd"), *_VIRTIOFSD_PATHS):
-        if path and os.access(path, os.X_OK):
+def vng_environment(base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment vng runs in (and so where it looks for virtme-run and virtiofsd)."""
+    env = dict(os.environ if base is None else base)
+    # vng runs virtme-run from PATH: make it the one installed beside this Python.
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}:/usr/sbin:/sbin"
+    return env
+
+
+def _virtiofsd_virtme_picks(search_path: str) -> str | None:
+    """The virtiofsd virtme-run would start, found as it finds it (virtme/commands/run.py,
+    VirtioFS._get_virtiofsd_path): the first of its guest tools' own, PATH's, then fixed paths,
+    that exists, is executable and answers --version with status 0."""
+    try:
+        from virtme import resources
+        tools = resources.find_guest_tools()
+    except Exception:  # virtme-ng missing or changed: then no guest tools of its own to find
+        tools = None
+    candidates = (f"{tools}/bin/virtiofsd" if tools else None,
+                  shutil.which("virtiofsd", path=search_path), *_VIRTIOFSD_PATHS)
+    for path in candidates:
+        if path and os.path.exists(path) and os.access(path, os.X_OK):
             try:
-                out = subprocess.run([path, "--help"], capture_output=True, text=True,
-                                     timeout=10).stdout
+                if subprocess.run([path, "--version"], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL, timeout=10).returncode == 0:
+                    return path
             except (OSError, subprocess.TimeoutExpired):
                 continue
-            if "--shared-dir" in out:
-                return True
-    return False
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def virtiofs_keeps_root_readonly(search_path: str) -> bool:
+    """Whether vng may use virtiofs: only when the virtiofsd it would start can both export a
+    directory (--shared-dir; QEMU's old C virtiofsd on Debian 12 cannot, and virtme-ng waits
+    3.1 s per exported directory before falling back to 9p) and export it read-only
+    (--readonly, virtiofsd 1.13+; virtme-ng silently shares the host's root writable with one
+    that lacks it, and the guest runs as root). Otherwise --force-9p: 9p passes readonly=on."""
+    path = _virtiofsd_virtme_picks(search_path)
+    if path is None:
+        return False
+    try:
+        # virtme-ng reads --help with stderr folded in and requires status 0 for --readonly
+        proc = subprocess.run([path, "--help"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return proc.returncode == 0 and "--shared-dir" in proc.stdout and "--readonly" in proc.stdout
+
+
+def virtiofs_usable() -> bool:
+    return virtiofs_keeps_root_readonly(vng_environment()["PATH"])
 
 
 def build_vng_command(tree: KernelTree, accel: Accel, guest_cmd: str, *, memory: str = "1G",
                       cpus: int = 1, kernel_args: tuple[str, ...] = (),
                       extra_vng: tuple[str, ...] = (), name: str | None = None,
                       rootfs: Rootfs | None = None) -> list[str]:
-    """The whole virtme-ng command line for one guest; print it to reproduce a boot by hand."""
-    name = name or guest_name()
-    # --cwd is a host path inside the guest's root: "/" of the guest either way
-    cwd = str(rootfs.path) if rootfs is not None else "/"
-    cmd = ["vng", "--run", str(tree.run_target or tree.vmlinuz), "--verbose", "--name", name,
-           "--cpus", str(cpus), "--memory", memory, "--cwd", cwd,
-           f"--qemu-opts=-cpu {accel.cpu}"]
+    """The whole virtme-ng command line for one guest; print it to reproduce a boot by hand.
+    Every value is checked or made plain here (see above); guest_cmd is the one vng quotes."""
+    name = _check_word(name or guest_name(), "the guest name", _NAME,
+                       "letters, digits and _ . - (up to 64)")
+    check_memory(memory)
+    if isinstance(cpus, bool) or not isinstance(cpus, int) or cpus < 1:
+        raise KconformError(f"guest CPUs {cpus!r}: use a whole number of at least 1")
+    cpu_model = _check_word(accel.cpu, "QEMU -cpu model", _CPU_MODEL,
+                            "letters, digits and _ . , = + -")
+    for arg in (*BOOT_ARGS, *kernel_args):
+        _check_word(arg, "kernel argument", _WORD, "letters, digits and _ . , : = / + @ -")
+    for arg in extra_vng:
+        _check_word(arg, "vng option", _WORD, "letters, digits and _ . , : = / + @ -")
+    image = tree.run_target or tree.vmlinuz
+    if image is None:
+        raise KconformError(f"{tree.name} has no kernel image to boot")
+    # --cwd is a host path inside the guest's root: "/" of the guest either way (vng takes its
+    # path relative to --root, so both go through the same link)
+    root = vng_path(rootfs.path) if rootfs is not None else None
+    cmd = ["vng", "--run", vng_kernel_path(image), "--verbose", "--name", name,
+           "--cpus", str(cpus), "--memory", memory, "--cwd", root or "/",
+           f"--qemu-opts=-cpu {cpu_model}"]
     if accel.name != "kvm":
         cmd.append("--disable-kvm")
     if not virtiofs_usable():
         cmd.append("--force-9p")
-    if rootfs is not None:
-        cmd += ["--root", str(rootfs.path)]
-        cmd += [f"--rodir={guest}={host}" for host, guest in pinned_root_mounts()]
+    if root is not None:
+        cmd += ["--root", root]
+        for host, guest in pinned_root_mounts():
+            _require_plain_path(guest, "guest mount point", "name a plain guest path")
+            cmd.append(f"--rodir={guest}={vng_path(host)}")
     for arg in (*BOOT_ARGS, *kernel_args):
         cmd += ["--append", arg]
     cmd += list(extra_vng)
@@ -164,9 +348,7 @@ class Guest:
         return self.proc is not None and self.proc.poll() is None
 
     def start(self) -> None:
-        env = dict(os.environ)
-        # vng runs virtme-run from PATH: make it the one installed beside this Python.
-        env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}:/usr/sbin:/sbin"
+        env = vng_environment()
         self.started_at = time.monotonic()
         self.proc = subprocess.Popen(
             self.cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
