@@ -28,7 +28,7 @@ from .report import Reporter, declared_behaviour
 from .rootfs import HOST, Rootfs, RootfsProvider, check_rootfs_name
 from .session import BootFailure, GuestCallError, GuestFailure, GuestHang, GuestSession
 from .ssh import (SshMachine, SshTarget, describe_target, description_from_dict,
-                  description_to_dict)
+                  description_to_dict, target_kernel_name)
 from .vm import Guest, check_memory, kill_all_guests
 
 MAX_REPLACEMENTS = 3  # a kernel whose guest dies this often gets its remaining tests failed fast
@@ -211,8 +211,8 @@ class KconformRun:
                 name = tree.name
             else:
                 tree = describe_target(target, self.results_dir / "targets")
-                name = tree.release if tree.release not in self.kernel_names else \
-                    f"{tree.release}@{target.address}"  # two targets running the same kernel
+                name = tree.name if tree.name not in self.kernel_names else \
+                    f"{tree.name}@{target_kernel_name(target.address)}"  # two on one kernel
                 tree.name = name
             self.targets[name], self.target_trees[name] = target, tree
             self.kernel_names.append(name)

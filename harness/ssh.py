@@ -12,6 +12,7 @@ Host keys are checked against ~/.ssh/known_hosts and --ssh-known-hosts; only
 """
 from __future__ import annotations
 
+import ipaddress
 import re
 import shlex
 import socket
@@ -19,7 +20,6 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import paramiko
 
@@ -47,6 +47,41 @@ SSH_ERRORS = (OSError, EOFError, paramiko.SSHException)
 _LEFT_BEHIND: dict[str, set[str]] = {}
 
 
+# A user name as useradd takes it (POSIX portable characters, no leading "-"); a host is a DNS
+# name, an IPv4 address or a bracketed IPv6 address. Anything else in a URL is refused: these
+# values reach an ssh command line printed for the user to paste, and `-oProxyCommand=...` as a
+# user or host would run a command there.
+_USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,31}")
+_DNS_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+_URL_FORM = "ssh://user@host[:port] (host: a DNS name, an IPv4 address or [an IPv6 address])"
+
+
+def _target_error(url: str, problem: str) -> KconformError:
+    return KconformError(f"--target {url!r}: {problem}; expected {_URL_FORM}")
+
+
+def _check_host(url: str, host: str) -> str:
+    """The host as ssh and paramiko take it (an IPv6 address without its brackets)."""
+    if host.startswith("["):
+        if not host.endswith("]"):
+            raise _target_error(url, f"the IPv6 address {host!r} has no closing ']'")
+        try:
+            return str(ipaddress.IPv6Address(host[1:-1]))
+        except ValueError:
+            raise _target_error(url, f"{host!r} is not an IPv6 address") from None
+    if re.fullmatch(r"[0-9.]+", host):
+        try:
+            return str(ipaddress.IPv4Address(host))
+        except ValueError:
+            raise _target_error(url, f"{host!r} is not an IPv4 address") from None
+    name = host[:-1] if host.endswith(".") else host
+    if not name or len(name) > 253 or not all(_DNS_LABEL.fullmatch(label)
+                                              for label in name.split(".")):
+        raise _target_error(url, f"the host {host!r} is not a DNS name (letters, digits and "
+                                 "'-' in dot-separated labels, none starting or ending with '-')")
+    return host.lower()
+
+
 @dataclass(frozen=True)
 class SshTarget:
     """ssh://user@host[:port] and how to authenticate to it."""
@@ -60,29 +95,65 @@ class SshTarget:
 
     @classmethod
     def parse(cls, url: str, **options) -> "SshTarget":
-        parts = urlsplit(url)
-        if parts.scheme != "ssh" or not parts.hostname or parts.path not in ("", "/"):
-            raise KconformError(f"--target {url!r}: expected ssh://user@host[:port]")
-        try:
-            port = parts.port or 22
-        except ValueError:
-            raise KconformError(f"--target {url!r}: the port is not a number") from None
-        user = parts.username or "root"
-        return cls(url=f"ssh://{user}@{parts.hostname}:{port}", user=user, host=parts.hostname,
-                   port=port, **options)
+        scheme, sep, rest = url.partition("://")
+        if scheme != "ssh" or not sep:
+            raise _target_error(url, "not an ssh:// URL")
+        netloc, _, path = rest.partition("/")
+        if path or any(c in netloc for c in "?#"):
+            raise _target_error(url, "a target URL names a machine only (no path, query or "
+                                     "fragment)")
+        user, at, hostport = netloc.rpartition("@")
+        if not at:
+            user = "root"
+        elif ":" in user:
+            raise _target_error(url, "a password in the URL is not supported: log in with a key "
+                                     "(--ssh-key FILE or ssh-agent)")
+        elif not _USER.fullmatch(user):
+            raise _target_error(url, f"the user {user!r} is not a user name (letters, digits, "
+                                     "'.', '_' and '-', not starting with '-' or '.')")
+        if hostport.startswith("["):
+            host, bracket, after = hostport.partition("]")
+            host += bracket
+            if after and not after.startswith(":"):
+                raise _target_error(url, f"unexpected {after!r} after the IPv6 address")
+            port_text = after[1:] if after else None
+        else:
+            host, colon, port_text = hostport.partition(":")
+            port_text = port_text if colon else None
+        if not host:
+            raise _target_error(url, "no host")
+        host = _check_host(url, host)
+        port = 22
+        if port_text is not None:
+            if not port_text.isascii() or not port_text.isdigit():
+                raise _target_error(url, f"the port {port_text!r} is not a number")
+            port = int(port_text)
+            if not 1 <= port <= 65535:
+                raise _target_error(url, f"the port {port} is out of range: give one from 1 to "
+                                         "65535 (sshd listens on 22 unless told otherwise)")
+        shown = f"[{host}]" if ":" in host else host
+        return cls(url=f"ssh://{user}@{shown}:{port}", user=user, host=host, port=port, **options)
 
     @property
     def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
     def ssh_command(self) -> str:
-        """The OpenSSH line that logs in the same way, to look at the machine by hand."""
+        """The OpenSSH line that logs in the same way, to look at the machine by hand. Every
+        value is quoted for the shell, and `--` ends ssh's options before the destination."""
         cmd = ["ssh", "-p", str(self.port)]
         if self.key_file:
             cmd += ["-i", self.key_file]
         if self.known_hosts:
-            cmd += ["-o", f"UserKnownHostsFile={self.known_hosts}"]
-        return shlex.join([*cmd, f"{self.user}@{self.host}"])
+            cmd += ["-o", f"UserKnownHostsFile={_ssh_config_value(self.known_hosts)}"]
+        return shlex.join([*cmd, "--", f"{self.user}@{self.host}"])
+
+
+def _ssh_config_value(value: str) -> str:
+    """A value as ssh's -o parser reads it: one word, double-quoted when it holds a space."""
+    if not any(c.isspace() or c in '"\\' for c in value):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def connect(target: SshTarget, timeout: float = 20.0) -> paramiko.SSHClient:
@@ -144,10 +215,28 @@ def run(client: paramiko.SSHClient, command: str, timeout: float = 30.0) -> tupl
 # Ubuntu in /proc/version_signature ("Ubuntu 6.8.0-45.45-generic 6.8.12"); `uname -r` of a
 # distribution kernel ("6.1.0-40-amd64") is not its upstream version.
 # The compiler's "(Debian 12.2.0-14)" comes first; the kernel's own version follows "#1 SMP ...".
-_DEBIAN_VERSION = re.compile(r"#\d+ .*\bDebian (\d+\.\d+\.\d+\S*)")
+_DEBIAN_VERSION = re.compile(r"#\d+ .*\bDebian (\d+\.\d+\.\d+[\w.+~:-]*)", re.ASCII)
+_UBUNTU_VERSION = re.compile(r"\d+\.\d+(?:\.\d+)?[\w.+~-]*", re.ASCII)
 DESCRIBE = ("uname -r; id -u; cat /proc/version; cat /proc/version_signature 2>/dev/null; "
-            "echo; echo ---config---; cat /boot/config-$(uname -r) 2>/dev/null || "
+            "echo; echo ---config---; cat \"/boot/config-$(uname -r)\" 2>/dev/null || "
             "zcat /proc/config.gz 2>/dev/null")
+
+# What a target says about itself is its own word: its `uname -r` becomes the kernel's name, and
+# so a file name, a test id and a report cell. A real release uses only these characters.
+_RELEASE_CHARS = re.compile(r"[^A-Za-z0-9._+~-]+")
+MAX_RELEASE = 64
+
+
+def target_kernel_name(release: str) -> str:
+    """A target's `uname -r` as a kernel name that is safe as one path component and readable in
+    test ids: other characters become '_', no leading '.' or '-' ('..', an option), bounded."""
+    name = _RELEASE_CHARS.sub("_", release)[:MAX_RELEASE].lstrip(".-_")
+    return name or "unnamed-release"
+
+
+def _printable(text: str, limit: int = 200) -> str:
+    """A target's words as one bounded line of text, for reports."""
+    return "".join(c if c.isprintable() else "?" for c in text[:limit])
 
 
 def describe_target(target: SshTarget, config_dir: Path) -> KernelTree:
@@ -167,7 +256,8 @@ def parse_description(target: SshTarget, out: str, err: str, config_dir: Path) -
     lines = head.splitlines()
     if len(lines) < 3:
         raise SshError(f"{target.url}: could not read the kernel's release ({err.strip()})")
-    release, uid, proc_version = lines[0].strip(), lines[1].strip(), lines[2]
+    release, uid, proc_version = _printable(lines[0].strip()), lines[1].strip(), lines[2]
+    name = target_kernel_name(release)
     if uid != "0":
         raise SshError(f"{target.url}: the cases need root on the target (BPF maps, programs and "
                        f"/dev/kmsg): log in as root (ssh://root@{target.address})")
@@ -175,14 +265,15 @@ def parse_description(target: SshTarget, out: str, err: str, config_dir: Path) -
     match = _DEBIAN_VERSION.search(proc_version)
     if match:
         version = match.group(1)
-    elif len(lines) > 3 and lines[3].startswith("Ubuntu "):
-        version = lines[3].split()[-1]
+    elif len(lines) > 3 and lines[3].startswith("Ubuntu ") and lines[3].split():
+        match = _UBUNTU_VERSION.fullmatch(lines[3].split()[-1])
+        version = match.group() if match else None
     config_path = None
     if config.strip():
         config_dir.mkdir(parents=True, exist_ok=True)
-        config_path = config_dir / f"{target.host}_{target.port}-{release}.config"
+        config_path = config_dir / f"{target_kernel_name(target.host)}_{target.port}-{name}.config"
         config_path.write_text(config)
-    return KernelTree(name=release, vmlinuz=None, release=release, package_version=version,
+    return KernelTree(name=name, vmlinuz=None, release=release, package_version=version,
                       config_path=config_path, target=target.url)
 
 

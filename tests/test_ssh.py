@@ -51,7 +51,7 @@ def test_a_target_without_root_says_to_log_in_as_root(tmp_path):
 
 def test_the_ssh_line_logs_in_the_same_way():
     t = SshTarget.parse("ssh://root@127.0.0.1:2299", key_file="/k", known_hosts="/kh")
-    assert t.ssh_command() == "ssh -p 2299 -i /k -o UserKnownHostsFile=/kh root@127.0.0.1"
+    assert t.ssh_command() == "ssh -p 2299 -i /k -o UserKnownHostsFile=/kh -- root@127.0.0.1"
 
 
 def test_an_unreachable_target_is_a_usage_error_naming_it(run_pytest):
