@@ -17,6 +17,7 @@ USAGE = """\
 ./kconform merge RESULTS... [-o DIR]                       one grid from several runs' report.json
 ./kconform compare RESULTS [RESULTS] [--base K --new K]    differing behaviours, exit 1 on regression
 ./kconform kernels                                         list the known kernel names
+./kconform cache verify                                    re-hash the cached kernels and roots
 ./kconform bench [--kernel NAME]                           floor, suite, naive loop, matrix, memory
 
 Anything after suite/test goes to pytest: -k, -n 2, -x, --kernel all, a test id.
@@ -41,15 +42,27 @@ def suite_args(rest: list[str]) -> list[str]:
     return rest if named else ["cases", *rest]
 
 
+def caller_cwd() -> Path:
+    """Where the user typed the command: ./kconform cds to the repo and says where it was."""
+    return Path(os.environ.get("KCONFORM_CALLER_CWD") or os.getcwd())
+
+
+def caller_path(value: str | os.PathLike) -> Path:
+    """A path the user typed (an option's value), taken from where it was typed, absolute."""
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else caller_cwd() / path
+
+
 def results_dir_of(args: list[str]) -> Path:
-    """The --results-dir a pytest command line sets (the plugin's default otherwise)."""
+    """The --results-dir a pytest command line sets (the plugin's default otherwise), taken
+    from where the user typed it, as the plugin takes it."""
     value = "results"
     for i, arg in enumerate(args):
         if arg == "--results-dir" and i + 1 < len(args):
             value = args[i + 1]
         elif arg.startswith("--results-dir="):
             value = arg.split("=", 1)[1]
-    return (REPO_ROOT / value).resolve()
+    return caller_path(value).resolve()
 
 
 def suite_compare(rest: list[str]) -> int:
@@ -65,6 +78,19 @@ def suite_compare(rest: list[str]) -> int:
     if any(a == "--kernel" or a.startswith("--kernel=") for a in args):
         print("kconform: --compare names the kernels; leave out --kernel", file=sys.stderr)
         return 2
+    from .errors import KconformError
+    from .kernels import expand_kernel_args, load_specs
+    try:  # the names the run gives them (a path becomes absolute), so compare finds them
+        specs = load_specs()
+        named = [expand_kernel_args([k], specs, cwd=caller_cwd()) for k in kernels]
+    except KconformError as exc:
+        print(f"kconform: {exc}", file=sys.stderr)
+        return 2
+    if any(len(n) != 1 for n in named) or named[0] == named[1]:
+        print(f"kconform: --compare {kernels[0]} {kernels[1]}: name two different kernels, one "
+              "each (not all or default): --compare debian-6.1 debian-6.12", file=sys.stderr)
+        return 2
+    kernels = [named[0][0], named[1][0]]
     status = subprocess.call(_pytest_argv(suite_args(["--kernel", ",".join(kernels), *args])),
                              cwd=REPO_ROOT)
     if status not in (0, 1):
@@ -75,13 +101,13 @@ def suite_compare(rest: list[str]) -> int:
 
 def _caller_cwd() -> None:
     """./kconform runs from the repo; paths given to merge and compare are the caller's."""
-    os.chdir(os.environ.get("KCONFORM_CALLER_CWD") or os.getcwd())
+    os.chdir(caller_cwd())
 
 
 def merge_main(argv: list[str]) -> int:
     from .errors import KconformError
     from .grid import write_reports
-    from .results import load, merge
+    from .results import load, merge, writable_directory
     parser = argparse.ArgumentParser(
         prog="kconform merge", description="Merge the results of several runs (one kernel each, "
         "e.g. a CI matrix) into one results file with its JUnit file and grid.")
@@ -92,10 +118,16 @@ def merge_main(argv: list[str]) -> int:
     _caller_cwd()
     try:
         merged = merge([(path, load(path)) for path in args.results])
-        for path in write_reports(merged, Path(args.output)):
+        output = writable_directory(Path(args.output).resolve(), "-o",
+                                    "give -o a directory you can write")
+        for path in write_reports(merged, output):
             print(path)
     except KconformError as exc:
         print(f"kconform merge: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the directory stopped taking files while the reports were written
+        print(f"kconform merge: -o {args.output}: cannot write the reports ({exc.strerror or exc}); "
+              "give -o a directory you can write", file=sys.stderr)
         return 2
     return 0
 
@@ -113,14 +145,44 @@ def compare_main(argv: list[str]) -> int:
     parser.add_argument("--new", metavar="KERNEL", help="the kernel under test")
     args = parser.parse_args(argv)
     _caller_cwd()
-    try:
+    try:  # every input is checked here: exit 1 means a regression, never a broken input
         base, new = sides(args.results, args.base, args.new)
+        result = compare(base, new)
+        text = render(result)
     except KconformError as exc:
         print(f"kconform compare: {exc}", file=sys.stderr)
         return 2
-    result = compare(base, new)
-    print(render(result))
+    print(text)
     return 1 if result.regressions else 0
+
+
+def cache_main(argv: list[str]) -> int:
+    """`cache verify`: every cached kernel tree and root re-hashed against its manifest (a run
+    checks only sizes and mtimes). Exit 1 when something is damaged."""
+    from .errors import KconformError
+    from .kernels import verify_cache
+    from .paths import cache_dir
+    if argv != ["verify"]:
+        print("kconform: usage: ./kconform cache verify", file=sys.stderr)
+        return 2
+    try:
+        cache = cache_dir()
+    except KconformError as exc:
+        print(f"kconform cache: {exc}", file=sys.stderr)
+        return 2
+    entries = [p for d in ("trees", "rootfs") for p in (cache / d).glob("*")
+               if not p.name.startswith(".")]
+    damaged, unverifiable = verify_cache(cache)
+    for line in damaged:
+        print(f"damaged: {line}")
+    for line in unverifiable:
+        print(f"not verified: {line}")
+    if damaged:
+        print(f"{len(damaged)} of {len(entries)} entries in {cache} are damaged: the next run "
+              "that needs one fetches or builds it again")
+        return 1
+    print(f"{len(entries)} entries in {cache} match their manifests")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,10 +204,18 @@ def main(argv: list[str] | None = None) -> int:
     elif command == "bench":
         from .bench import main as bench
         return bench(rest)
+    elif command == "cache":
+        return cache_main(rest)
     elif command == "kernels":
+        from .errors import KconformError
         from .kernels import default_kernel_names, load_specs
-        defaults = default_kernel_names()
-        for name, spec in load_specs().items():
+        try:
+            specs = load_specs()
+            defaults = default_kernel_names(specs=specs)
+        except KconformError as exc:
+            print(f"kconform kernels: {exc}", file=sys.stderr)
+            return 2
+        for name, spec in specs.items():
             mark = " (default)" if name in defaults else ""
             print(f"{name:14} {spec.description}{mark}")
         return 0

@@ -103,8 +103,12 @@ def sides(paths: list[str], base: str | None = None, new: str | None = None) -> 
         if not (base and new) and len(kernels) != 2:
             raise ResultsError(f"{paths[0]} holds kernels {', '.join(kernels) or 'none'}: name the "
                                "two to compare with --base and --new")
-        base = base or next(k for k in kernels if k != new)
-        new = new or next(k for k in kernels if k != base)
+        if base and base == new:
+            raise ResultsError(f"--base and --new both name {base}: one results file holds each "
+                               "kernel once, so this would compare it with itself twice over; "
+                               f"name two of {', '.join(kernels)}")
+        base = base or next((k for k in kernels if k != new), new)
+        new = new or next((k for k in kernels if k != base), base)
         return _side(results, base, paths[0]), _side(results, new, paths[0])
     if len(paths) == 2:
         first, second = load(paths[0]), load(paths[1])

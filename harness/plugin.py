@@ -7,9 +7,11 @@ worker with `--dist loadgroup`. `--collect-only` therefore boots and downloads n
 """
 from __future__ import annotations
 
+import argparse
 import atexit
 import contextlib
 import json
+import math
 import os
 import signal
 import sys
@@ -20,11 +22,14 @@ import pytest
 
 from . import expectations
 from .accel import choose_accel
+from .cli import caller_cwd, caller_path
 from .channel import Machine
 from .errors import KconformError
 from .health import HealthRules, KnownCrash, KnownCrashes
 from .kernels import KernelProvider, KernelTree, expand_kernel_args, load_specs
+from .paths import cache_dir
 from .report import Reporter, declared_behaviour
+from .results import writable_directory
 from .rootfs import HOST, Rootfs, RootfsProvider, check_rootfs_name
 from .session import BootFailure, GuestCallError, GuestFailure, GuestHang, GuestSession
 from .ssh import (SshMachine, SshTarget, describe_target, description_from_dict,
@@ -32,6 +37,19 @@ from .ssh import (SshMachine, SshTarget, describe_target, description_from_dict,
 from .vm import Guest, check_memory, kill_all_guests
 
 MAX_REPLACEMENTS = 3  # a kernel whose guest dies this often gets its remaining tests failed fast
+
+
+def positive_seconds(text: str) -> float:
+    """An argparse type: a number of seconds above zero (0, negative, nan and inf are refused:
+    each made every case fail as crashed, or silently meant the default)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above zero; "
+                                         "give e.g. 30 or 2.5")
+    return value
 
 
 def pytest_addoption(parser):
@@ -42,10 +60,10 @@ def pytest_addoption(parser):
                          "allowed. Default: the set in kernels/default.txt.")
     group.addoption("--accel", choices=("auto", "kvm", "tcg"), default="auto",
                     help="QEMU accelerator. auto (default) uses KVM only if a probe boot works.")
-    group.addoption("--boot-timeout", type=float, default=None, metavar="S",
+    group.addoption("--boot-timeout", type=positive_seconds, default=None, metavar="S",
                     help="seconds from starting a guest to its agent answering "
                          "(default 180 under TCG, 60 under KVM)")
-    group.addoption("--case-timeout", type=float, default=30.0, metavar="S",
+    group.addoption("--case-timeout", type=positive_seconds, default=30.0, metavar="S",
                     help="seconds one guest-side call may take before the test fails (default 30)")
     group.addoption("--refresh-kernels", action="store_true",
                     help="ask the archive for the newest package of each kernel now, instead of "
@@ -187,10 +205,21 @@ class GuestPool:
 class KconformRun:
     def __init__(self, config: pytest.Config):
         opt = config.option
+        # Every option is checked before anything connects or boots. Paths are the user's,
+        # taken from where the command was typed; the options keep them absolute, so xdist
+        # workers and the reports' rerun lines name the same files.
         self.specs = load_specs()
         self.kernel_names = expand_kernel_args(
-            opt.kernel or ([] if opt.target else ["default"]), self.specs)
-        self.results_dir = Path(opt.results_dir).resolve()
+            opt.kernel or ([] if opt.target else ["default"]), self.specs, cwd=caller_cwd())
+        opt.results_dir = str(caller_path(opt.results_dir).resolve())
+        self.results_dir = writable_directory(Path(opt.results_dir), "--results-dir",
+                                              "give --results-dir a directory you can write")
+        if opt.expectations:
+            opt.expectations = str(caller_path(opt.expectations).resolve())
+        self.behaviours = expectations.load(Path(opt.expectations)) if opt.expectations \
+            else expectations.load()
+        self.known_crashes = _known_crashes(opt)
+        _check_cache()
         check_rootfs_name(opt.rootfs)
         if opt.rootfs != HOST and not self.kernel_names:
             raise KconformError("--rootfs applies to the kernels kconform boots; an SSH target "
@@ -223,11 +252,7 @@ class KconformRun:
         self._accel_choice = opt.accel
         self._accel = None
         self.provider = KernelProvider(refresh=opt.refresh_kernels, log=self._log)
-        self.behaviours = expectations.load(Path(opt.expectations)) if opt.expectations \
-            else expectations.load()
         self.health = HealthRules()
-        self.known_crashes = KnownCrashes(Path(opt.known_crashes)) if opt.known_crashes \
-            else KnownCrashes()
         self.pool = GuestPool(self)
         self.kernels: dict[str, KernelInfo] = {}
         self.config = config
@@ -277,6 +302,37 @@ class KconformRun:
 
     def rootfs_label(self) -> str:
         return self._rootfs.describe() if self._rootfs else self.rootfs_name
+
+
+def _known_crashes(opt) -> KnownCrashes:
+    if not opt.known_crashes:
+        return KnownCrashes()
+    opt.known_crashes = str(caller_path(opt.known_crashes).resolve())
+    path = Path(opt.known_crashes)
+    try:
+        return KnownCrashes(path)
+    except FileNotFoundError:
+        raise KconformError(f"--known-crashes {path}: no such file; give a TOML file of "
+                            "[[crash]] entries (fingerprint, reason, link), like "
+                            "harness/data/known_crashes.toml") from None
+    except (OSError, ValueError, TypeError, AttributeError) as exc:  # TOMLDecodeError is one
+        raise KconformError(f"--known-crashes {path}: not a known-crashes file ({exc}); each "
+                            "[[crash]] entry needs fingerprint = \"frame|frame\" and "
+                            "reason = \"...\"") from None
+
+
+def _check_cache() -> None:
+    """The cache must take files before the first download needs it."""
+    chosen_by = "KCONFORM_CACHE" if os.environ.get("KCONFORM_CACHE") else "the cache directory"
+    fix = ("set KCONFORM_CACHE to a directory you can write (kernels, BPF objects and roots "
+           "are kept there)")
+    try:
+        path = cache_dir()
+    except OSError as exc:
+        where = os.environ.get("KCONFORM_CACHE") or exc.filename or "?"
+        raise KconformError(f"{chosen_by} {where}: cannot create it ({exc.strerror or exc}); "
+                            f"{fix}") from None
+    writable_directory(path, chosen_by, fix)
 
 
 RUN_KEY = pytest.StashKey[KconformRun]()

@@ -254,6 +254,21 @@ def merge(parts: list[tuple[str, Results]]) -> Results:
     return merged
 
 
+def writable_directory(path: Path, what: str, fix: str) -> Path:
+    """Create `path` if needed and prove it takes a file (created and removed again), so a
+    directory that cannot be written is a usage error before a run, not an OSError after its
+    first case. `what` names the option or variable that chose it; `fix` says what to do."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".kconform-write-check-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the name
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise KconformError(f"{what} {path}: cannot write there ({reason}); {fix}") from None
+    return path
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Replace path in one rename, so a reader (or an interrupted run) never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
