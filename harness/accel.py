@@ -9,6 +9,7 @@ before a reboot.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -19,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .errors import KconformError
+from .paths import read_regular_file, write_atomic
 
 QEMU = "qemu-system-x86_64"
 # A kernel reaches its root-mount panic in 1-3 s under working KVM (6 s even under TCG).
@@ -59,18 +61,41 @@ def choose_accel(kernel: Path, requested: str = "auto", cache: Path | None = Non
 def _kvm_works(kernel: Path, cache: Path | None) -> tuple[bool, str]:
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return False, "/dev/kvm is missing or not accessible"
-    memo = None
-    if cache:
-        boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-        # "kernel-probe": answers of the older SeaBIOS probe, which said yes wrongly, are not reused
-        memo = cache / f"kvm-kernel-probe-{boot_id}.json"
-        if memo.exists():
-            data = json.loads(memo.read_text())
-            return data["works"], data["why"] + " (cached probe)"
+    memo = memo_path(cache) if cache else None
+    if memo:
+        cached = read_memo(memo)
+        if cached:
+            return cached[0], cached[1] + " (cached probe)"
     works, why = probe_kvm(kernel)
     if memo:
-        memo.write_text(json.dumps({"works": works, "why": why}))
+        # One rename: a concurrent run reads the old memo or this one, never half of it; a
+        # cache that cannot be written only costs the next run a probe.
+        with contextlib.suppress(OSError):
+            write_atomic(memo, json.dumps({"works": works, "why": why}))
     return works, why
+
+
+def memo_path(cache: Path) -> Path | None:
+    """The probe's answer for this host boot (None when the boot id cannot be read)."""
+    try:
+        boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+    # "kernel-probe": answers of the older SeaBIOS probe, which said yes wrongly, are not reused
+    return cache / f"kvm-kernel-probe-{boot_id}.json"
+
+
+def read_memo(memo: Path) -> tuple[bool, str] | None:
+    """(works, why) from a memo; None when there is none or it is not one kconform wrote
+    (unreadable, a symlink, malformed JSON, wrong types): then the probe runs again."""
+    try:
+        data = json.loads(read_regular_file(memo))
+    except (OSError, ValueError):
+        return None
+    if not (isinstance(data, dict) and isinstance(data.get("works"), bool)
+            and isinstance(data.get("why"), str)):
+        return None
+    return data["works"], data["why"]
 
 
 def probe_kvm(kernel: Path, timeout: float = PROBE_SECONDS) -> tuple[bool, str]:

@@ -49,7 +49,7 @@ def build(name: str, cache: Path | None = None, source_dir: Path = BPF_DIR) -> P
     out_dir = cache / "bpf" if cache else bpf_cache_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{name}-{_inputs_digest(source, version)}.o"
-    if target.exists():
+    if target.is_file() and not target.is_symlink():  # a planted link is replaced, not loaded
         return target
     fd, tmp = tempfile.mkstemp(prefix=f".{name}-", suffix=".o", dir=out_dir)
     os.close(fd)

@@ -1,24 +1,70 @@
-"""Where kconform keeps things outside the repo (kernels, BPF objects, probes)."""
+"""Where kconform keeps things outside the repo (kernels, BPF objects, probes), and how it keeps
+them its own: a private cache directory, locks that never follow a planted symlink, files replaced
+in one rename, and staging directories whose builder holds a lock on them."""
+from __future__ import annotations
+
 import contextlib
 import fcntl
 import os
 import shutil
+import stat
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+from .errors import KconformError
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# Inside a staging directory: held (flock) by the process building it, for as long as it builds.
+BUILDING_LOCK = ".kconform-building"
+# A staging directory without BUILDING_LOCK is from a kconform that predates it, or one being
+# created this instant: only one this old is taken to be abandoned.
+LEGACY_STAGING_AGE = 3600
 
 
 def cache_dir() -> Path:
-    """$KCONFORM_CACHE, else $XDG_CACHE_HOME/kconform, else ~/.cache/kconform."""
+    """$KCONFORM_CACHE, else $XDG_CACHE_HOME/kconform, else ~/.cache/kconform; created 0700, and
+    refused unless it is the caller's own and nobody else can write it: kernels and roots from
+    the cache are booted, and its locks and manifests are trusted."""
     explicit = os.environ.get("KCONFORM_CACHE")
     if explicit:
-        path = Path(explicit)
+        path, variable = Path(explicit).expanduser(), "KCONFORM_CACHE"
     else:
         xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        path = Path(xdg) / "kconform"
-    path.mkdir(parents=True, exist_ok=True)
+        path, variable = Path(xdg) / "kconform", "KCONFORM_CACHE (or XDG_CACHE_HOME)"
+    check_private_dir(path, variable)
     return path
+
+
+def check_private_dir(path: Path, variable: str = "KCONFORM_CACHE") -> None:
+    """Create `path` (mode 0700) or check an existing one: a directory owned by this user,
+    writable by nobody else, and writable by this user."""
+    fix = f"or set {variable} to a directory of your own"
+    try:
+        path.mkdir(parents=True, mode=0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise KconformError(f"cannot create the cache directory {path} ({exc.strerror}): "
+                            f"create it, {fix}") from None
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise KconformError(f"cannot read the cache directory {path} ({exc.strerror}): {fix}") \
+            from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise KconformError(f"the cache {path} is not a directory: remove it, {fix}")
+    if st.st_uid != os.geteuid():
+        raise KconformError(f"the cache {path} belongs to uid {st.st_uid}, not to you (uid "
+                            f"{os.geteuid()}): whoever owns it could replace the kernels it "
+                            f"boots; use a cache you own (chown it), {fix}")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise KconformError(f"the cache {path} is writable by others (mode "
+                            f"{stat.S_IMODE(st.st_mode):04o}): anyone could replace the kernels "
+                            f"it boots; run chmod go-w {path}, {fix}")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise KconformError(f"the cache {path} is not writable: make it writable, {fix}")
 
 
 def bpf_cache_dir() -> Path:
@@ -34,15 +80,97 @@ def agent_argv(python: str, repo_root: str) -> list[str]:
     return [python, "-I", "-S", f"{repo_root}/harness/agent/agent.py", repo_root]
 
 
+def open_lock_file(path: Path) -> int:
+    """An fd to flock: created 0600 if missing, never truncated, and never through a symlink
+    (a planted `.lock-apt -> somefile` must not let kconform open, let alone empty, its target)."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        if path.is_symlink():
+            raise KconformError(f"{path} is a symlink, which kconform never makes: remove it "
+                                "(kconform recreates its lock files)") from None
+        raise KconformError(f"cannot open the lock file {path} ({exc.strerror}): make "
+                            f"{path.parent} writable, or set KCONFORM_CACHE to another "
+                            "directory") from None
+
+
 @contextlib.contextmanager
-def cache_lock(directory: Path, key: str):
+def cache_lock(directory: Path, key: str) -> Iterator[None]:
     """Serialise builders of one cache entry across xdist workers and concurrent runs (one fetch
-    per kernel, one apt, one root). Entries are built in .staging-* directories and published
-    with a rename; one older than an hour is from a run that died, and nobody holds it."""
-    for stale in directory.glob(".staging-*"):
-        with contextlib.suppress(OSError):
-            if time.time() - stale.stat().st_mtime > 3600:
-                shutil.rmtree(stale, ignore_errors=True)
-    with open(directory / f".lock-{key}", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+    per kernel, one apt, one root). Entries are built in staging directories (staging_dir) and
+    published with a rename; the staging directories nobody is building any more are removed."""
+    remove_abandoned_staging(directory)
+    fd = open_lock_file(directory / f".lock-{key}")
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
         yield
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def staging_dir(directory: Path, prefix: str) -> Iterator[Path]:
+    """A new .staging-<prefix>-* directory in `directory`, held by this process while it builds
+    there (flock on BUILDING_LOCK inside it) and removed afterwards. The lock file is locked
+    before it takes its name, so remove_abandoned_staging never sees one not yet held."""
+    path = Path(tempfile.mkdtemp(prefix=f".staging-{prefix}-", dir=directory))
+    fd = -1
+    try:
+        fd, unnamed = tempfile.mkstemp(prefix=".new-lock-", dir=path)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.rename(unnamed, path / BUILDING_LOCK)
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+        if fd >= 0:
+            os.close(fd)  # after the removal: until then nobody else may take the directory
+
+
+def remove_abandoned_staging(directory: Path) -> None:
+    """Remove the staging directories whose builder is gone: those whose BUILDING_LOCK this
+    process can lock. One whose builder is alive (a long debootstrap) is left alone, however old."""
+    for staging in directory.glob(".staging-*"):
+        if staging.is_symlink() or not staging.is_dir():
+            continue
+        try:
+            fd = os.open(staging / BUILDING_LOCK, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            with contextlib.suppress(OSError):
+                if time.time() - staging.stat().st_mtime > LEGACY_STAGING_AGE:
+                    shutil.rmtree(staging, ignore_errors=True)
+            continue
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue  # its builder holds it
+        try:
+            shutil.rmtree(staging, ignore_errors=True)
+        finally:
+            os.close(fd)
+
+
+def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
+    """Replace `path` with `text` in one rename: a reader sees the old file or the new one, never
+    half of one, and a symlink planted at `path` is replaced, not written through."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def read_regular_file(path: Path) -> str:
+    """The text of `path` if it is a regular file (not through a symlink); OSError otherwise."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with os.fdopen(fd, encoding="utf-8", errors="replace") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise OSError(f"{path} is not a regular file")
+        return f.read()
