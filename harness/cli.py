@@ -178,8 +178,9 @@ def cache_main(argv: list[str]) -> int:
     for line in unverifiable:
         print(f"not verified: {line}")
     if damaged:
-        print(f"{len(damaged)} of {len(entries)} entries in {cache} are damaged: the next run "
-              "that needs one fetches or builds it again")
+        # Same size and mtime: a run's own check would not notice, so say how to drop them.
+        print(f"{len(damaged)} of {len(entries)} entries in {cache} are damaged: remove each "
+              "(rm -rf PATH), and the next run that needs it fetches or builds it again")
         return 1
     print(f"{len(entries)} entries in {cache} match their manifests")
     return 0

@@ -8,20 +8,26 @@ and carry a manifest that catches truncation or corruption later.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import pwd
 import re
 import shutil
+import stat
 import subprocess
 import tempfile
 import time
 import tomllib
+import urllib.parse
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import KernelUnavailable, KconformError
-from .paths import REPO_ROOT, cache_dir, cache_lock
+from .paths import (REPO_ROOT, cache_dir, cache_lock, read_regular_file, staging_dir,
+                    write_atomic)
 
 KERNELS_DIR = REPO_ROOT / "kernels"
 DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
@@ -270,39 +276,109 @@ def bzimage_release(path: Path) -> str:
 
 # ----------------------------------------------------------------------------- manifests
 
+# Format 2 records each file's size, mtime and sha256. A run checks size and mtime (a warm start
+# stays fast); `./kconform cache verify` re-hashes everything.
+MANIFEST_FORMAT = 2
+
+
 def write_manifest(root: Path, meta: dict) -> None:
     files = {}
     for dirpath, _dirs, names in os.walk(root):
         for n in names:
             p = Path(dirpath) / n
-            if p.is_symlink() or n == MANIFEST:
+            st = p.lstat()
+            # Links and device nodes (a root's /dev) are not content; reading a node could hang.
+            if not stat.S_ISREG(st.st_mode) or n == MANIFEST:
                 continue
-            files[str(p.relative_to(root))] = p.stat().st_size
-    meta = dict(meta, files=files)
-    if "release" in meta:  # a kernel tree: its image is hashed too
-        meta["vmlinuz_sha256"] = _sha256(root / "boot" / f"vmlinuz-{meta['release']}")
-    (root / MANIFEST).write_text(json.dumps(meta, indent=1, sort_keys=True))
+            files[str(p.relative_to(root))] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                                               "sha256": _sha256(p)}
+    meta = dict(meta, files=files, format=MANIFEST_FORMAT)
+    if "release" in meta:  # a kernel tree: its image is checked by hash on every use too
+        meta["vmlinuz_sha256"] = files[f"boot/vmlinuz-{meta['release']}"]["sha256"]
+    write_atomic(root / MANIFEST, json.dumps(meta, indent=1, sort_keys=True))
 
 
-def check_manifest(root: Path) -> tuple[dict | None, str | None]:
-    """(manifest, None) when the tree is whole, else (None, what is wrong)."""
-    path = root / MANIFEST
+def _read_manifest(root: Path) -> tuple[dict | None, str | None]:
+    if root.is_symlink() or not root.is_dir():
+        return None, f"{root} is not a directory kconform published (a symlink, or a file)"
     try:
-        meta = json.loads(path.read_text())
+        meta = json.loads(read_regular_file(root / MANIFEST))
     except (OSError, ValueError) as exc:
         return None, f"no readable manifest ({exc})"
-    for rel, size in meta["files"].items():
-        try:
-            actual = (root / rel).stat().st_size
-        except OSError:
-            return None, f"{rel} is missing"
-        if actual != size:
-            return None, f"{rel} is {actual} bytes, expected {size}"
-    if "vmlinuz_sha256" in meta:
-        vmlinuz = root / "boot" / f"vmlinuz-{meta['release']}"
-        if _sha256(vmlinuz) != meta["vmlinuz_sha256"]:
-            return None, f"{vmlinuz.name} does not match its recorded sha256"
+    if not isinstance(meta, dict) or not isinstance(meta.get("files"), dict):
+        return None, "its manifest lists no files"
     return meta, None
+
+
+def _file_problem(root: Path, rel: str, recorded, full: bool) -> str | None:
+    """What is wrong with one file the manifest lists (None: nothing)."""
+    try:
+        st = os.lstat(root / rel)
+    except OSError:
+        return f"{rel} is missing"
+    if isinstance(recorded, int):  # format 1 recorded the size of every non-link, nodes too
+        recorded = {"size": recorded}
+    elif not stat.S_ISREG(st.st_mode):
+        return f"{rel} is no longer a regular file"
+    if not isinstance(recorded, dict):
+        return f"the manifest's entry for {rel} is malformed"
+    if st.st_size != recorded.get("size"):
+        return f"{rel} is {st.st_size} bytes, expected {recorded.get('size')}"
+    if "mtime_ns" in recorded and st.st_mtime_ns != recorded["mtime_ns"]:
+        return f"{rel} was modified after the tree was published"
+    if full and "sha256" in recorded and _sha256(root / rel) != recorded["sha256"]:
+        return f"{rel} does not match its recorded sha256"
+    return None
+
+
+def check_manifest(root: Path, full: bool = False) -> tuple[dict | None, str | None]:
+    """(manifest, None) when the tree is whole, else (None, what is wrong). Every file's size
+    and mtime, and a kernel image's sha256; with full, every file's sha256."""
+    meta, problem = _read_manifest(root)
+    if meta is None:
+        return None, problem
+    if "vmlinuz_sha256" in meta:  # the image is what gets booted: always hashed (~10 ms)
+        vmlinuz = root / "boot" / f"vmlinuz-{meta.get('release')}"
+        try:
+            if _sha256(vmlinuz) != meta["vmlinuz_sha256"]:
+                return None, f"{vmlinuz.name} does not match its recorded sha256"
+        except OSError:
+            return None, f"boot/{vmlinuz.name} is missing"
+    for rel, recorded in meta["files"].items():
+        problem = _file_problem(root, rel, recorded, full)
+        if problem:
+            return None, problem
+    return meta, None
+
+
+def check_published(root: Path, log=lambda msg: None) -> tuple[dict | None, str | None]:
+    """check_manifest for a tree or root about to be used, under its cache lock. A format-1
+    manifest (sizes only) whose checks pass is rewritten with hashes instead of the tree being
+    fetched again: the tree passes every check it was published with, and dropping it would
+    leave an offline host without the kernel it has."""
+    meta, problem = check_manifest(root)
+    if meta is not None and meta.get("format") != MANIFEST_FORMAT:
+        log(f"{root.name}: recording the file hashes of a tree cached by an older kconform")
+        old = {k: v for k, v in meta.items() if k not in ("files", "format", "vmlinuz_sha256")}
+        write_manifest(root, old)
+        meta, problem = check_manifest(root)
+    return meta, problem
+
+
+def verify_cache(cache: Path) -> tuple[list[str], list[str]]:
+    """(damaged, unverifiable): every published kernel tree and root re-hashed. damaged holds
+    'path: what is wrong'; unverifiable the entries whose manifest predates hashes."""
+    damaged, unverifiable = [], []
+    for entry in sorted([*(cache / "trees").glob("*"), *(cache / "rootfs").glob("*")]):
+        if entry.name.startswith("."):  # locks and staging directories
+            continue
+        meta, problem = check_manifest(entry, full=True)
+        if meta is None:
+            damaged.append(f"{entry}: {problem}")
+        elif meta.get("format") != MANIFEST_FORMAT:
+            unverifiable.append(f"{entry}: its manifest predates file hashes (the next run "
+                                "that uses it records them)")
+    return damaged, unverifiable
 
 
 def _sha256(path: Path) -> str:
@@ -315,75 +391,235 @@ def _sha256(path: Path) -> str:
 
 # ----------------------------------------------------------------------------- apt
 
+MIRROR_SCHEMES = ("http", "https", "file")
+# What a mirror URL may hold: it becomes a word of an apt sources line and debootstrap's argument,
+# so no whitespace (a newline wrote a second `deb [trusted=yes] ...` line), no [ ] (source
+# options), no quotes, and nothing that starts an option.
+_MIRROR_CHARS = re.compile(r"[A-Za-z0-9._~:/?#@!$&()*+,;=%-]+")
+MIRROR_EXAMPLE = "http://deb.debian.org/debian"
+
+
+def check_mirror_url(url: str, origin: str) -> str:
+    """`url` if it is exactly one http://, https:// or file:/// URL, else a KconformError saying
+    where it came from (`origin`: the variable or file) and what to write instead."""
+    problem = None
+    if not isinstance(url, str) or not url:
+        problem = "it is empty"
+    elif not _MIRROR_CHARS.fullmatch(url):
+        bad = next(c for c in url if not _MIRROR_CHARS.fullmatch(c))
+        problem = f"it holds {bad!r} (a mirror is one URL: no spaces, newlines, [ ] or quotes)"
+    else:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in MIRROR_SCHEMES or not url.startswith(f"{parts.scheme}://"):
+            problem = "it does not start with http://, https:// or file://"
+        elif parts.scheme == "file" and (parts.netloc or not parts.path.startswith("/")):
+            problem = "a file:// mirror names an absolute path: file:///srv/mirror/debian"
+        elif parts.scheme != "file" and not parts.hostname:
+            problem = "it names no host"
+        elif "://" in url[len(parts.scheme) + 3:]:
+            problem = "it holds more than one URL"
+    if problem:
+        raise KconformError(f"{origin}: {url!r} is not a Debian mirror URL: {problem}. Set "
+                            f"KCONFORM_DEBIAN_MIRROR to one URL, e.g. {MIRROR_EXAMPLE}")
+    return url
+
+
 def system_debian_mirror() -> str | None:
-    """The Debian mirror the host's own apt uses, so kconform goes where the admin pointed apt."""
+    """The Debian mirror the host's own apt uses, so kconform goes where the admin pointed apt;
+    KCONFORM_DEBIAN_MIRROR overrides it. Either is checked to be one plain URL."""
     explicit = os.environ.get("KCONFORM_DEBIAN_MIRROR")
-    if explicit:
-        return explicit.rstrip("/")
+    if explicit:  # set but empty: unset, as a CI matrix may leave it
+        return check_mirror_url(explicit, "KCONFORM_DEBIAN_MIRROR").rstrip("/")
     candidates = [Path("/etc/apt/sources.list")] + sorted(Path("/etc/apt/sources.list.d").glob("*"))
     for path in candidates:
         try:
             text = path.read_text()
-        except OSError:
+        except (OSError, UnicodeDecodeError):
             continue
         for uri in re.findall(r"(?:^deb\s+(?:\[[^\]]*\]\s+)?|^URIs:\s*)(\S+)", text, re.M):
             if re.search(r"/debian/?$", uri):
-                return uri.rstrip("/")
+                return check_mirror_url(uri, f"the mirror in {path}").rstrip("/")
     return None
 
 
+def require_debian_mirror(what: str) -> str:
+    """system_debian_mirror(), or the error saying how to name one."""
+    mirror = system_debian_mirror()
+    if not mirror:
+        raise KernelUnavailable(
+            f"{what}: no Debian mirror found in /etc/apt/sources*: set "
+            f"KCONFORM_DEBIAN_MIRROR to a Debian mirror URL (one ending in /debian, e.g. "
+            f"{MIRROR_EXAMPLE})")
+    return mirror
+
+
+def apt_sandbox_user() -> str | None:
+    """Who apt's download methods run as: _apt when kconform runs as root (as the system's apt
+    does), None when apt cannot drop privileges anyway (not root) or there is no _apt."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam("_apt")
+    except KeyError:
+        return None
+    return "_apt"
+
+
+# apt's own signature and freshness checks, stated although they are apt's defaults: no file
+# outside kconform is read, and this says which checks kconform relies on.
+APT_VERIFICATION = {
+    "Acquire::AllowInsecureRepositories": "false",
+    "Acquire::AllowWeakRepositories": "false",
+    "Acquire::AllowDowngradeToInsecureRepositories": "false",
+    "APT::Get::AllowUnauthenticated": "false",
+    "Acquire::Check-Valid-Until": "true",
+    "Acquire::Check-Date": "true",
+}
+_APT_CONFIG_UNSAFE = re.compile(r'["\\\x00-\x1f\x7f]')
+UNSANDBOXED = "unsandboxed as root"
+
+
 class AptArchive:
-    """apt-get/apt-cache with a private configuration under the cache dir."""
+    """apt-get/apt-cache with a private configuration under the cache dir that nothing outside
+    kconform can change. apt reads $APT_CONFIG, then Dir::Etc::parts and Dir::Etc::main, before
+    any -o option applies, so `-o` alone still let the host's apt.conf.d (hooks, "allow
+    insecure" options) in: apt is given kconform's own APT_CONFIG, which points both at empty
+    files of kconform's, and the caller's APT_CONFIG is dropped.
+
+    As root, apt's download methods run as _apt. _apt cannot enter a 0700 cache (or /root), so
+    for each apt session the lists are moved into a work directory under the system's temporary
+    directory that only root and _apt can enter, and moved back afterwards."""
 
     def __init__(self, root: Path, mirror: str, keyring: str = DEBIAN_KEYRING):
         self.root = root
-        self.mirror = mirror
+        self.mirror = check_mirror_url(mirror, "the Debian mirror").rstrip("/")
         self.keyring = keyring
-        for sub in ("etc/apt.conf.d", "etc/preferences.d", "sources", "state/lists/partial",
+        self.sandbox_user = apt_sandbox_user()
+        self._work: Path | None = None
+        if _APT_CONFIG_UNSAFE.search(str(root)):
+            raise KconformError(f"the cache path {root.parent} holds a quote, backslash or "
+                                "control character, which apt's configuration cannot hold: set "
+                                "KCONFORM_CACHE to a plain path")
+        for sub in ("etc/apt.conf.d", "etc/preferences.d", "etc/trusted.gpg.d", "etc/auth.conf.d",
+                    "etc/sources.list.d", "sources", "state/lists/partial",
                     "cache/archives/partial"):
             (root / sub).mkdir(parents=True, exist_ok=True)
         (root / "state" / "status").touch()
+        (root / "etc" / "apt.conf").touch()
+        stray = [p for p in (root / "etc" / "apt.conf.d").iterdir()]
+        if stray or (root / "etc" / "apt.conf").stat().st_size:
+            raise KconformError(f"kconform's private apt configuration in {root / 'etc'} has "
+                                f"been added to ({', '.join(p.name for p in stray) or 'apt.conf'}"
+                                f"): remove {root}, and kconform recreates it")
+        self.config_file = root / "kconform-apt.conf"
+        text = self._config_text()
+        if not self.config_file.exists() or read_regular_file(self.config_file) != text:
+            write_atomic(self.config_file, text)
+
+    def _config_text(self) -> str:
+        r = self.root
+        opts = {
+            "Dir::Etc": f"{r}/etc/", "Dir::Etc::main": f"{r}/etc/apt.conf",
+            "Dir::Etc::parts": f"{r}/etc/apt.conf.d/",
+            "Dir::Etc::sourcelist": f"{r}/etc/sources.list",
+            "Dir::Etc::sourceparts": f"{r}/etc/sources.list.d/",
+            "Dir::Etc::preferences": f"{r}/etc/preferences",
+            "Dir::Etc::preferencesparts": f"{r}/etc/preferences.d/",
+            "Dir::Etc::trusted": f"{r}/etc/trusted.gpg",
+            "Dir::Etc::trustedparts": f"{r}/etc/trusted.gpg.d/",
+            "Dir::Etc::netrc": f"{r}/etc/auth.conf", "Dir::Etc::netrcparts": f"{r}/etc/auth.conf.d/",
+            "Dir::State": f"{r}/state/", "Dir::State::status": f"{r}/state/status",
+            "Dir::Cache": f"{r}/cache/", "Dir::Log": f"{r}/log/",
+            "APT::Architecture": "amd64", "APT::Architectures": "amd64",
+            "Acquire::Languages": "none", "APT::Get::List-Cleanup": "0",
+            "APT::Sandbox::User": self.sandbox_user or "_apt",
+            "Acquire::Retries": "2", "Acquire::http::Timeout": "30",
+            **APT_VERIFICATION,
+        }
+        lines = ["// Written by kconform; apt reads nothing else (harness/kernels.py AptArchive)."]
+        lines += [f'{key} "{value}";' for key, value in opts.items()]
+        return "\n".join(lines) + "\n"
 
     def sources_file(self, spec: KernelSpec) -> Path:
         path = self.root / "sources" / f"{spec.name}.list"
         lines = [f"deb [signed-by={self.keyring}] {self.mirror} {suite} main" for suite in spec.suites]
         text = "\n".join(lines) + "\n"
-        if not path.exists() or path.read_text() != text:
-            path.write_text(text)
+        if not path.exists() or read_regular_file(path) != text:
+            write_atomic(path, text)
         return path
 
     def options(self, spec: KernelSpec) -> list[str]:
-        r = self.root
-        opts = {
-            "Dir::Etc": r / "etc", "Dir::Etc::sourcelist": self.sources_file(spec),
-            "Dir::Etc::sourceparts": "-", "Dir::Etc::parts": r / "etc/apt.conf.d",
-            "Dir::Etc::preferencesparts": r / "etc/preferences.d",
-            "Dir::State": r / "state", "Dir::State::status": r / "state/status",
-            "Dir::Cache": r / "cache", "APT::Architecture": "amd64",
-            "APT::Architectures": "amd64", "Acquire::Languages": "none",
-            "APT::Get::List-Cleanup": "0", "APT::Sandbox::User": "root",
-            "Acquire::Retries": "2", "Acquire::http::Timeout": "30",
-        }
+        """The -o options of one spec's apt runs (the rest is in config_file)."""
+        opts = {"Dir::Etc::sourcelist": self.sources_file(spec)}
+        if self._work:
+            opts["Dir::State::lists"] = self._work / "lists"
+            opts["Dir::Cache::archives"] = self._work / "archives"
         args = []
         for key, value in opts.items():
             args += ["-o", f"{key}={value}"]
         return args
 
+    def environment(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k != "APT_CONFIG"}
+        return dict(env, APT_CONFIG=str(self.config_file), LC_ALL="C",
+                    DEBIAN_FRONTEND="noninteractive")
+
+    def command(self, tool: str, spec: KernelSpec, args: list[str]) -> list[str]:
+        return [tool, *self.options(spec), *args]
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[None]:
+        """Where apt runs: the cache itself, or (sandboxed) the work directory holding the lists
+        for this session. Callers hold the cache's "apt" lock. A session nested in one is it."""
+        if self._work is not None or not self.sandbox_user:
+            yield
+            return
+        lists = self.root / "state" / "lists"
+        work = Path(tempfile.mkdtemp(prefix="kconform-apt-"))
+        try:
+            os.chmod(work, 0o711)  # _apt may pass through to its partial dirs; nobody may list
+            shutil.move(lists, work / "lists")
+            (work / "lists" / "partial").mkdir(exist_ok=True)
+            (work / "archives" / "partial").mkdir(parents=True)
+            self._work = work
+            yield
+        finally:
+            self._work = None
+            if (work / "lists").is_dir() and not lists.exists():
+                shutil.move(work / "lists", lists)
+            shutil.rmtree(work, ignore_errors=True)
+            lists.mkdir(parents=True, exist_ok=True)
+
     def _run(self, tool: str, spec: KernelSpec, args: list[str], cwd: Path | None = None):
-        cmd = [tool, *self.options(spec), *args]
-        return subprocess.run(cmd, cwd=cwd, text=True, capture_output=True,
-                              env=dict(os.environ, LC_ALL="C", DEBIAN_FRONTEND="noninteractive"))
+        return subprocess.run(self.command(tool, spec, args), cwd=cwd, text=True,
+                              capture_output=True, env=self.environment())
+
+    def _refuse_unsandboxed(self, spec: KernelSpec, proc) -> None:
+        lines = [l for l in (proc.stdout + proc.stderr).splitlines() if UNSANDBOXED in l]
+        if lines:
+            raise KernelUnavailable(f"{spec.name}: apt could not run its downloads as _apt, and "
+                                    "kconform does not let it download as root: make TMPDIR a "
+                                    f"directory _apt can enter (or unset it)\n{lines[0]}")
 
     def update(self, spec: KernelSpec) -> None:
-        proc = self._run("apt-get", spec, ["update"])
+        with self.session():
+            proc = self._run("apt-get", spec, ["update"])
+        self._refuse_unsandboxed(spec, proc)
         problems = [l for l in (proc.stdout + proc.stderr).splitlines()
                     if l.startswith(("E:", "W: Failed", "W: GPG", "Err:"))
                     or "NO_PUBKEY" in l or "not signed" in l]
         if proc.returncode != 0 or problems:
             detail = "\n".join(problems[-6:]) or proc.stderr.strip()[-800:]
-            if "NO_PUBKEY" in detail or "GPG" in detail or "not signed" in detail:
+            if "not signed" in detail:
+                hint = (f"the archive at {self.mirror} is not signed, and kconform takes only "
+                        "signed archives: set KCONFORM_DEBIAN_MIRROR to a Debian mirror")
+            elif "NO_PUBKEY" in detail or "GPG" in detail or "signature" in detail:
                 hint = ("the archive's signature could not be checked: update the "
                         "debian-archive-keyring package (apt-get install debian-archive-keyring)")
+            elif "is expired" in detail or "not valid yet" in detail:
+                hint = (f"the archive at {self.mirror} is out of date (its Release file has "
+                        "expired) or the clock is wrong: set KCONFORM_DEBIAN_MIRROR to a current "
+                        "Debian mirror, or fix the clock")
             else:
                 hint = (f"cannot reach the Debian archive at {self.mirror}: check the network, "
                         "or set KCONFORM_DEBIAN_MIRROR to a reachable Debian mirror")
@@ -391,7 +627,8 @@ class AptArchive:
 
     def resolve(self, spec: KernelSpec) -> tuple[str, str]:
         """(abi, version): e.g. ('6.1.0-50-amd64', '6.1.176-1') for the suite's current kernel."""
-        proc = self._run("apt-cache", spec, ["show", "--no-all-versions", spec.meta])
+        with self.session():
+            proc = self._run("apt-cache", spec, ["show", "--no-all-versions", spec.meta])
         if proc.returncode != 0:
             raise KernelUnavailable(f"{spec.name}: {spec.meta} is not in {', '.join(spec.suites)} "
                                     f"({proc.stderr.strip()})")
@@ -403,7 +640,17 @@ class AptArchive:
         return match.group(1), match.group(2)
 
     def download(self, spec: KernelSpec, packages: list[str], version: str, dest: Path) -> list[Path]:
-        proc = self._run("apt-get", spec, ["download", *[f"{p}={version}" for p in packages]], cwd=dest)
+        with self.session():
+            into = dest
+            if self._work:  # _apt writes the .debs, so into a directory of its own
+                into = self._work / "download"
+                into.mkdir(mode=0o700)
+                os.chown(into, pwd.getpwnam(self.sandbox_user).pw_uid, -1)
+            proc = self._run("apt-get", spec, ["download", *[f"{p}={version}" for p in packages]],
+                             cwd=into)
+            for deb in into.glob("*.deb") if into != dest else ():
+                shutil.move(deb, dest / deb.name)
+        self._refuse_unsandboxed(spec, proc)
         if proc.returncode != 0:
             raise KernelUnavailable(f"{spec.name}: apt-get download failed (apt checks the "
                                     f"archive's signatures and hashes):\n{proc.stderr.strip()[-1500:]}")
@@ -415,6 +662,32 @@ class AptArchive:
 
 
 # ----------------------------------------------------------------------------- provider
+
+# An ABI or package version as it becomes part of a tree's directory name.
+_DEBIAN_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+~:-]*")
+
+
+def _read_resolution(path: Path) -> dict | None:
+    """A cached resolution {abi, version, at}, or None when there is none or it is malformed."""
+    try:
+        data = json.loads(read_regular_file(path))
+    except (OSError, ValueError):
+        return None
+    if not (isinstance(data, dict) and isinstance(data.get("abi"), str)
+            and isinstance(data.get("version"), str) and isinstance(data.get("at"), (int, float))
+            and _DEBIAN_WORD.fullmatch(data["abi"]) and _DEBIAN_WORD.fullmatch(data["version"])):
+        return None
+    return data
+
+
+def remove_published(path: Path) -> None:
+    """Remove a damaged tree or root: a symlink or file in its place is unlinked, never followed."""
+    if path.is_symlink() or not path.is_dir():
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
 
 class KernelProvider:
     """Turns a kernel name (or path, or 'host') into a KernelTree, fetching when needed."""
@@ -443,12 +716,12 @@ class KernelProvider:
         with self._lock(f"debian-{spec.name}"):
             abi, version = self._resolve(spec)
             root = self.trees_dir / f"{abi}_{version}"
-            if root.exists():
-                meta, problem = check_manifest(root)
+            if root.exists() or root.is_symlink():
+                meta, problem = check_published(root, self.log)
                 if meta:
                     return self._tree_from(spec.name, root, meta)
                 self.log(f"{spec.name}: cached tree {root} is damaged ({problem}); fetching again")
-                shutil.rmtree(root, ignore_errors=True)
+                remove_published(root)
             self._fetch(spec, abi, version, root)
             meta, problem = check_manifest(root)
             if not meta:
@@ -458,46 +731,45 @@ class KernelProvider:
     def _resolve(self, spec: KernelSpec) -> tuple[str, str]:
         resolved_file = self.cache / "resolved" / f"{spec.name}.json"
         resolved_file.parent.mkdir(exist_ok=True)
-        try:
-            recent = json.loads(resolved_file.read_text())
-        except (OSError, ValueError):
-            recent = None
+        recent = _read_resolution(resolved_file)
         fresh = recent and time.time() - recent["at"] < LISTS_MAX_AGE and not self.refresh
         if fresh and (self.trees_dir / f"{recent['abi']}_{recent['version']}").exists():
             return recent["abi"], recent["version"]
-        mirror = system_debian_mirror()
         try:
-            if not mirror:
-                raise KernelUnavailable(
-                    f"{spec.name}: no Debian mirror found in /etc/apt/sources*: set "
-                    "KCONFORM_DEBIAN_MIRROR to a Debian mirror URL (one ending in /debian)")
-            apt = AptArchive(self.cache / "apt", mirror)
+            apt = AptArchive(self.cache / "apt", require_debian_mirror(spec.name))
             self.log(f"{spec.name}: asking the archive for the current {spec.meta} "
                      f"in {', '.join(spec.suites)}")
-            with self._lock("apt"):  # apt locks its lists; other workers wait instead of failing
+            # apt locks its lists; other workers wait instead of failing
+            with self._lock("apt"), apt.session():
                 apt.update(spec)
                 abi, version = apt.resolve(spec)
+            if not (_DEBIAN_WORD.fullmatch(abi) and _DEBIAN_WORD.fullmatch(version)):
+                raise KernelUnavailable(f"{spec.name}: the archive names an odd kernel "
+                                        f"{abi!r} version {version!r}; kconform does not use it")
         except KernelUnavailable as exc:
             if recent and (self.trees_dir / f"{recent['abi']}_{recent['version']}").exists():
                 self.log(f"{spec.name}: {exc}\n{spec.name}: using the cached "
                          f"{recent['version']} instead")
                 return recent["abi"], recent["version"]
             raise
-        resolved_file.write_text(json.dumps({"abi": abi, "version": version, "at": time.time()}))
+        write_atomic(resolved_file, json.dumps({"abi": abi, "version": version, "at": time.time()}))
         return abi, version
 
     def _fetch(self, spec: KernelSpec, abi: str, version: str, root: Path) -> None:
-        mirror = system_debian_mirror()
-        apt = AptArchive(self.cache / "apt", mirror)
+        apt = AptArchive(self.cache / "apt", require_debian_mirror(spec.name))
         packages = [p.format(abi=abi) for p in spec.packages]
-        staging = Path(tempfile.mkdtemp(prefix=f".staging-{abi}-", dir=self.trees_dir))
+        with staging_dir(self.trees_dir, abi) as staging:
+            self._fetch_into(spec, apt, packages, abi, version, staging, root)
+
+    def _fetch_into(self, spec: KernelSpec, apt: AptArchive, packages: list[str], abi: str,
+                    version: str, staging: Path, root: Path) -> None:
         try:
             debs_dir = staging / "debs"
             tree = staging / "tree"
             debs_dir.mkdir()
             tree.mkdir()
             self.log(f"{spec.name}: downloading {version}: {', '.join(packages)}")
-            with self._lock("apt"):
+            with self._lock("apt"), apt.session():
                 debs = apt.download(spec, packages, version, debs_dir)
             for deb in debs:
                 proc = subprocess.run(["dpkg-deb", "-x", str(deb), str(tree)],
@@ -515,8 +787,6 @@ class KernelProvider:
             os.rename(tree, root)  # the publish step: a tree is complete or absent
         except OSError as exc:
             raise KernelUnavailable(_unpack_error(spec.name, "the kernel packages", str(exc), staging))
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
 
     def _tree_from(self, name: str, root: Path, meta: dict) -> KernelTree:
         release = meta["release"]

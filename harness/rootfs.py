@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import KconformError
-from .kernels import (DEBIAN_KEYRING, KernelTree, check_manifest, disk_full, system_debian_mirror,
-                      write_manifest)
-from .paths import REPO_ROOT, cache_dir, cache_lock
+from .kernels import (DEBIAN_KEYRING, KernelTree, check_manifest, check_published, disk_full,
+                      remove_published, require_debian_mirror, write_manifest)
+from .paths import REPO_ROOT, cache_dir, cache_lock, staging_dir
 
 IMAGES_DIR = REPO_ROOT / "images"
 HOST = "host"
@@ -98,12 +98,12 @@ class RootfsProvider:
         spec = load_recipes()[name]
         root = self.dir / f"{name}-{spec.digest}"
         with self._lock(root.name):
-            if root.exists():
-                meta, problem = check_manifest(root)
+            if root.exists() or root.is_symlink():
+                meta, problem = check_published(root, self.log)
                 if meta:
                     return Rootfs(name, root, spec.digest, meta["packages"])
                 self.log(f"rootfs {name}: cached root {root} is damaged ({problem}); building again")
-                shutil.rmtree(root, ignore_errors=True)
+                remove_published(root)
             self._build(spec, root)
             meta, problem = check_manifest(root)
             if not meta:
@@ -117,18 +117,20 @@ class RootfsProvider:
         if os.geteuid() != 0:
             raise KconformError(f"--rootfs {spec.name}: building a root with debootstrap needs "
                                 "root; run as root, or use --rootfs host")
-        mirror = system_debian_mirror()
-        if not mirror:
-            raise KconformError("no Debian mirror found in /etc/apt/sources*: set "
-                                "KCONFORM_DEBIAN_MIRROR to a Debian mirror URL (one ending in /debian)")
-        staging = Path(tempfile.mkdtemp(prefix=f".staging-{spec.name}-", dir=self.dir))
+        mirror = require_debian_mirror(f"rootfs {spec.name}")
+        with staging_dir(self.dir, spec.name) as staging:
+            self._debootstrap(spec, mirror, staging, root)
+
+    def _debootstrap(self, spec: RootfsSpec, mirror: str, staging: Path, root: Path) -> None:
         target = staging / "root"
         cmd = ["debootstrap", f"--variant={spec.variant}", f"--include={','.join(spec.packages)}",
                f"--keyring={DEBIAN_KEYRING}", "--force-check-gpg", spec.suite, str(target), mirror]
         self.log(f"rootfs {spec.name}: building with {' '.join(cmd)} (once per recipe)")
         try:
+            # The caller's APT_CONFIG would reach the apt and dpkg runs inside the new root.
+            env = {k: v for k, v in os.environ.items() if k != "APT_CONFIG"}
             proc = subprocess.run(cmd, capture_output=True, text=True,
-                                  env=dict(os.environ, LC_ALL="C", DEBIAN_FRONTEND="noninteractive"))
+                                  env=dict(env, LC_ALL="C", DEBIAN_FRONTEND="noninteractive"))
             if proc.returncode != 0:
                 raise KconformError(_debootstrap_error(spec, mirror, proc, target))
             for point in (GUEST_REPO, GUEST_BPF):
@@ -146,8 +148,6 @@ class RootfsProvider:
                 detail = (f"no space left in {self.dir}: free some space, or point KCONFORM_CACHE "
                           "at a larger disk")
             raise KconformError(f"rootfs {spec.name}: {detail}") from None
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
 
     def add_modules(self, rootfs: Rootfs, tree: KernelTree) -> None:
         """Hard-link a kernel's modules into the root, where virtme-ng looks for them."""
