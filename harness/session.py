@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import re
 import time
 from dataclasses import dataclass, field
+from typing import NoReturn
 
-from .channel import GuestDied, Machine
+from .channel import GuestDied, Machine, OversizedLine
 
 HOST_GRACE = 5.0  # the agent's own alarm fires first; past this the guest is hung
+# Lines that are not JSON before the agent's hello: what a target's login shell may print.
+MAX_PREAMBLE_LINES = 50
 
 
 class GuestFailure(Exception):
@@ -43,6 +47,14 @@ class GuestHang(GuestFailure):
     pass
 
 
+class GuestProtocolError(GuestFailure):
+    """The machine sent a line that is not the agent protocol: it is treated as broken."""
+
+
+class BootProtocolError(BootFailure, GuestProtocolError):
+    """The agent's hello (or what came instead of it) was not the protocol."""
+
+
 class GuestCallError(Exception):
     """The guest-side function raised; its traceback travels with it."""
 
@@ -63,6 +75,139 @@ class CallResult:
     elapsed: float
     health: dict = field(default_factory=dict)
     error: dict | None = None
+
+
+# ----------------------------------------------------------------------------- the protocol
+# Every line from a machine is untrusted input: it becomes a typed value here or is refused, and
+# nothing past this point checks types again.
+
+class Malformed(Exception):
+    """What is wrong with a protocol line (the caller adds whose line it was)."""
+
+
+@dataclass(frozen=True)
+class Response:
+    id: int
+    ok: bool
+    result: object
+    error: dict | None   # when not ok: at least "type" and "message", both strings
+    elapsed: float
+    health: dict         # always log_before, log_during (lists of str), taint_before/after (int)
+
+
+def excerpt(line: str, head: int = 200, tail: int = 80) -> str:
+    """The line as it came, control characters shown, shortened in the middle when long."""
+    size = line.size if isinstance(line, OversizedLine) else len(line.encode(errors="replace"))
+    if isinstance(line, OversizedLine) or len(line) > head + tail + 20:
+        shown = repr(line[:head]) + " ... " + ("" if isinstance(line, OversizedLine)
+                                               else repr(line[-tail:]))
+        return f"{shown.rstrip()} ({size} bytes)"
+    return repr(line)
+
+
+def _decode_object(line: str) -> dict:
+    if isinstance(line, OversizedLine):
+        raise Malformed(f"a line of {line.size} bytes, longer than any response may be")
+    try:
+        value = json.loads(line)
+        # A lone surrogate ("\ud800") decodes, but no report file could be written with it.
+        json.dumps(value, ensure_ascii=False).encode()
+    except RecursionError:
+        raise Malformed("JSON nested too deeply") from None
+    except (ValueError, UnicodeError) as exc:  # ValueError: bad JSON, or an int of 5000 digits
+        raise Malformed(f"not JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise Malformed(f"JSON {type(value).__name__}, not an object")
+    return value
+
+
+def _int(value: object, what: str) -> int:
+    if type(value) is not int:  # bool is an int to isinstance
+        raise Malformed(f"{what} is {_shape(value)}, not an integer")
+    return value
+
+
+def _number(value: object, what: str) -> float:
+    if type(value) not in (int, float) or not math.isfinite(value):
+        raise Malformed(f"{what} is {_shape(value)}, not a finite number")
+    return float(value)
+
+
+def _text(value: object, what: str) -> str:
+    if not isinstance(value, str):
+        raise Malformed(f"{what} is {_shape(value)}, not a string")
+    return value
+
+
+def _lines(value: object, what: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise Malformed(f"{what} is {_shape(value)}, not a list of strings")
+    return value
+
+
+def _shape(value: object) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text[:40] + '...' if len(text) > 40 else text}"
+
+
+def parse_hello(line: str) -> dict:
+    """The agent's ready event: {"event": "ready", "release": ..., "uptime": ..., ...}."""
+    hello = _decode_object(line)
+    if hello.get("event") != "ready":
+        raise Malformed(f"expected the agent's ready event, got event {hello.get('event')!r}")
+    _text(hello.get("release"), "release")
+    for key in ("proc_version", "python"):
+        if key in hello:
+            _text(hello[key], key)
+    if "uptime" in hello:
+        _number(hello["uptime"], "uptime")
+    if "taint" in hello:
+        _int(hello["taint"], "taint")
+    if "boot_log" in hello:
+        _lines(hello["boot_log"], "boot_log")
+    return hello
+
+
+def parse_health(value: object) -> dict:
+    """A call's health report, every field present (0 taint and no lines when not sent)."""
+    if not isinstance(value, dict):
+        raise Malformed(f"health is {_shape(value)}, not an object")
+    return {"log_before": _lines(value.get("log_before", []), "health.log_before"),
+            "log_during": _lines(value.get("log_during", []), "health.log_during"),
+            "taint_before": _int(value.get("taint_before", 0), "health.taint_before"),
+            "taint_after": _int(value.get("taint_after", 0), "health.taint_after")}
+
+
+def parse_error(value: object) -> dict:
+    """A guest-side failure: type and message, optionally its traceback and verifier log."""
+    if not isinstance(value, dict):
+        raise Malformed(f"error is {_shape(value)}, not an object")
+    for key in ("type", "message"):
+        _text(value.get(key), f"error.{key}")
+    for key in ("traceback", "verifier_log", "errno_name"):
+        if value.get(key) is not None:
+            _text(value[key], f"error.{key}")
+    return value
+
+
+def parse_response(line: str) -> Response:
+    """One response line: {"id", "ok", "result" | "error", "elapsed", "health"}."""
+    response = _decode_object(line)
+    request_id = _int(response.get("id"), "id")
+    ok = response.get("ok")
+    if type(ok) is not bool:
+        raise Malformed(f"ok is {_shape(ok)}, not true or false")
+    error = None
+    if ok:
+        if response.get("error") is not None:
+            raise Malformed("ok is true, yet an error is given")
+    else:
+        error = parse_error(response.get("error"))
+    elapsed = _number(response.get("elapsed", 0.0), "elapsed")
+    if elapsed < 0:
+        raise Malformed(f"elapsed is negative ({elapsed})")
+    return Response(id=request_id, ok=ok, result=response.get("result"), error=error,
+                    elapsed=elapsed, health=parse_health(response.get("health", {})))
 
 
 _FRAME = re.compile(r"^\s*(?:\[[ \d.]+\]\s*)?([A-Za-z_][\w.]*)\+0x[0-9a-f]+/0x[0-9a-f]+")
@@ -101,11 +246,14 @@ def crash_fingerprint(lines: list[str], frames: int = 4) -> str | None:
 
 
 class GuestSession:
-    def __init__(self, machine: Machine, name: str, *, boot_timeout: float):
-        """machine: not started yet; name: the kernel's name."""
+    def __init__(self, machine: Machine, name: str, *, boot_timeout: float,
+                 host_grace: float = HOST_GRACE):
+        """machine: not started yet; name: the kernel's name; host_grace: how long past a call's
+        own timeout the host waits for its answer."""
         self.machine = machine
         self.name = name
         self.boot_timeout = boot_timeout
+        self.host_grace = host_grace
         self.info: dict = {}
         self.boot_seconds: float | None = None
         self.dead: GuestFailure | None = None
@@ -116,28 +264,38 @@ class GuestSession:
         return self.info.get("release", "")
 
     def start(self) -> None:
+        """Start the machine and wait for the agent's hello. Whatever goes wrong, the machine is
+        killed before this returns: a failed start never leaves a machine running."""
         deadline = time.monotonic() + self.boot_timeout
         try:
             self.machine.start()  # an SSH target may already fail here (GuestDied)
-            while True:
-                line = self.machine.receive(timeout=max(0.0, deadline - time.monotonic()))
-                if line is None:
-                    raise BootFailure(f"{self.name}: no agent within {self.boot_timeout:.0f}s of "
-                                      f"starting {self.machine.noun} (boot hang?)"
-                                      f"{self.machine.failure_hint()}", self.machine.console.tail())
-                if line.startswith("{"):
-                    msg = json.loads(line)
-                    if msg.get("event") == "ready":
-                        self.info = msg
-                        break
+            self.info = self._await_hello(deadline)
         except GuestDied as exc:
             self.machine.kill()
             raise BootFailure(f"{self.name}: {self.machine.noun} died while starting ({exc})"
                               f"{self.machine.failure_hint()}", self.machine.console.tail()) from None
-        except BootFailure:
+        except BaseException:
             self.machine.kill()
             raise
         self.boot_seconds = time.monotonic() - self.machine.started_at
+
+    def _await_hello(self, deadline: float) -> dict:
+        preamble: list[str] = []
+        while True:
+            line = self.machine.receive(timeout=max(0.0, deadline - time.monotonic()))
+            if line is None:
+                raise BootFailure(f"{self.name}: no agent within {self.boot_timeout:.0f}s of "
+                                  f"starting {self.machine.noun} (boot hang?)"
+                                  f"{self.machine.failure_hint()}", self.machine.console.tail())
+            if not line.startswith("{") and len(preamble) < MAX_PREAMBLE_LINES:
+                preamble.append(line)  # not the agent yet (a login shell's greeting)
+                continue
+            try:
+                return parse_hello(line)
+            except Malformed as exc:
+                raise BootProtocolError(
+                    f"{self.name}: {self.machine.noun} did not start the agent: instead of its "
+                    f"hello it sent {excerpt(line)}: {exc}", self.machine.console.tail()) from None
 
     @property
     def agent_start_seconds(self) -> float | None:
@@ -152,45 +310,48 @@ class GuestSession:
     def call(self, fn: str, *, timeout: float, **kwargs) -> CallResult:
         """Run guest-side function fn ("module:function") with kwargs; raise on guest failure.
         A host file given as a path object (a BPF object) reaches the function as the path the
-        guest sees it at."""
+        guest sees it at. The answer is due within timeout plus the host's grace, whatever the
+        machine sends meanwhile."""
         if self.dead:
             raise self.dead
         request_id = next(self._ids)
         mark = self.machine.console.count
+        deadline = time.monotonic() + timeout + self.host_grace
         try:
             kwargs = {k: self.machine.guest_path(v) if isinstance(v, os.PathLike) else v
                       for k, v in kwargs.items()}
             self.machine.send(json.dumps({"id": request_id, "op": "call", "fn": fn,
                                           "kwargs": kwargs, "timeout": timeout}))
-            while True:
-                line = self.machine.receive(timeout=timeout + HOST_GRACE)
-                if line is None:
-                    self._die(GuestHang(
-                        f"{fn} did not return within {timeout + HOST_GRACE:.0f}s; "
-                        f"{self.machine.noun} is replaced",
-                        self.machine.console.tail(60, since=mark) or self.machine.console.tail(20)))
-                response = json.loads(line) if line.startswith("{") else {}
-                if response.get("id") == request_id:
-                    break
+            line = self.machine.receive(timeout=max(0.0, deadline - time.monotonic()))
         except GuestDied as exc:
-            died = exc
-        else:
-            died = None
-        if died:
             time.sleep(0.2)  # the last console lines may still be in flight
-            self._die(GuestCrash(f"{self.machine.noun} died during {fn} ({died})",
+            self._die(GuestCrash(f"{self.machine.noun} died during {fn} ({exc})",
                                  self.machine.console.tail(200, since=mark)
                                  or self.machine.console.tail(60)))
-        result = CallResult(result=response.get("result"), elapsed=response.get("elapsed", 0.0),
-                            health=response.get("health", {}), error=response.get("error"))
-        if not response.get("ok"):
-            if (response.get("error") or {}).get("type") == "CallTimeout":
-                raise GuestHang(f"{fn}: {response['error']['message']}",
+        if line is None:
+            self._die(GuestHang(
+                f"{fn} did not return within {timeout + self.host_grace:.0f}s; "
+                f"{self.machine.noun} is replaced",
+                self.machine.console.tail(60, since=mark) or self.machine.console.tail(20)))
+        try:
+            response = parse_response(line)
+            if response.id != request_id:  # one request at a time: nothing else may answer
+                raise Malformed(f"it answers request {response.id}, not {request_id}")
+        except Malformed as exc:
+            self._die(GuestProtocolError(
+                f"{self.machine.noun} broke the agent protocol during {fn}; it is replaced. "
+                f"Received {excerpt(line)}: {exc}",
+                self.machine.console.tail(60, since=mark) or self.machine.console.tail(20)))
+        result = CallResult(result=response.result, elapsed=response.elapsed,
+                            health=response.health, error=response.error)
+        if not response.ok:
+            if response.error["type"] == "CallTimeout":
+                raise GuestHang(f"{fn}: {response.error['message']}",
                                 self.machine.console.tail(20, since=mark))
-            raise GuestCallError(response.get("error") or {}, result.health)
+            raise GuestCallError(response.error, result.health)
         return result
 
-    def _die(self, failure: GuestFailure):
+    def _die(self, failure: GuestFailure) -> NoReturn:
         self.dead = failure
         self.machine.kill()
         raise failure

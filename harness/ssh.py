@@ -310,6 +310,11 @@ class SshMachine:
         self._threads: list[threading.Thread] = []
         self.started_at: float | None = None
 
+    @property
+    def alive(self) -> bool:
+        """Connected: kill() closes the connection (the target's agent ends with it)."""
+        return self.client is not None
+
     def command_line(self) -> str:
         return self.target.ssh_command()
 
