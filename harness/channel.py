@@ -53,12 +53,19 @@ class Console:
         self.lines: collections.deque[str] = collections.deque(maxlen=4000)
         self.count = 0  # lines seen so far, so a caller can mark where a test's lines start
         self.panicked = threading.Event()
+        self.ended = threading.Event()  # the stream is over: no more lines will come
         self._lock = threading.Lock()  # count and lines change together
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_path.write_bytes(b"")  # a previous run's file of the same name is not appended to
 
     def pump(self, stream: Iterable[bytes]) -> None:
         """Copy a stream into the log until it ends (run in a thread)."""
+        try:
+            self._copy(stream)
+        finally:
+            self.ended.set()
+
+    def _copy(self, stream: Iterable[bytes]) -> None:
         written = 0
         dropped_lines = dropped_bytes = 0
         mid_line = False  # the file does not end with a newline
@@ -145,7 +152,7 @@ class LineChannel:
                 line = self._lines.get(timeout=min(remaining, 0.5))
             except queue.Empty:
                 if self.console.panicked.is_set():
-                    time.sleep(0.5)  # let the rest of the panic reach the log
+                    self.console.ended.wait(0.5)  # let the rest of the panic reach the log
                     raise GuestDied("kernel panic")
                 continue
             if line is None:

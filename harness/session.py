@@ -324,7 +324,7 @@ class GuestSession:
                                           "kwargs": kwargs, "timeout": timeout}))
             line = self.machine.receive(timeout=max(0.0, deadline - time.monotonic()))
         except GuestDied as exc:
-            time.sleep(0.2)  # the last console lines may still be in flight
+            self.machine.console.ended.wait(0.2)  # its last console lines may be in flight
             self._die(GuestCrash(f"{self.machine.noun} died during {fn} ({exc})",
                                  self.machine.console.tail(200, since=mark)
                                  or self.machine.console.tail(60)))
