@@ -68,6 +68,8 @@ class HealthRules:
         return None
 
     def check(self, health: dict) -> list[Finding]:
+        """health: a call's report as harness.session.parse_health gives it (the guest's dict,
+        its types checked where it was received), or {} when the guest sent none."""
         findings = self.check_lines(health.get("log_during", []))
         before, after = health.get("taint_before", 0), health.get("taint_after", 0)
         new = after & ~before & ~IGNORED_TAINT if before >= 0 and after >= 0 else 0

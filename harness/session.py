@@ -109,16 +109,23 @@ def _decode_object(line: str) -> dict:
     if isinstance(line, OversizedLine):
         raise Malformed(f"a line of {line.size} bytes, longer than any response may be")
     try:
-        value = json.loads(line)
-        # A lone surrogate ("\ud800") decodes, but no report file could be written with it.
-        json.dumps(value, ensure_ascii=False).encode()
+        value = json.loads(line, parse_constant=_refuse_constant)
     except RecursionError:
         raise Malformed("JSON nested too deeply") from None
-    except (ValueError, UnicodeError) as exc:  # ValueError: bad JSON, or an int of 5000 digits
+    except ValueError as exc:  # also an int of 5000 digits, or NaN
         raise Malformed(f"not JSON ({exc})") from None
+    try:
+        # A lone surrogate ("\ud800") decodes, but no report file could be written with it.
+        json.dumps(value, ensure_ascii=False).encode()
+    except UnicodeError:
+        raise Malformed("a string in it is not valid Unicode (a lone surrogate)") from None
     if not isinstance(value, dict):
         raise Malformed(f"JSON {type(value).__name__}, not an object")
     return value
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON value")
 
 
 def _int(value: object, what: str) -> int:

@@ -72,6 +72,7 @@ MALFORMED_RESPONSES = {
     "a number in the log lines": with_field(health={"log_before": [], "log_during": [1],
                                                     "taint_before": 0, "taint_after": 0}),
     "a lone surrogate": lambda request: [good(request).replace('"OK"', '"\\ud800"')],
+    "an Infinity in the result": lambda request: [good(request).replace('"OK"', 'Infinity')],
     "nested too deeply": lambda request: ["{" + '"a": [' * 100000],
     "another request's answer": lambda request: [good({"id": request["id"] + 7})],
 }
