@@ -281,16 +281,19 @@ def bzimage_release(path: Path) -> str:
 MANIFEST_FORMAT = 2
 
 
-def write_manifest(root: Path, meta: dict) -> None:
+def write_manifest(root: Path, meta: dict, only: set[str] | None = None) -> None:
+    """Record every regular file under root (or only those in `only`, relative paths)."""
     files = {}
     for dirpath, _dirs, names in os.walk(root):
         for n in names:
             p = Path(dirpath) / n
             st = p.lstat()
             # Links and device nodes (a root's /dev) are not content; reading a node could hang.
-            if not stat.S_ISREG(st.st_mode) or n == MANIFEST:
+            rel = str(p.relative_to(root))
+            wanted = only is None or rel in only
+            if not stat.S_ISREG(st.st_mode) or n == MANIFEST or not wanted:
                 continue
-            files[str(p.relative_to(root))] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns,
+            files[rel] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns,
                                                "sha256": _sha256(p)}
     meta = dict(meta, files=files, format=MANIFEST_FORMAT)
     if "release" in meta:  # a kernel tree: its image is checked by hash on every use too
@@ -360,7 +363,8 @@ def check_published(root: Path, log=lambda msg: None) -> tuple[dict | None, str 
     if meta is not None and meta.get("format") != MANIFEST_FORMAT:
         log(f"{root.name}: recording the file hashes of a tree cached by an older kconform")
         old = {k: v for k, v in meta.items() if k not in ("files", "format", "vmlinuz_sha256")}
-        write_manifest(root, old)
+        # Only what was published: a root has kernels' modules linked in since, and they change.
+        write_manifest(root, old, only=set(meta["files"]))
         meta, problem = check_manifest(root)
     return meta, problem
 
@@ -527,7 +531,8 @@ class AptArchive:
             "Dir::Etc::preferencesparts": f"{r}/etc/preferences.d/",
             "Dir::Etc::trusted": f"{r}/etc/trusted.gpg",
             "Dir::Etc::trustedparts": f"{r}/etc/trusted.gpg.d/",
-            "Dir::Etc::netrc": f"{r}/etc/auth.conf", "Dir::Etc::netrcparts": f"{r}/etc/auth.conf.d/",
+            "Dir::Etc::netrc": f"{r}/etc/auth.conf",
+            "Dir::Etc::netrcparts": f"{r}/etc/auth.conf.d/",
             "Dir::State": f"{r}/state/", "Dir::State::status": f"{r}/state/status",
             "Dir::Cache": f"{r}/cache/", "Dir::Log": f"{r}/log/",
             "APT::Architecture": "amd64", "APT::Architectures": "amd64",

@@ -54,9 +54,10 @@ def _repository(base: Path, gpg_home: Path | None = None) -> tuple[str, str | No
     binary = repo / "dists" / "s" / "main" / "binary-amd64"
     binary.mkdir(parents=True)
     (binary / "Packages").write_bytes(packages)
+    digest = hashlib.sha256(packages).hexdigest()
     release = ("Origin: kconform-test\nSuite: s\nCodename: s\nArchitectures: amd64\n"
                "Components: main\nDate: Sat, 01 Jan 2000 00:00:00 UTC\nSHA256:\n"
-               f" {hashlib.sha256(packages).hexdigest()} {len(packages)} main/binary-amd64/Packages\n")
+               f" {digest} {len(packages)} main/binary-amd64/Packages\n")
     (repo / "dists" / "s" / "Release").write_text(release)
     for path in [base, *base.rglob("*")]:
         os.chmod(path, 0o755 if path.is_dir() else 0o644)

@@ -154,11 +154,13 @@ def test_a_tree_with_an_old_manifest_gets_hashes_instead_of_a_download(tmp_path,
     old["files"] = {rel: entry["size"] for rel, entry in old["files"].items()}
     del old["format"]
     (root / "kconform-tree.json").write_text(json.dumps(old))
+    (root / "added-after-publishing").write_text("a root's linked-in modules, say")
     monkeypatch.setattr(provider, "_resolve", lambda s: ("1.0", "1.0-1"))
     monkeypatch.setattr(provider, "_fetch", lambda *a: pytest.fail("fetched again"))
     assert provider.get("debian-6.1").package_version == "1.0-1"
     meta = json.loads((root / "kconform-tree.json").read_text())
     assert meta["format"] == 2 and "sha256" in meta["files"]["lib/modules/1.0/a.ko"]
+    assert sorted(meta["files"]) == sorted(old["files"]), "only what was published is recorded"
 
 
 def test_a_malformed_resolution_is_asked_again_not_a_traceback(tmp_path, monkeypatch):
