@@ -219,6 +219,11 @@ class KconformRun:
         self.behaviours = expectations.load(Path(opt.expectations)) if opt.expectations \
             else expectations.load()
         self.known_crashes = _known_crashes(opt)
+        for name in ("ssh_key", "ssh_known_hosts"):
+            if getattr(opt, name):
+                setattr(opt, name, str(caller_path(getattr(opt, name))))
+        if getattr(opt, "xmlpath", None):  # pytest's --junitxml, read after this hook
+            opt.xmlpath = str(caller_path(opt.xmlpath))
         _check_cache()
         check_rootfs_name(opt.rootfs)
         if opt.rootfs != HOST and not self.kernel_names:

@@ -52,6 +52,7 @@ class Reporter:
         self.deferred: threading.Timer | None = None  # writes what a deferred rewrite left out
         self.lock = threading.Lock()
         self.finished = False
+        self.write_error: str | None = None  # the first report that could not be written
         config.addinivalue_line(
             "markers", "behaviour(id): the documented behaviour a test checks, for a test whose "
                        "expect() call does not name it as a literal (reports need it when the "
@@ -180,7 +181,7 @@ class Reporter:
         out = self.run.results_dir
         if not self.started_writing:  # reports of an earlier run must not pass for this one's
             for name in (REPORT_MARKDOWN, REPORT_HTML):
-                (out / name).unlink(missing_ok=True)
+                self._guarded(lambda: (out / name).unlink(missing_ok=True))
             self.started_writing = True
         # Rewritten as cases finish, each time whole: at 750 cases one rewrite costs ~40 ms, so
         # they are written compact (the end of the run indents them), and once a rewrite costs
@@ -198,8 +199,9 @@ class Reporter:
                     self.deferred.daemon = True
                     self.deferred.start()
                 return
-            write_json(self.results, out / REPORT_JSON, compact=True)
-            write_atomic(out / REPORT_JUNIT, junit_text(self.results, pretty=False))
+            self._guarded(lambda: (write_json(self.results, out / REPORT_JSON, compact=True),
+                                   write_atomic(out / REPORT_JUNIT,
+                                                junit_text(self.results, pretty=False))))
             spent = time.monotonic() - now
             self.next_write = now + 20 * spent if spent > 0.01 else 0.0
 
@@ -219,10 +221,24 @@ class Reporter:
             run = self.results.runs[0]
             run.update(finished=_now(), exit_status=int(exitstatus), complete=int(exitstatus) in
                        (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED))
-            write_reports(self.results, self.run.results_dir)
+            self._guarded(lambda: write_reports(self.results, self.run.results_dir))
+
+    def _guarded(self, write) -> None:
+        """--results-dir was writable when the run began; if it stops being so (full, removed,
+        remounted), the run goes on and its end says so once, instead of an internal error."""
+        try:
+            write()
+        except OSError as exc:
+            if self.write_error is None:
+                self.write_error = (f"cannot write the reports into {self.run.results_dir} "
+                                    f"({exc.strerror or exc}); free space there or choose "
+                                    "another --results-dir, and run again")
+                self.run._log(self.write_error)
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
-        if self.controller and self.results.cases:
+        if self.controller and self.write_error:
+            terminalreporter.write_line(f"kconform: {self.write_error}", red=True, bold=True)
+        elif self.controller and self.results.cases:
             out = self.run.results_dir
             terminalreporter.write_line(
                 f"kconform reports: {out}/{{{REPORT_JSON}, {REPORT_JUNIT}, {REPORT_MARKDOWN}, "

@@ -405,3 +405,31 @@ def test_expand_kernel_args_makes_a_relative_path_absolute(tmp_path):
     (tmp_path / "linux").mkdir()
     names = expand_kernel_args(["debian-6.1,linux/"], load_specs(), cwd=tmp_path)
     assert names == ["debian-6.1", str(tmp_path / "linux")]
+
+
+def test_junitxml_is_taken_from_where_the_user_typed_it(tmp_path):
+    proc = collect("--kernel", "debian-6.1", "--junitxml=j.xml",
+                   env={"KCONFORM_CALLER_CWD": str(tmp_path)})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (tmp_path / "j.xml").is_file() and not (REPO / "j.xml").exists()
+
+
+def test_a_results_dir_that_stops_taking_files_mid_run_is_said_once_not_an_internal_error(
+        tmp_path, not_a_directory):
+    from types import SimpleNamespace
+
+    from harness import report
+    said = []
+    config = SimpleNamespace(invocation_params=SimpleNamespace(args=()),
+                             addinivalue_line=lambda *a: None)
+    reporter = report.Reporter(config, SimpleNamespace(results_dir=not_a_directory,
+                                                       _log=said.append))
+    reporter.results.kernels["k"] = {"name": "k"}
+    for n in range(3):
+        reporter.results.cases.append({"id": str(n), "kernel": "k", "case": "c", "file": "f",
+                                       "verdict": "pass", "behaviour": None, "observed": None,
+                                       "reproduce": "r"})
+        reporter.next_write = 0.0
+        reporter._write_incremental()
+    assert len(said) == 1 and f"cannot write the reports into {not_a_directory}" in said[0]
+    assert "--results-dir" in reporter.write_error
