@@ -104,10 +104,22 @@ class Behaviour:
                                             for v in expect.values())
         return any(lost(o.expect) for o in self.outcomes)
 
+    @property
+    def floor(self) -> tuple[int, ...]:
+        """The oldest kernel any outcome covers."""
+        return min(((min(o.since) if o.since else (0, 0, 0)) for o in self.outcomes),
+                   default=(0, 0, 0))
+
     def outcome_for(self, version: tuple[int, ...]) -> Outcome:
         matches = [o for o in self.outcomes if o.applies(version)]
         if len(matches) > 1 and sum(o.regression for o in matches) == 1:
             return next(o for o in matches if o.regression)
+        floor = self.floor
+        if not matches and version < floor:
+            raise ExpectationsError(
+                f"{self.id}: 0 outcomes apply to {'.'.join(map(str, version))}: the expectations "
+                f"start at {'.'.join(map(str, floor))} (the oldest since =); add an outcome for "
+                "older kernels, or run a newer kernel")
         if len(matches) != 1:
             raise ExpectationsError(f"{self.id}: {len(matches)} outcomes apply to "
                                     f"{'.'.join(map(str, version))}; the bounds must not overlap "
@@ -118,8 +130,8 @@ class Behaviour:
         """Exactly one outcome applies to every kernel from the oldest any outcome covers on.
         Which outcomes apply changes only at a bound (and, for a stable bound such as 6.1.72,
         where its series ends), so checking those versions checks them all."""
-        floor = min((min(o.since) if o.since else (0, 0, 0)) for o in self.outcomes)
-        points = {floor}
+        floor = self.floor
+        points = {floor}  # older kernels are not covered, which outcome_for says as such
         for outcome in self.outcomes:
             for bound in (*outcome.since, *outcome.until):
                 points.add(bound)

@@ -433,3 +433,12 @@ def test_a_results_dir_that_stops_taking_files_mid_run_is_said_once_not_an_inter
         reporter._write_incremental()
     assert len(said) == 1 and f"cannot write the reports into {not_a_directory}" in said[0]
     assert "--results-dir" in reporter.write_error
+
+
+def test_a_kernel_older_than_every_outcome_is_told_so(tmp_path):
+    path = tmp_path / "expectations.toml"
+    path.write_text(BACKPORT.replace("SINCE", '["6.2", "6.1.72"]'))
+    behaviour = expectations.load(path)["X2"]
+    with pytest.raises(KconformError, match=r"0 outcomes apply to 5.10.0: the expectations "
+                                            r"start at 6.1.72"):
+        expectations.judge(behaviour, (5, 10, 0), {"errno": "OK"})
