@@ -3,7 +3,6 @@ and host are validated before anything connects, the printed ssh line cannot be 
 and the name a target gives its kernel is safe as a path component."""
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import shutil
@@ -13,8 +12,10 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from harness import results
 from harness.errors import KconformError
 from harness.ssh import SshTarget, parse_description, target_kernel_name
+from tests.test_targets_vm import _target_args, ssh_target  # noqa: F401  (ssh_target: a fixture)
 
 DEBIAN = ("Linux version 6.1.0-50-amd64 (debian-kernel@lists.debian.org) (gcc-12 (Debian "
           "12.2.0-14+deb12u1) 12.2.0, GNU ld (GNU Binutils for Debian) 2.40) #1 SMP "
@@ -145,3 +146,23 @@ def test_any_target_url_parses_or_is_refused_with_kconforms_error(url):
     assert argv[-2] == "--" and not argv[-1].startswith("-")
     assert not any(c.isspace() or ord(c) < 32 for c in target.user + target.host)
     assert 1 <= target.port <= 65535
+
+
+# ---------------------------------------------------------------------- sock_ops cgroups (vm)
+
+@pytest.mark.vm
+def test_sock_ops_programs_stay_in_kconforms_cgroups_and_a_dead_agents_are_removed(run_pytest,
+                                                                                 ssh_target):
+    """On an SSH target (a machine that outlives its connections): a case's program sees the
+    case's sockets only, never the root cgroup's; an agent's start removes only dead agents'
+    groups; and an agent killed mid-case leaves a group with its program attached that the
+    next connection removes."""
+    proc = run_pytest("tests/faultcases/sock_ops_cgroup.py", *_target_args(ssh_target), "-v")
+    verdicts = {c["case"]: c["verdict"] for c in results.load(proc.results).cases}
+    assert verdicts == {"test_a_case_program_sees_only_the_cases_sockets": "pass",
+                        "test_an_agent_start_removes_only_dead_agents_groups": "pass",
+                        "test_killed_in_a_case": "crashed",
+                        "test_the_next_connection_finds_nothing_left": "pass"}, proc.stdout
+    consoles = "".join(p.read_text() for p in (proc.results / "console").glob("*.log"))
+    assert re.search(r"kconform: removed cgroup kconform-\d+-\d+-\d+ left by a dead agent "
+                     r"\(1 program\(s\) detached\)", consoles), consoles[-3000:]

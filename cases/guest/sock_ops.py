@@ -1,51 +1,19 @@
 """Guest side of cases/test_sock_ops.py: sock_ops programs adding sockets to maps.
 
-The program is attached to the root cgroup (v2) for the length of one case, so every TCP socket
-in the guest passes through it; it acts only on the port the case writes into `ops_cfg`.
+The program is attached, for the length of one case, to a cgroup kconform makes for it with only
+the agent inside while the case creates its sockets (harness/agent/cgroups.py): never the root
+cgroup, whose every TCP socket it would see (on an SSH target, a real host's). It acts only on
+the port the case writes into `ops_cfg`.
 """
-import contextlib
-import ctypes
-import os
 import socket
 import struct
-import subprocess
-import tempfile
 
 from harness.agent import libbpf as bpf
+from harness.agent.cgroups import case_cgroup
 from harness.agent.observe import outcome, socket_cookie
 from harness.agent.sockets import closing_all, tcp_pair
 
 MAPS = {"sockmap": "sock_map", "sockhash": "sock_hash"}
-CGROUP2_SUPER_MAGIC = 0x63677270
-
-
-def _is_cgroup2(path):
-    buf = ctypes.create_string_buffer(128)  # struct statfs; f_type is the first field
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.statfs(path.encode(), buf) != 0:
-        return False
-    return struct.unpack_from("<q", buf.raw)[0] == CGROUP2_SUPER_MAGIC
-
-
-@contextlib.contextmanager
-def root_cgroup():
-    """An fd of the cgroup v2 root, mounting cgroup2 privately if the guest has not."""
-    if _is_cgroup2("/sys/fs/cgroup"):
-        fd = os.open("/sys/fs/cgroup", os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            yield fd
-        finally:
-            os.close(fd)
-        return
-    where = tempfile.mkdtemp(prefix="kconform-cgroup2-")
-    subprocess.run(["mount", "-t", "cgroup2", "none", where], check=True, capture_output=True)
-    fd = os.open(where, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        yield fd
-    finally:
-        os.close(fd)
-        subprocess.run(["umount", where], capture_output=True)
-        os.rmdir(where)
 
 
 RESULT = struct.Struct("<qII")
@@ -55,7 +23,7 @@ KEYS = {0: "listener", 1: "accepted", 2: "connected"}
 def sock_ops_update(obj, map_type):
     """Listen, accept and connect on one port; what the helper returned in each callback and
     whether each map entry holds that very socket (by cookie)."""
-    with bpf.BpfObject(obj) as o, root_cgroup() as cgroup:
+    with bpf.BpfObject(obj) as o, case_cgroup() as cgroup:
         prog = o.prog_fd("prog_sockops_update")
         bpf.prog_attach(prog, cgroup, "cgroup_sock_ops")
         try:

@@ -120,6 +120,10 @@ def main():
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     kmsg = KernelLog()
+    # An agent killed in a case may have left a cgroup with a program attached (an SSH target
+    # lives on between connections): removed before anything else runs.
+    from harness.agent.cgroups import clean_at_start
+    clean_at_start()
     with open("/proc/uptime") as f:
         uptime = float(f.read().split()[0])
     with open("/proc/version") as f:

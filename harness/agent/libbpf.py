@@ -71,6 +71,7 @@ def _declare(l):
                                    ctypes.POINTER(u32), ctypes.POINTER(u32)]),
         "bpf_link_create": (c_int, [c_int, c_int, c_int, vp]),
         "bpf_obj_get_info_by_fd": (c_int, [c_int, vp, ctypes.POINTER(u32)]),
+        "bpf_prog_get_fd_by_id": (c_int, [u32]),
         "bpf_object__open_file": (vp, [ctypes.c_char_p, vp]),
         "bpf_object__load": (c_int, [vp]),
         "bpf_object__close": (None, [vp]),
@@ -180,6 +181,11 @@ def prog_query(target_fd, attach_type, query_flags=0, max_ids=8):
                                 ctypes.byref(attach_flags), ids, ctypes.byref(count)), "prog_query")
     return {"attach_flags": attach_flags.value, "prog_ids": list(ids[:count.value]),
             "prog_cnt": count.value}
+
+
+def prog_get_fd_by_id(prog_id):
+    """An fd of a loaded program, found by its id (as prog_query lists them)."""
+    return _check(lib().bpf_prog_get_fd_by_id(prog_id), "prog_get_fd_by_id")
 
 
 class _LinkCreateOpts(ctypes.Structure):
