@@ -170,13 +170,13 @@ class GuestPool:
             return (SshMachine(self.run.targets[name], log, connect_within=boot_timeout / 2),
                     boot_timeout)
         accel = self.run.accel(tree)
-        try:
+        try:  # a root or a command line that cannot be made fails every test of this kernel
             rootfs = self.run.rootfs(tree)
+            guest = Guest(tree, accel, log, rootfs=rootfs, memory=self.run.memory)
         except KconformError as exc:
             self.failed[name] = exc
             raise
-        return (Guest(tree, accel, log, rootfs=rootfs, memory=self.run.memory),
-                self.run.boot_timeout(accel))
+        return guest, self.run.boot_timeout(accel)
 
     def _make_sure_gone(self, name: str) -> None:
         """One machine per kernel per process: a replacement starts only once the last machine
