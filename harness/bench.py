@@ -25,10 +25,10 @@ import threading
 import time
 from pathlib import Path
 
-from .accel import choose_accel
 from .kernels import KernelProvider, expand_kernel_args, load_specs
+from .machines.accel import choose_accel
+from .machines.qemu import build_vng_command, guest_python
 from .paths import REPO_ROOT
-from .vm import build_vng_command, guest_python
 
 OVERHEAD_TARGET_MS = 50.0
 FLOOR_FACTOR = 1.3

@@ -12,8 +12,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from .cache import bpf_cache_dir
 from .errors import KconformError
-from .paths import REPO_ROOT, bpf_cache_dir
+from .paths import REPO_ROOT
 
 BPF_DIR = REPO_ROOT / "cases" / "bpf"
 ARCH_INCLUDE = "/usr/include/x86_64-linux-gnu"  # asm/types.h for -target bpf on Debian

@@ -106,8 +106,8 @@ def _caller_cwd() -> None:
 
 def merge_main(argv: list[str]) -> int:
     from .errors import KconformError
-    from .grid import write_reports
-    from .results import load, merge, writable_directory
+    from .reports.grid import write_reports
+    from .reports.results import load, merge, writable_directory
     parser = argparse.ArgumentParser(
         prog="kconform merge", description="Merge the results of several runs (one kernel each, "
         "e.g. a CI matrix) into one results file with its JUnit file and grid.")
@@ -133,8 +133,8 @@ def merge_main(argv: list[str]) -> int:
 
 
 def compare_main(argv: list[str]) -> int:
-    from .compare import compare, render, sides
     from .errors import KconformError
+    from .reports.compare import compare, render, sides
     parser = argparse.ArgumentParser(
         prog="kconform compare", description="Print the behaviours whose observed outcome differs "
         "between two kernels. Exit status 1 when a behaviour regressed (pass or expected "
@@ -159,9 +159,8 @@ def compare_main(argv: list[str]) -> int:
 def cache_main(argv: list[str]) -> int:
     """`cache verify`: every cached kernel tree and root re-hashed against its manifest (a run
     checks only sizes and mtimes). Exit 1 when something is damaged."""
+    from .cache import cache_dir, verify_cache
     from .errors import KconformError
-    from .kernels import verify_cache
-    from .paths import cache_dir
     if argv != ["verify"]:
         print("kconform: usage: ./kconform cache verify", file=sys.stderr)
         return 2

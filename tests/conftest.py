@@ -40,7 +40,7 @@ def reference_run(tmp_path_factory):
 
 def verdicts_of(results_dir: Path, kernel: str) -> dict:
     """{(file, case without the kernel): verdict} of one kernel in a run's report.json."""
-    from harness import results
+    from harness.reports import results
     cases = results.load(results_dir).for_kernel(kernel)
     return {(c["file"], c["case"]): c["verdict"] for c in cases}
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from harness.channel import Console, GuestDied, LineChannel
+from harness.machines.channel import Console, GuestDied, LineChannel
 
 DATA = Path(__file__).parent / "data"
 

@@ -2,7 +2,7 @@
 and then stop a kernel's decompressor with an emulation failure)."""
 import pytest
 
-from harness.accel import probe_boot
+from harness.machines.accel import probe_boot
 from harness.kernels import KernelProvider
 
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from harness import kernels
+from harness.kernels import apt as kernels
 from harness.errors import KconformError, KernelUnavailable
-from harness.kernels import (AptArchive, KernelProvider, KernelSpec, apt_sandbox_user,
-                             check_mirror_url, system_debian_mirror)
+from harness.kernels import AptArchive, KernelProvider, KernelSpec, apt_sandbox_user
+from harness.kernels.apt import check_mirror_url, system_debian_mirror
 
 needs_apt = pytest.mark.skipif(not shutil.which("apt-get") or not shutil.which("dpkg-deb"),
                                reason="needs apt and dpkg-deb")

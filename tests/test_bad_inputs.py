@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import expectations, results
+from harness.judging import expectations
+
+from harness.reports import results
 from harness.errors import KconformError
 from harness.kernels import default_kernel_names, expand_kernel_args, load_specs
 from tests.conftest import REPO
@@ -136,9 +138,9 @@ def test_a_malformed_kernel_definition_is_a_usage_error_of_pytest(tmp_path):
     script = textwrap.dedent(f"""\
         import sys
         from pathlib import Path
-        import harness.kernels as kernels, harness.plugin as plugin
+        import harness.kernels as kernels, harness.plugin.run as plugin_run
         real = kernels.load_specs
-        plugin.load_specs = lambda directory=Path({str(tmp_path)!r}): real(directory)
+        plugin_run.load_specs = lambda directory=Path({str(tmp_path)!r}): real(directory)
         import pytest
         sys.exit(pytest.main(["-p", "no:cacheprovider", "cases", "--collect-only", "-q",
                               "--kernel", "debian-6.1",
@@ -418,7 +420,7 @@ def test_a_results_dir_that_stops_taking_files_mid_run_is_said_once_not_an_inter
         tmp_path, not_a_directory):
     from types import SimpleNamespace
 
-    from harness import report
+    from harness.plugin import recording as report
     said = []
     config = SimpleNamespace(invocation_params=SimpleNamespace(args=()),
                              addinivalue_line=lambda *a: None)

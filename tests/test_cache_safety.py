@@ -11,11 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from harness import accel, cli, kernels
+from harness import cache, cli
+from harness.kernels import provider as kernels_provider
+
+from harness.machines import accel
 from harness.errors import KconformError
-from harness.kernels import KernelProvider, check_manifest, verify_cache, write_manifest
-from harness.paths import (BUILDING_LOCK, cache_dir, cache_lock, remove_abandoned_staging,
-                           staging_dir)
+from harness.kernels import KernelProvider
+from harness.cache import check_manifest, verify_cache, write_manifest
+from harness.cache import BUILDING_LOCK, cache_dir, cache_lock, remove_abandoned_staging, staging_dir
 
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="giving a directory away needs root")
 
@@ -97,7 +100,7 @@ def test_the_manifest_records_each_files_hash_size_and_mtime(tmp_path):
     entry = files["lib/modules/1.0/a.ko"]
     st = (tmp_path / "lib/modules/1.0/a.ko").stat()
     assert entry == {"size": st.st_size, "mtime_ns": st.st_mtime_ns,
-                     "sha256": kernels._sha256(tmp_path / "lib/modules/1.0/a.ko")}
+                     "sha256": cache._sha256(tmp_path / "lib/modules/1.0/a.ko")}
 
 
 def test_a_file_changed_in_place_is_caught_on_use(tmp_path):
@@ -113,8 +116,8 @@ def test_a_file_changed_in_place_is_caught_on_use(tmp_path):
 def test_use_hashes_only_the_kernel_image_and_verify_hashes_everything(tmp_path, monkeypatch):
     _tree(tmp_path)
     hashed = []
-    real = kernels._sha256
-    monkeypatch.setattr(kernels, "_sha256", lambda p: (hashed.append(p.name), real(p))[1])
+    real = cache._sha256
+    monkeypatch.setattr(cache, "_sha256", lambda p: (hashed.append(p.name), real(p))[1])
     assert check_manifest(tmp_path)[0]
     assert hashed == ["vmlinuz-1.0"]
     hashed.clear()
@@ -169,7 +172,7 @@ def test_a_malformed_resolution_is_asked_again_not_a_traceback(tmp_path, monkeyp
     for bad in ('{"abi": "1.0", "version": "1.0-1", "at": "yesterday"}',
                 '{"abi": "../../../etc", "version": "1", "at": 1e12}', "[]", "{"):
         (tmp_path / "resolved" / "debian-6.1.json").write_text(bad)
-        assert kernels._read_resolution(tmp_path / "resolved" / "debian-6.1.json") is None
+        assert kernels_provider._read_resolution(tmp_path / "resolved" / "debian-6.1.json") is None
 
 
 # -- staging directories

@@ -19,12 +19,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harness import vm
-from harness.accel import Accel
+from harness.machines import qemu as vm
+from harness.machines.accel import Accel
 from harness.errors import KconformError
 from harness.kernels import KernelTree
-from harness.rootfs import Rootfs
-from harness.vm import build_vng_command, check_memory, virtiofs_keeps_root_readonly
+from harness.machines.rootfs import Rootfs
+from harness.machines.qemu import build_vng_command, check_memory, virtiofs_keeps_root_readonly
 
 TCG = Accel("tcg", "qemu64", "test")
 RELEASE = "6.1.0-kconform-test"

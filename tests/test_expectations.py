@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import expectations as ex
+from harness.judging import expectations as ex
+from harness.versions import upstream_version
 
 CASES = Path(__file__).resolve().parent.parent / "cases"
 
@@ -19,7 +20,7 @@ CASES = Path(__file__).resolve().parent.parent / "cases"
     ((7, 2, 13), ["6.7", "6.1.72"], True),
 ])
 def test_a_change_is_present_from_mainline_or_its_stable_backport(version, bounds, expected):
-    assert ex.has_change(version, [ex.parse_upstream_version(b) for b in bounds]) is expected
+    assert ex.has_change(version, [upstream_version(b) for b in bounds]) is expected
 
 
 def _behaviour(*outcomes):

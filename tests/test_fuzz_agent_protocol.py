@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.health import HealthRules
-from harness.plugin import _failure_text
-from harness.session import (CallResult, GuestCallError, GuestFailure, GuestSession,
+from harness.judging.health import HealthRules
+from harness.plugin.run import _failure_text
+from harness.machines.session import (CallResult, GuestCallError, GuestFailure, GuestSession,
                              crash_fingerprint)
 from tests.fake_machine import DIE, CLEAN_HEALTH, FakeMachine, Reply, hello_line, response_line
 

@@ -17,7 +17,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harness import compare, expectations, grid, junit, results
+from harness.reports import compare
+
+from harness.judging import expectations
+
+from harness.reports import grid
+
+from harness.reports import junit
+
+from harness.reports import results
 from harness.errors import KconformError
 from harness.kernels import load_specs, parse_spec
 from tests.conftest import REPO

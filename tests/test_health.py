@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.health import HealthRules
-from harness.session import crash_fingerprint
+from harness.judging.health import HealthRules
+from harness.machines.session import crash_fingerprint
 
 DATA = Path(__file__).parent / "data"
 
@@ -44,7 +44,7 @@ def test_panic_log_gives_a_fingerprint_of_the_first_frames():
 
 
 def test_known_crashes_are_data_with_reasons_matched_by_their_first_frames(tmp_path):
-    from harness.health import KnownCrashes
+    from harness.judging.health import KnownCrashes
     assert KnownCrashes().entries == []  # the shipped list loads (and is empty so far)
     path = tmp_path / "known.toml"
     path.write_text('[[crash]]\nfingerprint = "a|b"\nreason = "why"\nlink = "https://x"\n')

@@ -7,9 +7,12 @@ import subprocess
 import pytest
 
 from harness.errors import KconformError
-from harness.kernels import (AptArchive, KernelProvider, bzimage_release, check_manifest, default_kernel_names,
-                             expand_kernel_args, load_specs, parse_kconfig, parse_upstream_version,
-                             system_debian_mirror, write_manifest)
+from harness.kernels import (AptArchive, KernelProvider, bzimage_release, default_kernel_names,
+                             expand_kernel_args, load_specs)
+from harness.kernels.apt import system_debian_mirror
+from harness.kernels.trees import parse_kconfig
+from harness.versions import upstream_version as parse_upstream_version
+from harness.cache import check_manifest, write_manifest
 
 
 def test_every_named_kernel_is_defined_and_ordered_by_series():

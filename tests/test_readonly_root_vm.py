@@ -2,10 +2,10 @@
 virtme-ng shares with it, even after `mount -o remount,rw /` (debian-6.1, the host's root)."""
 import pytest
 
-from harness.accel import choose_accel
+from harness.machines.accel import choose_accel
 from harness.kernels import KernelProvider
-from harness.session import GuestSession
-from harness.vm import Guest
+from harness.machines.session import GuestSession
+from harness.machines.qemu import Guest
 
 pytestmark = pytest.mark.vm
 

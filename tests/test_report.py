@@ -15,9 +15,14 @@ from html.parser import HTMLParser
 
 import pytest
 
-from harness import compare, grid, results
-from harness import junit
-from harness.results import ResultsError
+from harness.reports import compare
+
+from harness.reports import grid
+
+from harness.reports import results
+from harness import versions
+from harness.reports import junit
+from harness.reports.results import ResultsError
 from tests.conftest import REPO
 
 DATA = REPO / "tests" / "data" / "results"
@@ -326,10 +331,10 @@ def test_the_reproduction_line_reruns_just_that_case(run_pytest, tmp_path):
 
 
 def test_kernel_versions_order_columns():
-    assert results.upstream_key("5.10.223") < results.upstream_key("6.1.176") < \
-        results.upstream_key("6.12.57") < results.upstream_key("7.2.1")
-    assert results.upstream_key("6.1.176-1") == (6, 1, 176)
-    assert results.upstream_key(None) > results.upstream_key("7.3")
+    assert versions.sort_key("5.10.223") < versions.sort_key("6.1.176") < \
+        versions.sort_key("6.12.57") < versions.sort_key("7.2.1")
+    assert versions.sort_key("6.1.176-1") == (6, 1, 176)
+    assert versions.sort_key(None) > versions.sort_key("7.3")
 
 
 def test_results_file_of_another_format_is_refused():
@@ -353,7 +358,7 @@ def test_costly_rewrites_are_spaced_out_and_what_they_skip_is_written_soon(tmp_p
     the cases that finished meanwhile, though no further case finishes."""
     from types import SimpleNamespace
 
-    from harness import report
+    from harness.plugin import recording as report
     writes = []
 
     def slow_json(results_doc, path, compact=False):

@@ -11,7 +11,9 @@ import subprocess
 import pytest
 from PIL import Image
 
-from harness import grid, results
+from harness.reports import grid
+
+from harness.reports import results
 from tests.test_report import REGRESSION
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")

@@ -14,7 +14,9 @@ from pathlib import Path
 
 from hypothesis import given, settings, strategies as st
 
-from harness import grid, results
+from harness.reports import grid
+
+from harness.reports import results
 from tests.test_report import ONLY_510
 
 HOSTILE = [

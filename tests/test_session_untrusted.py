@@ -12,11 +12,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from harness import channel
-from harness.channel import Console, LineChannel
-from harness.health import HealthRules
-from harness.plugin import MAX_REPLACEMENTS, GuestPool
-from harness.session import (BootFailure, BootProtocolError, GuestCallError, GuestCrash,
+from harness.machines import channel
+from harness.machines.channel import Console, LineChannel
+from harness.judging.health import HealthRules
+from harness.plugin.run import MAX_REPLACEMENTS, GuestPool
+from harness.machines.session import (BootFailure, BootProtocolError, GuestCallError, GuestCrash,
                              GuestFailure, GuestHang, GuestProtocolError, GuestSession)
 from tests.fake_machine import (DIE, HANG, FakeMachine, LiveCount, Reply, hello_line,
                                 response_line, saved_console)

@@ -2,7 +2,7 @@
 import pytest
 
 from harness.errors import KconformError
-from harness.ssh import SshTarget, parse_description
+from harness.machines.ssh import SshTarget, parse_description
 
 DEBIAN = ("Linux version 6.1.0-50-amd64 (debian-kernel@lists.debian.org) (gcc-12 (Debian "
           "12.2.0-14+deb12u1) 12.2.0, GNU ld (GNU Binutils for Debian) 2.40) #1 SMP "
@@ -73,7 +73,7 @@ def test_a_server_that_hangs_up_after_its_banner_is_a_clear_transient_error():
     import socket
     import threading
 
-    from harness.ssh import SshError, connect
+    from harness.machines.ssh import SshError, connect
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(1)
@@ -94,13 +94,13 @@ def test_a_server_that_hangs_up_after_its_banner_is_a_clear_transient_error():
 
 
 def test_a_missing_key_file_is_named(tmp_path):
-    from harness.ssh import SshError, connect
+    from harness.machines.ssh import SshError, connect
     with pytest.raises(SshError, match="--ssh-key .*/nokey: no such file"):
         connect(SshTarget.parse("ssh://root@127.0.0.1:9", key_file=str(tmp_path / "nokey")))
 
 
 def test_a_description_survives_the_trip_to_an_xdist_worker(tmp_path):
-    from harness.ssh import description_from_dict, description_to_dict
+    from harness.machines.ssh import description_from_dict, description_to_dict
     out = f"6.1.0-50-amd64\n0\n{DEBIAN}\n---config---\nCONFIG_BPF_SYSCALL=y\n"
     tree = parse_description(target(), out, "", tmp_path)
     again = description_from_dict(description_to_dict(tree))

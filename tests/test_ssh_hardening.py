@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from harness import results
+from harness.reports import results
 from harness.errors import KconformError
-from harness.ssh import SshTarget, parse_description, target_kernel_name
+from harness.machines.ssh import SshTarget, parse_description, target_kernel_name
 from tests.test_targets_vm import _target_args, ssh_target  # noqa: F401  (ssh_target: a fixture)
 
 DEBIAN = ("Linux version 6.1.0-50-amd64 (debian-kernel@lists.debian.org) (gcc-12 (Debian "

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from harness import results
-from harness.accel import choose_accel
+from harness.reports import results
+from harness.machines.accel import choose_accel
 from harness.kernels import KernelProvider
-from harness.ssh import SshError, SshTarget, connect, run
-from harness.vm import Guest
+from harness.machines.ssh import SshError, SshTarget, connect, run
+from harness.machines.qemu import Guest
 from tests.conftest import verdicts_of
 
 pytestmark = pytest.mark.vm

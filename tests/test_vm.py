@@ -12,9 +12,10 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from harness import results
-from harness.kernels import KernelProvider, check_manifest
-from harness.paths import cache_dir
+from harness.reports import results
+from harness.kernels import KernelProvider
+from harness.cache import check_manifest
+from harness.cache import cache_dir
 from tests.conftest import REPO, leftover_guests
 
 pytestmark = pytest.mark.vm

@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 
 from harness.bpf import build
-from harness.vm import guest_name
+from harness.machines.qemu import guest_name
 
 
 def test_1_before(guest):

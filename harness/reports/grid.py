@@ -16,9 +16,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .junit import junit_text
-from .results import (CRASHED, EXPECTED_DIFFERENCE, FAIL, PASS, REPORT_HTML, REPORT_JSON,
-                      REPORT_JUNIT, REPORT_MARKDOWN, SKIPPED, Results, worst,
-                      write_atomic, write_json)
+from .results import (
+    CRASHED,
+    EXPECTED_DIFFERENCE,
+    FAIL,
+    PASS,
+    REPORT_HTML,
+    REPORT_JSON,
+    REPORT_JUNIT,
+    REPORT_MARKDOWN,
+    SKIPPED,
+    Results,
+    worst,
+    write_atomic,
+    write_json,
+)
 
 LABELS = {PASS: "pass", EXPECTED_DIFFERENCE: "expected difference", FAIL: "fail",
           CRASHED: "crashed", SKIPPED: "skipped"}

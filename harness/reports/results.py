@@ -24,8 +24,9 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import KconformError
-from .expectations import CRASHED, EXPECTED_DIFFERENCE, FAIL, PASS, SKIPPED
+from ..errors import KconformError
+from ..judging.expectations import CRASHED, EXPECTED_DIFFERENCE, FAIL, PASS, SKIPPED
+from ..versions import sort_key
 
 FORMAT = "kconform-results/1"
 REPORT_JSON = "report.json"
@@ -44,18 +45,6 @@ class ResultsError(KconformError):
     pass
 
 
-def upstream_key(text: str | None) -> tuple[int, ...]:
-    """'6.1.176-1' -> (6, 1, 176); unknown versions sort after every known one."""
-    if not text:
-        return (10**6,)
-    parts = []
-    for piece in text.replace("-", ".").split(".")[:3]:
-        digits = "".join(c for c in piece if c.isdigit())
-        if not digits or digits != piece:
-            break
-        parts.append(int(digits))
-    return tuple(parts) or (10**6,)
-
 
 def worst(verdicts) -> str:
     return max(verdicts, key=lambda v: SEVERITY.get(v, 0))
@@ -70,7 +59,7 @@ class Results:
 
     def kernel_order(self) -> list[str]:
         """Kernel names oldest first (the grid's columns, JUnit's suites)."""
-        return sorted(self.kernels, key=lambda n: (upstream_key(self.kernels[n].get("upstream")), n))
+        return sorted(self.kernels, key=lambda n: (sort_key(self.kernels[n].get("upstream")), n))
 
     def sorted_cases(self) -> list[dict]:
         order = {name: i for i, name in enumerate(self.kernel_order())}

@@ -20,10 +20,20 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import KconformError
-from .kernels import (DEBIAN_KEYRING, KernelTree, check_manifest, check_published, disk_full,
-                      remove_published, require_debian_mirror, write_manifest)
-from .paths import REPO_ROOT, cache_dir, cache_lock, staging_dir
+from ..cache import (
+    cache_dir,
+    cache_lock,
+    check_manifest,
+    check_published,
+    disk_full,
+    remove_published,
+    staging_dir,
+    write_manifest,
+)
+from ..errors import KconformError
+from ..kernels import KernelTree
+from ..kernels.apt import DEBIAN_KEYRING, require_debian_mirror
+from ..paths import REPO_ROOT
 
 IMAGES_DIR = REPO_ROOT / "images"
 HOST = "host"

@@ -11,14 +11,13 @@ Version bounds follow stable-kernel practice: "6.7" means every kernel from 6.7 
 from __future__ import annotations
 
 import datetime
-import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import KconformError
-from .kernels import parse_upstream_version  # noqa: F401  (callers read versions through here)
-from .paths import REPO_ROOT
+from ..errors import KconformError
+from ..paths import REPO_ROOT
+from ..versions import bound_version
 
 DEFAULT_FILE = REPO_ROOT / "cases" / "expectations.toml"
 
@@ -33,23 +32,15 @@ class ExpectationsError(KconformError, ValueError):
     """A bad expectations file, or bounds that leave a kernel with no outcome or with several."""
 
 
-VERSION = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
 BEHAVIOUR_FIELDS = ("title", "section", "outcomes")
 OUTCOME_FIELDS = ("expect", "source", "since", "until", "reason", "differs_from_doc", "regression")
 
-
-def parse_version(text: str) -> tuple[int, int, int]:
-    """'6.1' -> (6, 1, 0), '6.1.72' -> (6, 1, 72); anything else is a ValueError."""
-    match = VERSION.fullmatch(text)
-    if not match:
-        raise ValueError(f"{text!r} is not a kernel version like \"6.1\" or \"6.1.72\"")
-    return tuple(int(g or 0) for g in match.groups())
 
 
 def _versions(value) -> list[tuple[int, ...]]:
     if value is None:
         return []
-    return [parse_version(v) for v in ([value] if isinstance(value, str) else value)]
+    return [bound_version(v) for v in ([value] if isinstance(value, str) else value)]
 
 
 def has_change(version: tuple[int, ...], bounds: list[tuple[int, ...]]) -> bool:

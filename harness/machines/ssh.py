@@ -23,10 +23,10 @@ from pathlib import Path
 
 import paramiko
 
+from ..errors import KconformError
+from ..kernels import KernelTree
+from ..paths import REPO_ROOT, agent_argv
 from .channel import Console, GuestDied, LineChannel
-from .errors import KconformError
-from .kernels import KernelTree
-from .paths import REPO_ROOT, agent_argv
 
 # The repo's files the guest side imports: the agent and what the cases' guest functions use.
 GUEST_SIDE = ("harness/__init__.py", "harness/agent", "cases/__init__.py", "cases/guest",

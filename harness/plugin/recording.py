@@ -27,11 +27,24 @@ from datetime import datetime, timezone
 
 import pytest
 
-from .grid import write_reports
-from .kernels import parse_upstream_version
-from .junit import junit_text
-from .results import (BAD, CRASHED, EXPECTED_DIFFERENCE, FAIL, PASS, REPORT_HTML, REPORT_JSON,
-                      REPORT_JUNIT, REPORT_MARKDOWN, SKIPPED, Results, write_atomic, write_json)
+from ..reports.grid import write_reports
+from ..reports.junit import junit_text
+from ..reports.results import (
+    BAD,
+    CRASHED,
+    EXPECTED_DIFFERENCE,
+    FAIL,
+    PASS,
+    REPORT_HTML,
+    REPORT_JSON,
+    REPORT_JUNIT,
+    REPORT_MARKDOWN,
+    SKIPPED,
+    Results,
+    write_atomic,
+    write_json,
+)
+from ..versions import dotted, upstream_version
 
 CONSOLE_MARK = pytest.StashKey[tuple]()
 CONSOLE_EXCERPT = 100  # lines of guest console kept with a failure
@@ -106,14 +119,16 @@ class Reporter:
             facts.append(("boot", interactive_boot_command(info.vng_command)))
         elif tree is not None and not tree.target and self.run._accel is not None:
             # the accelerator was chosen already (no probe boot): build the line the guest had
-            from .vm import build_vng_command  # the guest never booted: build the same line
+            from ..machines.qemu import (
+                build_vng_command,  # the guest never booted: build the same line
+            )
             cmd = build_vng_command(tree, self.run._accel, "true", memory=self.run.memory,
                                     rootfs=self.run._rootfs or None)
             facts.append(("boot", interactive_boot_command(shlex.join(cmd))))
         return facts
 
     def _failure_context(self, item, kernel: str, report) -> list[tuple[str, str]]:
-        from .plugin import CRASHED_KEY
+        from . import CRASHED_KEY
         extra = []
         if report.when == "setup" and item.stash.get(CRASHED_KEY, False):
             extra.append(("verdict", CRASHED))  # the guest died while booting for this test
@@ -173,7 +188,7 @@ class Reporter:
             if props.get(prop) and not entry[key]:
                 entry[key] = props[prop]
         if entry["version"]:
-            entry["upstream"] = ".".join(map(str, parse_upstream_version(entry["version"])))
+            entry["upstream"] = dotted(upstream_version(entry["version"]))
         elif kernel in self.run.specs:
             entry["upstream"] = self.run.specs[kernel].series
 

@@ -19,8 +19,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .errors import KconformError
-from .paths import read_regular_file, write_atomic
+from ..cache import read_regular_file, write_atomic
+from ..errors import KconformError
 
 QEMU = "qemu-system-x86_64"
 # A kernel reaches its root-mount panic in 1-3 s under working KVM (6 s even under TCG).

@@ -25,11 +25,12 @@ import time
 import weakref
 from pathlib import Path
 
+from ..cache import bpf_cache_dir, cache_dir
+from ..errors import KconformError
+from ..kernels import KernelTree
+from ..paths import REPO_ROOT, agent_argv
 from .accel import Accel
 from .channel import Console, GuestDied, LineChannel
-from .errors import KconformError
-from .kernels import KernelTree
-from .paths import REPO_ROOT, agent_argv, bpf_cache_dir, cache_dir
 from .rootfs import GUEST_BPF, GUEST_REPO, Rootfs
 
 _LIVE: "weakref.WeakSet[Guest]" = weakref.WeakSet()

@@ -1,0 +1,320 @@
+"""The cache: where kconform keeps things outside the repo (kernels, BPF objects, probes), and how it keeps
+them its own: a private cache directory, locks that never follow a planted symlink, files replaced
+in one rename, and staging directories whose builder holds a lock on them."""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import stat
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from .errors import KconformError
+
+# Inside a staging directory: held (flock) by the process building it, for as long as it builds.
+BUILDING_LOCK = ".kconform-building"
+# A staging directory without BUILDING_LOCK is from a kconform that predates it, or one being
+# created this instant: only one this old is taken to be abandoned.
+LEGACY_STAGING_AGE = 3600
+
+
+def cache_dir() -> Path:
+    """$KCONFORM_CACHE, else $XDG_CACHE_HOME/kconform, else ~/.cache/kconform; created 0700, and
+    refused unless it is the caller's own and nobody else can write it: kernels and roots from
+    the cache are booted, and its locks and manifests are trusted."""
+    explicit = os.environ.get("KCONFORM_CACHE")
+    if explicit:
+        path, variable = Path(explicit).expanduser(), "KCONFORM_CACHE"
+    else:
+        xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        path, variable = Path(xdg) / "kconform", "KCONFORM_CACHE (or XDG_CACHE_HOME)"
+    check_private_dir(path, variable)
+    return path
+
+
+def check_private_dir(path: Path, variable: str = "KCONFORM_CACHE") -> None:
+    """Create `path` (mode 0700) or check an existing one: a directory owned by this user,
+    writable by nobody else, and writable by this user."""
+    fix = f"or set {variable} to a directory of your own"
+    try:
+        path.mkdir(parents=True, mode=0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise KconformError(f"cannot create the cache directory {path} ({exc.strerror}): "
+                            f"create it, {fix}") from None
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise KconformError(f"cannot read the cache directory {path} ({exc.strerror}): {fix}") \
+            from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise KconformError(f"the cache {path} is not a directory: remove it, {fix}")
+    if st.st_uid != os.geteuid():
+        raise KconformError(f"the cache {path} belongs to uid {st.st_uid}, not to you (uid "
+                            f"{os.geteuid()}): whoever owns it could replace the kernels it "
+                            f"boots; use a cache you own (chown it), {fix}")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise KconformError(f"the cache {path} is writable by others (mode "
+                            f"{stat.S_IMODE(st.st_mode):04o}): anyone could replace the kernels "
+                            f"it boots; run chmod go-w {path}, {fix}")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise KconformError(f"the cache {path} is not writable: make it writable, {fix}")
+
+
+def bpf_cache_dir() -> Path:
+    """Where built BPF objects are cached (harness/bpf.py). It exists: a pinned-root guest mounts
+    it before the first object is built."""
+    path = cache_dir().resolve() / "bpf"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+
+def open_lock_file(path: Path) -> int:
+    """An fd to flock: created 0600 if missing, never truncated, and never through a symlink
+    (a planted `.lock-apt -> somefile` must not let kconform open, let alone empty, its target)."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        if path.is_symlink():
+            raise KconformError(f"{path} is a symlink, which kconform never makes: remove it "
+                                "(kconform recreates its lock files)") from None
+        raise KconformError(f"cannot open the lock file {path} ({exc.strerror}): make "
+                            f"{path.parent} writable, or set KCONFORM_CACHE to another "
+                            "directory") from None
+
+
+@contextlib.contextmanager
+def cache_lock(directory: Path, key: str) -> Iterator[None]:
+    """Serialise builders of one cache entry across xdist workers and concurrent runs (one fetch
+    per kernel, one apt, one root). Entries are built in staging directories (staging_dir) and
+    published with a rename; the staging directories nobody is building any more are removed."""
+    remove_abandoned_staging(directory)
+    fd = open_lock_file(directory / f".lock-{key}")
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def staging_dir(directory: Path, prefix: str) -> Iterator[Path]:
+    """A new .staging-<prefix>-* directory in `directory`, held by this process while it builds
+    there (flock on BUILDING_LOCK inside it) and removed afterwards. The lock file is locked
+    before it takes its name, so remove_abandoned_staging never sees one not yet held."""
+    path = Path(tempfile.mkdtemp(prefix=f".staging-{prefix}-", dir=directory))
+    fd = -1
+    try:
+        fd, unnamed = tempfile.mkstemp(prefix=".new-lock-", dir=path)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.rename(unnamed, path / BUILDING_LOCK)
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+        if fd >= 0:
+            os.close(fd)  # after the removal: until then nobody else may take the directory
+
+
+def remove_abandoned_staging(directory: Path) -> None:
+    """Remove the staging directories whose builder is gone: those whose BUILDING_LOCK this
+    process can lock. One whose builder is alive (a long debootstrap) is left alone, however old."""
+    for staging in directory.glob(".staging-*"):
+        if staging.is_symlink() or not staging.is_dir():
+            continue
+        try:
+            fd = os.open(staging / BUILDING_LOCK, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            with contextlib.suppress(OSError):
+                if time.time() - staging.stat().st_mtime > LEGACY_STAGING_AGE:
+                    shutil.rmtree(staging, ignore_errors=True)
+            continue
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue  # its builder holds it
+        try:
+            shutil.rmtree(staging, ignore_errors=True)
+        finally:
+            os.close(fd)
+
+
+def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
+    """Replace `path` with `text` in one rename: a reader sees the old file or the new one, never
+    half of one, and a symlink planted at `path` is replaced, not written through."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def read_regular_file(path: Path) -> str:
+    """The text of `path` if it is a regular file (not through a symlink); OSError otherwise."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with os.fdopen(fd, encoding="utf-8", errors="replace") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise OSError(f"{path} is not a regular file")
+        return f.read()
+
+
+MANIFEST = "kconform-tree.json"
+
+
+
+# Format 2 records each file's size, mtime and sha256. A run checks size and mtime (a warm start
+# stays fast); `./kconform cache verify` re-hashes everything.
+MANIFEST_FORMAT = 2
+
+
+
+def write_manifest(root: Path, meta: dict, only: set[str] | None = None) -> None:
+    """Record every regular file under root (or only those in `only`, relative paths)."""
+    files = {}
+    for dirpath, _dirs, names in os.walk(root):
+        for n in names:
+            p = Path(dirpath) / n
+            st = p.lstat()
+            # Links and device nodes (a root's /dev) are not content; reading a node could hang.
+            rel = str(p.relative_to(root))
+            wanted = only is None or rel in only
+            if not stat.S_ISREG(st.st_mode) or n == MANIFEST or not wanted:
+                continue
+            files[rel] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                                               "sha256": _sha256(p)}
+    meta = dict(meta, files=files, format=MANIFEST_FORMAT)
+    if "release" in meta:  # a kernel tree: its image is checked by hash on every use too
+        meta["vmlinuz_sha256"] = files[f"boot/vmlinuz-{meta['release']}"]["sha256"]
+    write_atomic(root / MANIFEST, json.dumps(meta, indent=1, sort_keys=True))
+
+
+
+def _read_manifest(root: Path) -> tuple[dict | None, str | None]:
+    if root.is_symlink() or not root.is_dir():
+        return None, f"{root} is not a directory kconform published (a symlink, or a file)"
+    try:
+        meta = json.loads(read_regular_file(root / MANIFEST))
+    except (OSError, ValueError) as exc:
+        return None, f"no readable manifest ({exc})"
+    if not isinstance(meta, dict) or not isinstance(meta.get("files"), dict):
+        return None, "its manifest lists no files"
+    return meta, None
+
+
+
+def _file_problem(root: Path, rel: str, recorded, full: bool) -> str | None:
+    """What is wrong with one file the manifest lists (None: nothing)."""
+    try:
+        st = os.lstat(root / rel)
+    except OSError:
+        return f"{rel} is missing"
+    if isinstance(recorded, int):  # format 1 recorded the size of every non-link, nodes too
+        recorded = {"size": recorded}
+    elif not stat.S_ISREG(st.st_mode):
+        return f"{rel} is no longer a regular file"
+    if not isinstance(recorded, dict):
+        return f"the manifest's entry for {rel} is malformed"
+    if st.st_size != recorded.get("size"):
+        return f"{rel} is {st.st_size} bytes, expected {recorded.get('size')}"
+    if "mtime_ns" in recorded and st.st_mtime_ns != recorded["mtime_ns"]:
+        return f"{rel} was modified after the tree was published"
+    if full and "sha256" in recorded and _sha256(root / rel) != recorded["sha256"]:
+        return f"{rel} does not match its recorded sha256"
+    return None
+
+
+
+def check_manifest(root: Path, full: bool = False) -> tuple[dict | None, str | None]:
+    """(manifest, None) when the tree is whole, else (None, what is wrong). Every file's size
+    and mtime, and a kernel image's sha256; with full, every file's sha256."""
+    meta, problem = _read_manifest(root)
+    if meta is None:
+        return None, problem
+    if "vmlinuz_sha256" in meta:  # the image is what gets booted: always hashed (~10 ms)
+        vmlinuz = root / "boot" / f"vmlinuz-{meta.get('release')}"
+        try:
+            if _sha256(vmlinuz) != meta["vmlinuz_sha256"]:
+                return None, f"{vmlinuz.name} does not match its recorded sha256"
+        except OSError:
+            return None, f"boot/{vmlinuz.name} is missing"
+    for rel, recorded in meta["files"].items():
+        problem = _file_problem(root, rel, recorded, full)
+        if problem:
+            return None, problem
+    return meta, None
+
+
+
+def check_published(root: Path, log=lambda msg: None) -> tuple[dict | None, str | None]:
+    """check_manifest for a tree or root about to be used, under its cache lock. A format-1
+    manifest (sizes only) whose checks pass is rewritten with hashes instead of the tree being
+    fetched again: the tree passes every check it was published with, and dropping it would
+    leave an offline host without the kernel it has."""
+    meta, problem = check_manifest(root)
+    if meta is not None and meta.get("format") != MANIFEST_FORMAT:
+        log(f"{root.name}: recording the file hashes of a tree cached by an older kconform")
+        old = {k: v for k, v in meta.items() if k not in ("files", "format", "vmlinuz_sha256")}
+        # Only what was published: a root has kernels' modules linked in since, and they change.
+        write_manifest(root, old, only=set(meta["files"]))
+        meta, problem = check_manifest(root)
+    return meta, problem
+
+
+
+def verify_cache(cache: Path) -> tuple[list[str], list[str]]:
+    """(damaged, unverifiable): every published kernel tree and root re-hashed. damaged holds
+    'path: what is wrong'; unverifiable the entries whose manifest predates hashes."""
+    damaged, unverifiable = [], []
+    for entry in sorted([*(cache / "trees").glob("*"), *(cache / "rootfs").glob("*")]):
+        if entry.name.startswith("."):  # locks and staging directories
+            continue
+        meta, problem = check_manifest(entry, full=True)
+        if meta is None:
+            damaged.append(f"{entry}: {problem}")
+        elif meta.get("format") != MANIFEST_FORMAT:
+            unverifiable.append(f"{entry}: its manifest predates file hashes (the next run "
+                                "that uses it records them)")
+    return damaged, unverifiable
+
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def remove_published(path: Path) -> None:
+    """Remove a damaged tree or root: a symlink or file in its place is unlinked, never followed."""
+    if path.is_symlink() or not path.is_dir():
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+
+def disk_full(path: Path, detail: str) -> bool:
+    """Whether a failed write under `path` ran out of space. tar reports a full disk as "Wrote
+    only 7680 of 10240 bytes", not as ENOSPC, so the disk is asked too."""
+    try:
+        return "No space left" in detail or shutil.disk_usage(path).free < (1 << 20)
+    except OSError:
+        return "No space left" in detail

@@ -1,0 +1,294 @@
+"""apt with a private configuration nothing outside kconform can change: resolves and downloads
+Debian's kernel packages with their signatures checked."""
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import re
+import shutil
+import subprocess
+import tempfile
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+
+from ..cache import read_regular_file, write_atomic
+from ..errors import KconformError, KernelUnavailable
+from .specs import KernelSpec
+
+DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+
+
+
+MIRROR_SCHEMES = ("http", "https", "file")
+# What a mirror URL may hold: it becomes a word of an apt sources line and debootstrap's argument,
+# so no whitespace (a newline wrote a second `deb [trusted=yes] ...` line), no [ ] (source
+# options), no quotes, and nothing that starts an option.
+_MIRROR_CHARS = re.compile(r"[A-Za-z0-9._~:/?#@!$&()*+,;=%-]+")
+MIRROR_EXAMPLE = "http://deb.debian.org/debian"
+
+
+def check_mirror_url(url: str, origin: str) -> str:
+    """`url` if it is exactly one http://, https:// or file:/// URL, else a KconformError saying
+    where it came from (`origin`: the variable or file) and what to write instead."""
+    problem = None
+    if not isinstance(url, str) or not url:
+        problem = "it is empty"
+    elif not _MIRROR_CHARS.fullmatch(url):
+        bad = next(c for c in url if not _MIRROR_CHARS.fullmatch(c))
+        problem = f"it holds {bad!r} (a mirror is one URL: no spaces, newlines, [ ] or quotes)"
+    else:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in MIRROR_SCHEMES or not url.startswith(f"{parts.scheme}://"):
+            problem = "it does not start with http://, https:// or file://"
+        elif parts.scheme == "file" and (parts.netloc or not parts.path.startswith("/")):
+            problem = "a file:// mirror names an absolute path: file:///srv/mirror/debian"
+        elif parts.scheme != "file" and not parts.hostname:
+            problem = "it names no host"
+        elif "://" in url[len(parts.scheme) + 3:]:
+            problem = "it holds more than one URL"
+    if problem:
+        raise KconformError(f"{origin}: {url!r} is not a Debian mirror URL: {problem}. Set "
+                            f"KCONFORM_DEBIAN_MIRROR to one URL, e.g. {MIRROR_EXAMPLE}")
+    return url
+
+
+def system_debian_mirror() -> str | None:
+    """The Debian mirror the host's own apt uses, so kconform goes where the admin pointed apt;
+    KCONFORM_DEBIAN_MIRROR overrides it. Either is checked to be one plain URL."""
+    explicit = os.environ.get("KCONFORM_DEBIAN_MIRROR")
+    if explicit:  # set but empty: unset, as a CI matrix may leave it
+        return check_mirror_url(explicit, "KCONFORM_DEBIAN_MIRROR").rstrip("/")
+    candidates = [Path("/etc/apt/sources.list")] + sorted(Path("/etc/apt/sources.list.d").glob("*"))
+    for path in candidates:
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError):
+            continue
+        for uri in re.findall(r"(?:^deb\s+(?:\[[^\]]*\]\s+)?|^URIs:\s*)(\S+)", text, re.M):
+            if re.search(r"/debian/?$", uri):
+                return check_mirror_url(uri, f"the mirror in {path}").rstrip("/")
+    return None
+
+
+def require_debian_mirror(what: str) -> str:
+    """system_debian_mirror(), or the error saying how to name one."""
+    mirror = system_debian_mirror()
+    if not mirror:
+        raise KernelUnavailable(
+            f"{what}: no Debian mirror found in /etc/apt/sources*: set "
+            f"KCONFORM_DEBIAN_MIRROR to a Debian mirror URL (one ending in /debian, e.g. "
+            f"{MIRROR_EXAMPLE})")
+    return mirror
+
+
+def apt_sandbox_user() -> str | None:
+    """Who apt's download methods run as: _apt when kconform runs as root (as the system's apt
+    does), None when apt cannot drop privileges anyway (not root) or there is no _apt."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam("_apt")
+    except KeyError:
+        return None
+    return "_apt"
+
+
+# apt's own signature and freshness checks, stated although they are apt's defaults: no file
+# outside kconform is read, and this says which checks kconform relies on.
+APT_VERIFICATION = {
+    "Acquire::AllowInsecureRepositories": "false",
+    "Acquire::AllowWeakRepositories": "false",
+    "Acquire::AllowDowngradeToInsecureRepositories": "false",
+    "APT::Get::AllowUnauthenticated": "false",
+    "Acquire::Check-Valid-Until": "true",
+    "Acquire::Check-Date": "true",
+}
+_APT_CONFIG_UNSAFE = re.compile(r'["\\\x00-\x1f\x7f]')
+UNSANDBOXED = "unsandboxed as root"
+
+
+class AptArchive:
+    """apt-get/apt-cache with a private configuration under the cache dir that nothing outside
+    kconform can change. apt reads $APT_CONFIG, then Dir::Etc::parts and Dir::Etc::main, before
+    any -o option applies, so `-o` alone still let the host's apt.conf.d (hooks, "allow
+    insecure" options) in: apt is given kconform's own APT_CONFIG, which points both at empty
+    files of kconform's, and the caller's APT_CONFIG is dropped.
+
+    As root, apt's download methods run as _apt. _apt cannot enter a 0700 cache (or /root), so
+    for each apt session the lists are moved into a work directory under the system's temporary
+    directory that only root and _apt can enter, and moved back afterwards."""
+
+    def __init__(self, root: Path, mirror: str, keyring: str = DEBIAN_KEYRING):
+        self.root = root
+        self.mirror = check_mirror_url(mirror, "the Debian mirror").rstrip("/")
+        self.keyring = keyring
+        self.sandbox_user = apt_sandbox_user()
+        self._work: Path | None = None
+        if _APT_CONFIG_UNSAFE.search(str(root)):
+            raise KconformError(f"the cache path {root.parent} holds a quote, backslash or "
+                                "control character, which apt's configuration cannot hold: set "
+                                "KCONFORM_CACHE to a plain path")
+        for sub in ("etc/apt.conf.d", "etc/preferences.d", "etc/trusted.gpg.d", "etc/auth.conf.d",
+                    "etc/sources.list.d", "sources", "state/lists/partial",
+                    "cache/archives/partial"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+        (root / "state" / "status").touch()
+        (root / "etc" / "apt.conf").touch()
+        stray = [p for p in (root / "etc" / "apt.conf.d").iterdir()]
+        if stray or (root / "etc" / "apt.conf").stat().st_size:
+            raise KconformError(f"kconform's private apt configuration in {root / 'etc'} has "
+                                f"been added to ({', '.join(p.name for p in stray) or 'apt.conf'}"
+                                f"): remove {root}, and kconform recreates it")
+        self.config_file = root / "kconform-apt.conf"
+        text = self._config_text()
+        if not self.config_file.exists() or read_regular_file(self.config_file) != text:
+            write_atomic(self.config_file, text)
+
+    def _config_text(self) -> str:
+        r = self.root
+        opts = {
+            "Dir::Etc": f"{r}/etc/", "Dir::Etc::main": f"{r}/etc/apt.conf",
+            "Dir::Etc::parts": f"{r}/etc/apt.conf.d/",
+            "Dir::Etc::sourcelist": f"{r}/etc/sources.list",
+            "Dir::Etc::sourceparts": f"{r}/etc/sources.list.d/",
+            "Dir::Etc::preferences": f"{r}/etc/preferences",
+            "Dir::Etc::preferencesparts": f"{r}/etc/preferences.d/",
+            "Dir::Etc::trusted": f"{r}/etc/trusted.gpg",
+            "Dir::Etc::trustedparts": f"{r}/etc/trusted.gpg.d/",
+            "Dir::Etc::netrc": f"{r}/etc/auth.conf",
+            "Dir::Etc::netrcparts": f"{r}/etc/auth.conf.d/",
+            "Dir::State": f"{r}/state/", "Dir::State::status": f"{r}/state/status",
+            "Dir::Cache": f"{r}/cache/", "Dir::Log": f"{r}/log/",
+            "APT::Architecture": "amd64", "APT::Architectures": "amd64",
+            "Acquire::Languages": "none", "APT::Get::List-Cleanup": "0",
+            "APT::Sandbox::User": self.sandbox_user or "_apt",
+            "Acquire::Retries": "2", "Acquire::http::Timeout": "30",
+            **APT_VERIFICATION,
+        }
+        lines = ["// Written by kconform; apt reads nothing else (harness/kernels.py AptArchive)."]
+        lines += [f'{key} "{value}";' for key, value in opts.items()]
+        return "\n".join(lines) + "\n"
+
+    def sources_file(self, spec: KernelSpec) -> Path:
+        path = self.root / "sources" / f"{spec.name}.list"
+        lines = [f"deb [signed-by={self.keyring}] {self.mirror} {suite} main" for suite in spec.suites]
+        text = "\n".join(lines) + "\n"
+        if not path.exists() or read_regular_file(path) != text:
+            write_atomic(path, text)
+        return path
+
+    def options(self, spec: KernelSpec) -> list[str]:
+        """The -o options of one spec's apt runs (the rest is in config_file)."""
+        opts = {"Dir::Etc::sourcelist": self.sources_file(spec)}
+        if self._work:
+            opts["Dir::State::lists"] = self._work / "lists"
+            opts["Dir::Cache::archives"] = self._work / "archives"
+        args = []
+        for key, value in opts.items():
+            args += ["-o", f"{key}={value}"]
+        return args
+
+    def environment(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k != "APT_CONFIG"}
+        return dict(env, APT_CONFIG=str(self.config_file), LC_ALL="C",
+                    DEBIAN_FRONTEND="noninteractive")
+
+    def command(self, tool: str, spec: KernelSpec, args: list[str]) -> list[str]:
+        return [tool, *self.options(spec), *args]
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[None]:
+        """Where apt runs: the cache itself, or (sandboxed) the work directory holding the lists
+        for this session. Callers hold the cache's "apt" lock. A session nested in one is it."""
+        if self._work is not None or not self.sandbox_user:
+            yield
+            return
+        lists = self.root / "state" / "lists"
+        work = Path(tempfile.mkdtemp(prefix="kconform-apt-"))
+        try:
+            os.chmod(work, 0o711)  # _apt may pass through to its partial dirs; nobody may list
+            shutil.move(lists, work / "lists")
+            (work / "lists" / "partial").mkdir(exist_ok=True)
+            (work / "archives" / "partial").mkdir(parents=True)
+            self._work = work
+            yield
+        finally:
+            self._work = None
+            if (work / "lists").is_dir() and not lists.exists():
+                shutil.move(work / "lists", lists)
+            shutil.rmtree(work, ignore_errors=True)
+            lists.mkdir(parents=True, exist_ok=True)
+
+    def _run(self, tool: str, spec: KernelSpec, args: list[str], cwd: Path | None = None):
+        return subprocess.run(self.command(tool, spec, args), cwd=cwd, text=True,
+                              capture_output=True, env=self.environment())
+
+    def _refuse_unsandboxed(self, spec: KernelSpec, proc) -> None:
+        lines = [l for l in (proc.stdout + proc.stderr).splitlines() if UNSANDBOXED in l]
+        if lines:
+            raise KernelUnavailable(f"{spec.name}: apt could not run its downloads as _apt, and "
+                                    "kconform does not let it download as root: make TMPDIR a "
+                                    f"directory _apt can enter (or unset it)\n{lines[0]}")
+
+    def update(self, spec: KernelSpec) -> None:
+        with self.session():
+            proc = self._run("apt-get", spec, ["update"])
+        self._refuse_unsandboxed(spec, proc)
+        problems = [l for l in (proc.stdout + proc.stderr).splitlines()
+                    if l.startswith(("E:", "W: Failed", "W: GPG", "Err:"))
+                    or "NO_PUBKEY" in l or "not signed" in l]
+        if proc.returncode != 0 or problems:
+            detail = "\n".join(problems[-6:]) or proc.stderr.strip()[-800:]
+            if "not signed" in detail:
+                hint = (f"the archive at {self.mirror} is not signed, and kconform takes only "
+                        "signed archives: set KCONFORM_DEBIAN_MIRROR to a Debian mirror")
+            elif "NO_PUBKEY" in detail or "GPG" in detail or "signature" in detail:
+                hint = ("the archive's signature could not be checked: update the "
+                        "debian-archive-keyring package (apt-get install debian-archive-keyring)")
+            elif "is expired" in detail or "not valid yet" in detail:
+                hint = (f"the archive at {self.mirror} is out of date (its Release file has "
+                        "expired) or the clock is wrong: set KCONFORM_DEBIAN_MIRROR to a current "
+                        "Debian mirror, or fix the clock")
+            else:
+                hint = (f"cannot reach the Debian archive at {self.mirror}: check the network, "
+                        "or set KCONFORM_DEBIAN_MIRROR to a reachable Debian mirror")
+            raise KernelUnavailable(f"{spec.name}: {hint}\n{detail}")
+
+    def resolve(self, spec: KernelSpec) -> tuple[str, str]:
+        """(abi, version): e.g. ('6.1.0-50-amd64', '6.1.176-1') for the suite's current kernel."""
+        with self.session():
+            proc = self._run("apt-cache", spec, ["show", "--no-all-versions", spec.meta])
+        if proc.returncode != 0:
+            raise KernelUnavailable(f"{spec.name}: {spec.meta} is not in {', '.join(spec.suites)} "
+                                    f"({proc.stderr.strip()})")
+        fields = dict(re.findall(r"^(Version|Depends): (.*)$", proc.stdout, re.M))
+        match = re.search(r"linux-image-(\S+?)(?:-unsigned)?\s*\(= ([^)]+)\)", fields.get("Depends", ""))
+        if not match:
+            raise KernelUnavailable(f"{spec.name}: cannot find the image in {spec.meta}'s "
+                                    f"dependencies: {fields.get('Depends')!r}")
+        return match.group(1), match.group(2)
+
+    def download(self, spec: KernelSpec, packages: list[str], version: str, dest: Path) -> list[Path]:
+        with self.session():
+            into = dest
+            if self._work:  # _apt writes the .debs, so into a directory of its own
+                into = self._work / "download"
+                into.mkdir(mode=0o700)
+                os.chown(into, pwd.getpwnam(self.sandbox_user).pw_uid, -1)
+            proc = self._run("apt-get", spec, ["download", *[f"{p}={version}" for p in packages]],
+                             cwd=into)
+            for deb in into.glob("*.deb") if into != dest else ():
+                shutil.move(deb, dest / deb.name)
+        self._refuse_unsandboxed(spec, proc)
+        if proc.returncode != 0:
+            raise KernelUnavailable(f"{spec.name}: apt-get download failed (apt checks the "
+                                    f"archive's signatures and hashes):\n{proc.stderr.strip()[-1500:]}")
+        debs = sorted(dest.glob("*.deb"))
+        if len(debs) != len(packages):
+            raise KernelUnavailable(f"{spec.name}: expected {len(packages)} packages, got "
+                                    f"{[d.name for d in debs]}")
+        return debs
+
+

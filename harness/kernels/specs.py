@@ -1,0 +1,190 @@
+"""Named kernels as data (kernels/*.toml): their definitions, checked field by field, and
+the --kernel values that name them."""
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import KconformError
+from ..paths import REPO_ROOT
+
+KERNELS_DIR = REPO_ROOT / "kernels"
+
+
+
+# What kernels/*.toml may hold. Values reach apt's sources and command lines and become test ids
+# and file names, so each is checked against the grammar of what it names.
+KERNEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+RESERVED_KERNEL_NAMES = ("all", "default", "host")
+DEBIAN_SUITE = re.compile(r"[a-z0-9][a-z0-9.+-]*")
+DEBIAN_PACKAGE = re.compile(r"[a-z0-9][a-z0-9.+-]+")
+SERIES = re.compile(r"\d+\.\d+")
+SPEC_FIELDS = {
+    "series": 'the kernel series as a quoted string, e.g. series = "6.1"',
+    "suites": 'a list of Debian suites, e.g. suites = ["bookworm"]',
+    "meta": 'the metapackage naming the current ABI, e.g. meta = "linux-image-amd64"',
+    "packages": 'a list of package templates with {abi}, e.g. packages = '
+                '["linux-image-{abi}-unsigned"]',
+    "description": 'one line saying what the kernel is, e.g. description = "Debian 12 bookworm"',
+}
+REQUIRED_SPEC_FIELDS = ("series", "suites", "packages")
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """A named kernel as data: which Debian suite and packages make it."""
+    name: str
+    series: str                      # "6.1": orders kernels and columns
+    suites: tuple[str, ...]
+    meta: str                        # metapackage whose dependency names the current ABI
+    packages: tuple[str, ...]        # templates with {abi}
+    description: str = ""
+
+    @property
+    def series_key(self) -> tuple[int, ...]:
+        return tuple(int(p) for p in self.series.split("."))
+
+
+def _spec_problem(path: Path, field: str, value: object, what: str) -> KconformError:
+    return KconformError(f"{path}: {field} = {value!r} is not {what}; write {SPEC_FIELDS[field]}")
+
+
+def _spec_string(path: Path, data: dict, field: str, pattern: re.Pattern | None, what: str,
+                 default: str | None = None) -> str:
+    value = data.get(field, default)
+    if not isinstance(value, str) or (pattern is not None and not pattern.fullmatch(value)):
+        raise _spec_problem(path, field, value, what)
+    return value
+
+
+def _spec_list(path: Path, data: dict, field: str, valid, what: str) -> tuple[str, ...]:
+    value = data[field]
+    if not isinstance(value, list) or not value:
+        raise _spec_problem(path, field, value, "a non-empty list (a single string is not a list)")
+    for item in value:
+        if not isinstance(item, str) or not valid(item):
+            raise _spec_problem(path, field, value, f"a list of {what} ({item!r} is not one)")
+    return tuple(value)
+
+
+def _package_template(template: str) -> bool:
+    """linux-image-{abi}-unsigned: a Debian package name once {abi} is filled in, no other field."""
+    filled = template.replace("{abi}", "6.1.0-0-amd64")
+    return DEBIAN_PACKAGE.fullmatch(filled) is not None
+
+
+def parse_spec(path: Path, text: str) -> KernelSpec:
+    """One kernels/*.toml file (its name is the kernel's name), every field checked."""
+    name = path.stem
+    if not KERNEL_NAME.fullmatch(name) or name in RESERVED_KERNEL_NAMES:
+        raise KconformError(f"{path}: {name!r} cannot be a kernel name (it becomes test ids and "
+                            "file names): rename the file to letters, digits and . _ + - only, "
+                            f"not {', '.join(RESERVED_KERNEL_NAMES)}, e.g. kernels/debian-6.1.toml")
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise KconformError(f"{path}: not valid TOML ({exc}); fix the file, e.g. "
+                            'suites = ["bookworm"]') from None
+    unknown = sorted(set(data) - set(SPEC_FIELDS))
+    if unknown:
+        raise KconformError(f"{path}: unknown field {unknown[0]!r}; a kernel definition has "
+                            f"{', '.join(SPEC_FIELDS)}")
+    missing = [f for f in REQUIRED_SPEC_FIELDS if f not in data]
+    if missing:
+        raise KconformError(f"{path}: missing field {missing[0]!r}; add {SPEC_FIELDS[missing[0]]}")
+    return KernelSpec(
+        name=name,
+        series=_spec_string(path, data, "series", SERIES, "a series like \"6.1\""),
+        suites=_spec_list(path, data, "suites", DEBIAN_SUITE.fullmatch, "Debian suite names"),
+        meta=_spec_string(path, data, "meta", DEBIAN_PACKAGE, "a Debian package name",
+                          default="linux-image-amd64"),
+        packages=_spec_list(path, data, "packages", _package_template,
+                            "Debian package names with {abi}"),
+        description=_spec_string(path, data, "description", re.compile(r"[^\x00-\x1f\x7f]*"),
+                                 "one line of text", default=""),
+    )
+
+
+def load_specs(directory: Path = KERNELS_DIR) -> dict[str, KernelSpec]:
+    specs = {}
+    for path in sorted(directory.glob("*.toml")):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise KconformError(f"{path}: cannot read this kernel definition ({exc}); make it "
+                                "a readable UTF-8 file or remove it") from None
+        specs[path.stem] = parse_spec(path, text)
+    return dict(sorted(specs.items(), key=lambda kv: (kv[1].series_key, kv[0])))
+
+
+def default_kernel_names(directory: Path = KERNELS_DIR,
+                         specs: dict[str, KernelSpec] | None = None) -> list[str]:
+    """The default set: kernels/default.txt, one name a line; each must be defined."""
+    path = directory / "default.txt"
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise KconformError(f"{path}: cannot read the default kernels ({exc}); it lists one "
+                            "kernel name a line, e.g. debian-6.1") from None
+    names = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+    known = specs if specs is not None else load_specs(directory)
+    for name in names:
+        if name not in known:
+            raise KconformError(f"{path}: unknown kernel {name!r}; list names defined in "
+                                f"{directory}/*.toml ({', '.join(known) or 'none'})")
+    return names
+
+
+def expand_kernel_args(values: list[str], specs: dict[str, KernelSpec],
+                       cwd: Path | None = None) -> list[str]:
+    """--kernel values (repeatable, comma lists, 'all', 'default') to an ordered list of names.
+    A path is taken from `cwd` (where the user typed it) and becomes absolute."""
+    names: list[str] = []
+    for value in values:
+        parts = [p.strip() for p in value.split(",")]
+        if not any(parts):
+            raise KconformError(f"--kernel {value!r} names no kernel; give a name from "
+                                f"kernels/*.toml ({', '.join(specs)}), 'all', 'default', 'host' "
+                                "or a path to a bzImage or a built kernel tree")
+        for part in parts:
+            if not part:
+                raise KconformError(f"--kernel {value!r} has an empty name in its comma list; "
+                                    "write names separated by single commas, e.g. "
+                                    "--kernel debian-5.10,debian-6.1")
+            if part == "all":
+                expanded = list(specs)
+            elif part == "default":
+                expanded = default_kernel_names(specs=specs)
+            elif part in specs or part == "host":
+                expanded = [part]
+            else:
+                expanded = [_kernel_path(part, specs, cwd)]
+            for name in expanded:
+                if name not in names:
+                    names.append(name)
+    return names
+
+
+def _kernel_path(name: str, specs: dict[str, KernelSpec], cwd: Path | None) -> str:
+    path = Path(name).expanduser()
+    if not path.is_absolute():
+        path = (cwd or Path.cwd()) / path
+    if "/" not in name and not name.startswith(".") and not path.exists():
+        raise KconformError(
+            f"unknown kernel {name!r}. Known kernels: {', '.join(specs)}, 'all', 'default', "
+            "'host', or a path to a bzImage or a built kernel tree (kernels/*.toml defines "
+            "the names).")
+    if not path.exists():
+        raise KconformError(f"--kernel {name}: {path} does not exist; give the path of a "
+                            "bzImage or of a built kernel tree (relative to where you ran the "
+                            "command)")
+    return str(path.resolve())
+
+
+def _looks_like_path(name: str) -> bool:
+    return "/" in name or name.startswith(".") or os.path.exists(name)
+
+

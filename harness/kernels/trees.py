@@ -1,0 +1,66 @@
+"""A bootable kernel tree (what virtme-ng is given, what results record) and the manifest that
+proves a cached tree whole."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import KconformError
+from ..versions import upstream_version
+
+
+@dataclass
+class KernelTree:
+    """A bootable kernel: what virtme-ng is given, and what results record about it."""
+    name: str
+    vmlinuz: Path | None              # None for a kernel already running on an SSH target
+    release: str                      # `uname -r` of the kernel
+    package_version: str | None = None  # e.g. 6.1.176-1 for Debian kernels
+    root: Path | None = None          # tree with boot/ and lib/modules/, when we built one
+    config_path: Path | None = None
+    run_target: Path | None = None    # what `vng -r` is given; defaults to vmlinuz
+    target: str | None = None         # ssh://user@host:port of a machine running this kernel
+    _config: dict | None = field(default=None, repr=False)
+
+    @property
+    def version(self) -> tuple[int, ...]:
+        """Upstream version (major, minor, patch) used to pick expectations."""
+        return upstream_version(self.package_version or self.release)
+
+    @property
+    def exact_version(self) -> str:
+        return self.package_version or self.release
+
+    def config(self) -> dict[str, str]:
+        """The kernel's .config as a dict ({} when unknown)."""
+        if self._config is None:
+            self._config = parse_kconfig(self.config_path.read_text()) \
+                if self.config_path and self.config_path.exists() else {}
+        return self._config
+
+    def describe(self) -> dict:
+        return {"name": self.name, "release": self.release,
+                "package_version": self.package_version, "vmlinuz": str(self.vmlinuz)}
+
+
+def parse_kconfig(text: str) -> dict[str, str]:
+    config = {}
+    for line in text.splitlines():
+        if line.startswith("CONFIG_") and "=" in line:
+            key, _, value = line.partition("=")
+            config[key] = value
+    return config
+
+
+def bzimage_release(path: Path) -> str:
+    """The release string stored in a bzImage header (what `file` prints as 'version')."""
+    with open(path, "rb") as f:
+        head = f.read(0x400)
+        if len(head) < 0x210 or head[0x202:0x206] != b"HdrS":
+            raise KconformError(f"{path} is not a bzImage (no 'HdrS' boot header)")
+        offset = int.from_bytes(head[0x20E:0x210], "little") + 0x200
+        f.seek(offset)
+        raw = f.read(256)
+    return raw.split(b"\0", 1)[0].decode(errors="replace").split(" ", 1)[0]
+
+

@@ -1,0 +1,151 @@
+"""kconform's pytest plugin: options, kernel parametrization, guest fixtures, verdicts.
+
+A test asks for `guest` (and usually `expect`); it is then run once per selected kernel with ids
+like test_x[debian-6.1]. Guests boot lazily, once per kernel per process (xdist worker), and stay
+up for every test of that kernel: tests are ordered by kernel and, under xdist, grouped on one
+worker with `--dist loadgroup`. `--collect-only` therefore boots and downloads nothing.
+"""
+from __future__ import annotations
+
+import atexit
+import signal
+
+import pytest
+
+from ..errors import KconformError
+from ..judging import expectations
+from ..machines.qemu import kill_all_guests
+from ..machines.rootfs import HOST
+from ..machines.ssh import (
+    description_to_dict,
+)
+from .fixtures import bpf_object, expect, guest
+from .options import pytest_addoption
+from .recording import Reporter, declared_behaviour
+from .run import CASE_GUEST_KEY, CRASHED_KEY, RUN_KEY, TARGETS_KEY, KconformRun
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "requires_config(*options): skip on kernels built without "
+                            "these CONFIG_ options (read from the kernel's config)")
+    try:
+        config.stash[RUN_KEY] = KconformRun(config)
+    except KconformError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    config.pluginmanager.register(Reporter(config, config.stash[RUN_KEY]), "kconform-report")
+    atexit.register(kill_all_guests)
+    if hasattr(signal, "SIGTERM"):
+        signal.signal(signal.SIGTERM, _terminate)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node) -> None:
+    """xdist, on the controller: hand each worker the SSH targets' descriptions."""
+    run = node.config.stash[RUN_KEY]
+    node.workerinput[TARGETS_KEY] = {target.url: description_to_dict(run.target_trees[name])
+                                     for name, target in run.targets.items()}
+
+
+def _terminate(signum, frame):
+    # Turn SIGTERM into an interrupt so pytest finishes its reports and the pool shuts down.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    run = config.stash.get(RUN_KEY, None)
+    if run:
+        run.pool.close()
+    kill_all_guests()
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "kernel" not in metafunc.fixturenames:
+        return
+    run = metafunc.config.stash[RUN_KEY]
+    # Session scope makes pytest order tests by kernel; the xdist group keeps a kernel on one worker.
+    params = [pytest.param(name, id=name, marks=pytest.mark.xdist_group(name))
+              for name in run.kernel_names]
+    metafunc.parametrize("kernel", params, scope="session")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # pytest's reordering by the session-scoped kernel parameter stops keeping a kernel's tests
+    # together once tests carry parameters of their own, and every switch of kernel frees the guest
+    # (see below), so a run without -n booted each kernel again and again until the pool gave up.
+    # A stable sort keeps each kernel's tests together, in their collected order.
+    # Cases some kernel is expected to hang on (a cited stable-release deadlock) go last on their
+    # kernel: a replacement guest booted after the last of them serves no test, so none is booted.
+    run = config.stash[RUN_KEY]
+    order = {name: i for i, name in enumerate(run.kernel_names)}
+
+    def may_lose_the_guest(item) -> bool:
+        behaviour = run.behaviours.get(declared_behaviour(item)[0] or "")
+        return bool(behaviour and behaviour.may_lose_the_guest)
+
+    items.sort(key=lambda item: (order.get(_kernel_of(item), -1), may_lose_the_guest(item)))
+
+
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    kernel = _kernel_of(item)
+    if kernel and (nextitem is None or _kernel_of(nextitem) != kernel):
+        item.config.stash[RUN_KEY].pool.release(kernel)  # its last test here: free the CPU
+
+
+def _kernel_of(item) -> str | None:
+    callspec = getattr(item, "callspec", None)
+    return callspec.params.get("kernel") if callspec else None
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    case_guest = item.stash.get(CASE_GUEST_KEY, None)
+    lost_guest = case_guest is not None and case_guest.down is not None
+    if report.when == "call" and report.failed and (item.stash.get(CRASHED_KEY, False)
+                                                    or lost_guest):
+        report.user_properties.append(("verdict", expectations.CRASHED))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    result = yield
+    case_guest = item.stash.get(CASE_GUEST_KEY, None)
+    if case_guest is not None:
+        case_guest.fail_if_down_unjudged()
+    return result
+
+
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    run = config.stash[RUN_KEY]
+    where = [f"guest root: {run.rootfs_name}"] if run.rootfs_name != HOST else []
+    where += [f"{name} on {target.url}" for name, target in run.targets.items()]
+    return [f"kconform: kernels {', '.join(run.kernel_names)}; results in {run.results_dir}"
+            + "".join(f"; {w}" for w in where)]
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    seen: dict[str, dict] = {}
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            props = dict(getattr(report, "user_properties", []) or [])
+            if "kernel" not in props or getattr(report, "when", None) != "call":
+                continue
+            entry = seen.setdefault(props["kernel"], {"version": props.get("kernel_version"),
+                                                      "uname": props.get("uname"), "verdicts": {}})
+            verdict = props.get("verdict", report.outcome)
+            entry["verdicts"][verdict] = entry["verdicts"].get(verdict, 0) + 1
+    if not seen:
+        return
+    terminalreporter.section("kconform kernels")
+    for name, entry in seen.items():
+        counts = ", ".join(f"{n} {v}" for v, n in sorted(entry["verdicts"].items()))
+        terminalreporter.write_line(f"{name}: {entry['version']} (uname {entry['uname']}): {counts}")
+
+
+
+
+# The hooks above, the options and the fixtures make the plugin pytest registers (conftest.py).
+__all__ = ["pytest_addoption", "bpf_object", "expect", "guest"]

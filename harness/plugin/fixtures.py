@@ -1,0 +1,170 @@
+"""The fixtures a case asks for: guest (a guest as one test sees it), expect, bpf_object."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ..errors import KconformError
+from ..judging import expectations
+from ..kernels import KernelTree
+from ..machines.session import GuestCallError, GuestFailure, GuestHang, GuestSession
+from .run import CASE_GUEST_KEY, CRASHED_KEY, RUN_KEY, KconformRun
+
+
+class GuestDown(dict):
+    """What a test observes when the guest did not survive its call: {"guest": "hang"} or
+    {"guest": "crash"}. expect() judges it like any observation, since an old kernel can be
+    expected to hang (a cited, known bug); reading anything else from it fails the test with the
+    crash report."""
+
+    def __init__(self, kind: str, report: str):
+        super().__init__(guest=kind)
+        self.report = report
+
+    def __missing__(self, key):
+        pytest.fail(self.report, pytrace=False)
+
+
+class CaseGuest:
+    """The guest as one test sees it: guest-side calls with health checks and clear failures."""
+
+    def __init__(self, item: pytest.Item, run: KconformRun, kernel: str, session: GuestSession):
+        self.item, self.run, self.kernel, self.session = item, run, kernel, session
+        self.down: GuestDown | None = None  # set when a call lost the guest
+        self.guest_seconds = 0.0  # time spent inside guest functions (the case's own work)
+        self.judged = False
+        stem = Path(str(item.fspath)).stem
+        self.module = f"cases.guest.{stem[len('test_'):] if stem.startswith('test_') else stem}"
+
+    def call(self, fn: str, timeout: float | None = None, **kwargs):
+        """Run a guest-side function; a bare name is looked up in cases/guest/<topic>.py."""
+        name = fn if ":" in fn else f"{self.module}:{fn}"
+        failure = raised = None
+        try:
+            result = self.session.call(name, timeout=timeout or self.run.case_timeout, **kwargs)
+        except GuestCallError as exc:
+            raised = exc
+        except GuestFailure as exc:
+            failure = exc
+        # handled outside the except blocks, so the reports are not exception chains
+        if raised:  # the guest side's traceback (and verifier log) is the evidence, not ours
+            self._check_health(raised.health)
+            pytest.fail(f"{name} raised in the guest: {raised}", pytrace=False)
+        if failure:
+            report = self.run.failure_report(failure, self.kernel, self.item)
+            self.down = GuestDown("hang" if isinstance(failure, GuestHang) else "crash", report)
+            self.item.user_properties.append(("console", json.dumps(failure.console[-80:])))
+            return self.down
+        self._check_health(result.health)
+        self.guest_seconds += result.elapsed
+        self.item.user_properties.append(("guest_seconds", round(self.guest_seconds, 4)))
+        return result.result
+
+    def fail_if_down_unjudged(self) -> None:
+        """A lost guest that no expectation accounted for fails the test as crashed."""
+        if self.down is not None and not self.judged:
+            pytest.fail(self.down.report, pytrace=False)
+
+    def _check_health(self, health: dict) -> None:
+        findings = self.run.health.check(health)
+        if findings:
+            self.item.stash[CRASHED_KEY] = True
+            lines = "\n".join(f"  {f}" for f in findings)
+            log = "\n".join(f"  | {l}" for l in health.get("log_during", [])[-60:])
+            pytest.fail(f"the kernel reported a problem during this test:\n{lines}\n"
+                        f"kernel log during the test:\n{log}", pytrace=False)
+
+
+
+
+@pytest.fixture
+def guest(request: pytest.FixtureRequest, kernel: str) -> CaseGuest:
+    run = request.config.stash[RUN_KEY]
+    item = request.node
+    problem = None  # failed outside the except blocks, so reports are not exception chains
+    try:
+        tree = run.pool.tree(kernel)
+    except KconformError as exc:
+        problem = str(exc)
+    if problem:
+        pytest.fail(problem, pytrace=False)
+    _skip_without_config(item, kernel, tree)
+    try:
+        session = run.pool.session(kernel)
+    except GuestFailure as exc:
+        item.stash[CRASHED_KEY] = True
+        problem = run.failure_report(exc, kernel, item)
+    except KconformError as exc:
+        problem = str(exc)
+    if problem:
+        pytest.fail(problem, pytrace=False)
+    info = run.kernels[kernel]
+    item.user_properties += [("kernel", kernel), ("kernel_version", info.exact_version),
+                             ("uname", info.uname)]
+    booted = run.pool.fresh.pop(kernel, None)
+    if booted is not None:
+        item.user_properties += [("boot_seconds", round(booted.boot_seconds, 3)),
+                                 ("agent_start_seconds", booted.agent_start_seconds)]
+    item.stash[CASE_GUEST_KEY] = CaseGuest(item, run, kernel, session)
+    return item.stash[CASE_GUEST_KEY]
+
+
+def _skip_without_config(item: pytest.Item, kernel: str, tree: KernelTree) -> None:
+    wanted = [opt for mark in item.iter_markers("requires_config") for opt in mark.args]
+    config = tree.config()
+    if not wanted or not config:
+        return
+    missing = [opt for opt in wanted if config.get(opt) not in ("y", "m")]
+    if missing:
+        pytest.skip(f"{kernel} is built without {', '.join(missing)} "
+                    f"(read from {tree.config_path})")
+
+
+@pytest.fixture(scope="session")
+def bpf_object(request: pytest.FixtureRequest):
+    """bpf_object("sockmap_progs") -> host path of cases/bpf/sockmap_progs.bpf.c built (and
+    cached). Given to guest.call() as a Path, it reaches the guest as the path it is seen at."""
+    from ..bpf import BpfBuildError, build
+    built: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in built:
+            try:
+                built[name] = build(name)
+            except BpfBuildError as exc:
+                raise pytest.fail.Exception(str(exc), pytrace=False) from None
+        return built[name]
+
+    return get
+
+
+@pytest.fixture
+def expect(request: pytest.FixtureRequest, kernel: str, guest: CaseGuest):
+    """expect(behaviour_id, observed, variant=None): judge an observation against the data."""
+    run = request.config.stash[RUN_KEY]
+    item = request.node
+    tree = run.pool.trees[kernel]
+
+    def judge(behaviour_id: str, observed: dict, variant: str | None = None):
+        behaviour = run.behaviours[behaviour_id]
+        if guest.down is not None:
+            observed = dict(guest.down)  # only the hang or crash itself is observed
+        verdict = expectations.judge(behaviour, tree.version, observed, variant)
+        guest.judged = True
+        item.user_properties += [
+            ("behaviour", behaviour_id), ("variant", variant or ""),
+            ("section", behaviour.section), ("title", behaviour.title),
+            ("expected", json.dumps(verdict.expected, sort_keys=True)),
+            ("observed", json.dumps(observed, sort_keys=True)),
+            ("source", verdict.outcome.source), ("reason", verdict.outcome.reason),
+            ("verdict", verdict.verdict)]
+        if verdict.verdict == expectations.FAIL:
+            if guest.down is not None:
+                item.stash[CRASHED_KEY] = True
+                pytest.fail(guest.down.report, pytrace=False)
+            pytest.fail(verdict.message(kernel, tree.exact_version), pytrace=False)
+        return verdict
+
+    return judge

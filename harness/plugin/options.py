@@ -1,0 +1,60 @@
+"""kconform's command-line options, declared once with their help text."""
+from __future__ import annotations
+
+import argparse
+import math
+
+
+def positive_seconds(text: str) -> float:
+    """An argparse type: a number of seconds above zero (0, negative, nan and inf are refused:
+    each made every case fail as crashed, or silently meant the default)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above zero; "
+                                         "give e.g. 30 or 2.5")
+    return value
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("kconform", "kconform: documented kernel behaviour on real kernels")
+    group.addoption("--kernel", action="append", default=[], metavar="NAME",
+                    help="kernel to run on: a name from kernels/*.toml, 'all', 'default', 'host', "
+                         "or a path to a bzImage or built kernel tree. Repeatable; comma lists "
+                         "allowed. Default: the set in kernels/default.txt.")
+    group.addoption("--accel", choices=("auto", "kvm", "tcg"), default="auto",
+                    help="QEMU accelerator. auto (default) uses KVM only if a probe boot works.")
+    group.addoption("--boot-timeout", type=positive_seconds, default=None, metavar="S",
+                    help="seconds from starting a guest to its agent answering "
+                         "(default 180 under TCG, 60 under KVM)")
+    group.addoption("--case-timeout", type=positive_seconds, default=30.0, metavar="S",
+                    help="seconds one guest-side call may take before the test fails (default 30)")
+    group.addoption("--refresh-kernels", action="store_true",
+                    help="ask the archive for the newest package of each kernel now, instead of "
+                         "trusting a resolution made in the last 12 hours")
+    group.addoption("--results-dir", default="results", metavar="DIR",
+                    help="where console logs and reports go (default: results/)")
+    group.addoption("--expectations", default=None, metavar="FILE",
+                    help="expectations file to judge with (default: cases/expectations.toml)")
+    group.addoption("--known-crashes", default=None, metavar="FILE",
+                    help="crash fingerprints to report as known (default: "
+                         "harness/judging/data/known_crashes.toml)")
+    group.addoption("--guest-memory", default="1G", help="memory per guest (default 1G)")
+    group.addoption("--rootfs", default="host", metavar="NAME",
+                    help="guest root filesystem: 'host' (default: the host's own root, read-only, "
+                         "as virtme-ng does) or a pinned root built from images/NAME.toml, e.g. "
+                         "debian-bookworm")
+    group.addoption("--target", action="append", default=[], metavar="ssh://USER@HOST[:PORT]",
+                    help="also run on an already-running machine over SSH; its kernel is named "
+                         "by its `uname -r`. Repeatable. Without --kernel, only the targets run.")
+    group.addoption("--ssh-key", default=None, metavar="FILE",
+                    help="private key for --target (default: ssh-agent and ~/.ssh/id_*)")
+    group.addoption("--ssh-known-hosts", default=None, metavar="FILE",
+                    help="known_hosts file with the targets' host keys, besides ~/.ssh/known_hosts")
+    group.addoption("--ssh-accept-any-host-key", action="store_true",
+                    help="do not check --target host keys: only for throwaway VMs on a trusted "
+                         "network")
+
+

@@ -1,0 +1,313 @@
+"""The run's state on one process: the kernels, their trees and guests, the judging data."""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from ..cache import cache_dir
+from ..cli import caller_cwd, caller_path
+from ..errors import KconformError
+from ..judging import expectations
+from ..judging.health import HealthRules, KnownCrash, KnownCrashes
+from ..kernels import KernelProvider, KernelTree, expand_kernel_args, load_specs
+from ..machines.accel import choose_accel
+from ..machines.channel import Machine
+from ..machines.qemu import Guest, check_memory
+from ..machines.rootfs import HOST, Rootfs, RootfsProvider, check_rootfs_name
+from ..machines.session import BootFailure, GuestFailure, GuestSession
+from ..machines.ssh import (
+    SshMachine,
+    SshTarget,
+    describe_target,
+    description_from_dict,
+    target_kernel_name,
+)
+from ..reports.results import writable_directory
+
+MAX_REPLACEMENTS = 3  # a kernel whose guest dies this often gets its remaining tests failed fast
+
+
+
+
+@dataclass
+class KernelInfo:
+    """What every result records about the kernel that produced it."""
+    name: str
+    exact_version: str
+    uname: str = ""
+    boot_seconds: float | None = None
+    vng_command: str = ""   # for an SSH target: the ssh line that logs in the same way
+    console_log: str = ""
+    by_hand: str = "boot it by hand"  # what vng_command does
+
+
+class GuestPool:
+    """This process's guests, one per kernel; boots lazily and replaces dead ones."""
+
+    def __init__(self, run: "KconformRun"):
+        self.run = run
+        self.live: dict[str, GuestSession] = {}
+        self.trees: dict[str, KernelTree] = {}
+        self.failed: dict[str, Exception] = {}
+        self.boots: dict[str, int] = {}
+        self.fresh: dict[str, GuestSession] = {}
+        self.machines: dict[str, Machine] = {}  # the last one started per kernel, even if it failed
+
+    def tree(self, name: str) -> KernelTree:
+        if name not in self.trees and name in self.run.target_trees:
+            self.trees[name] = self.run.target_trees[name]  # described when the run began
+        if name not in self.trees:
+            try:
+                self.trees[name] = self.run.provider.get(name)
+            except KconformError as exc:
+                self.failed[name] = exc
+                raise
+        return self.trees[name]
+
+    def session(self, name: str) -> GuestSession:
+        if name in self.failed:
+            raise self.failed[name]
+        current = self.live.get(name)
+        if current and not current.dead:
+            return current
+        if current:
+            current.close()
+        self._make_sure_gone(name)
+        tree = self.tree(name)
+        count = self.boots.get(name, 0)
+        if count > MAX_REPLACEMENTS:
+            self.failed[name] = BootFailure(f"{name}: the guest died {count - 1} times; "
+                                            "not booting it again in this run")
+            raise self.failed[name]
+        self.boots[name] = count + 1
+        log = self.run.results_dir / "console" / f"{_safe(name)}-{self.run.worker}-{count}.log"
+        machine, boot_timeout = self.new_machine(name, tree, log)
+        self.machines[name] = machine
+        session = GuestSession(machine, name, boot_timeout=boot_timeout)
+        try:
+            session.start()  # kills the machine whatever goes wrong
+        except BootFailure as exc:
+            self.failed[name] = exc
+            raise
+        self.live[name] = session
+        self.fresh[name] = session  # the test that asked for it carries the boot's timings
+        info = self.run.kernels.setdefault(name, KernelInfo(name, tree.exact_version))
+        info.uname, info.boot_seconds = session.uname, session.boot_seconds
+        info.vng_command, info.console_log = machine.command_line(), str(log)
+        if tree.target:
+            info.by_hand = "log in by hand"
+        return session
+
+    def new_machine(self, name: str, tree: KernelTree, log: Path) -> tuple[Machine, float]:
+        """A machine for this kernel, not started yet, and how long its boot may take."""
+        if tree.target:
+            boot_timeout = self.run.boot_timeout(None)
+            return (SshMachine(self.run.targets[name], log, connect_within=boot_timeout / 2),
+                    boot_timeout)
+        accel = self.run.accel(tree)
+        try:  # a root or a command line that cannot be made fails every test of this kernel
+            rootfs = self.run.rootfs(tree)
+            guest = Guest(tree, accel, log, rootfs=rootfs, memory=self.run.memory)
+        except KconformError as exc:
+            self.failed[name] = exc
+            raise
+        return guest, self.run.boot_timeout(accel)
+
+    def _make_sure_gone(self, name: str) -> None:
+        """One machine per kernel per process: a replacement starts only once the last machine
+        is killed and reaped."""
+        previous = self.machines.get(name)
+        if previous is None or not previous.alive:
+            return
+        previous.kill()
+        if previous.alive:
+            self.failed[name] = BootFailure(
+                f"{name}: {previous.noun} that was replaced is still running after being killed; "
+                f"not starting another beside it (console log: {previous.console.log_path})",
+                previous.console.tail())
+            raise self.failed[name]
+
+    def release(self, name: str) -> None:
+        session = self.live.pop(name, None)
+        if session:
+            session.close()
+
+    def close(self) -> None:
+        for name in list(self.live):
+            self.release(name)
+
+
+class KconformRun:
+    def __init__(self, config: pytest.Config):
+        opt = config.option
+        # Every option is checked before anything connects or boots. Paths are the user's,
+        # taken from where the command was typed; the options keep them absolute, so xdist
+        # workers and the reports' rerun lines name the same files.
+        self.specs = load_specs()
+        self.kernel_names = expand_kernel_args(
+            opt.kernel or ([] if opt.target else ["default"]), self.specs, cwd=caller_cwd())
+        opt.results_dir = str(caller_path(opt.results_dir).resolve())
+        self.results_dir = writable_directory(Path(opt.results_dir), "--results-dir",
+                                              "give --results-dir a directory you can write")
+        if opt.expectations:
+            opt.expectations = str(caller_path(opt.expectations).resolve())
+        self.behaviours = expectations.load(Path(opt.expectations)) if opt.expectations \
+            else expectations.load()
+        self.known_crashes = _known_crashes(opt)
+        for name in ("ssh_key", "ssh_known_hosts"):
+            if getattr(opt, name):
+                setattr(opt, name, str(caller_path(getattr(opt, name))))
+        if getattr(opt, "xmlpath", None):  # pytest's --junitxml, read after this hook
+            opt.xmlpath = str(caller_path(opt.xmlpath))
+        _check_cache()
+        check_rootfs_name(opt.rootfs)
+        if opt.rootfs != HOST and not self.kernel_names:
+            raise KconformError("--rootfs applies to the kernels kconform boots; an SSH target "
+                                "runs its own root")
+        self.rootfs_name = opt.rootfs
+        self._rootfs: Rootfs | None | bool = False  # False: not built yet
+        self._rootfs_error: KconformError | None = None
+        self.targets: dict[str, SshTarget] = {}
+        self.target_trees: dict[str, KernelTree] = {}
+        # The controller connects to each target once to describe it; xdist workers get the
+        # descriptions from it (pytest_configure_node), so their test ids cannot differ.
+        described = getattr(config, "workerinput", {}).get(TARGETS_KEY)
+        for url in opt.target:
+            target = SshTarget.parse(url, key_file=opt.ssh_key, known_hosts=opt.ssh_known_hosts,
+                                     accept_any_host_key=opt.ssh_accept_any_host_key)
+            if described is not None:
+                tree = description_from_dict(described[target.url])
+                name = tree.name
+            else:
+                tree = describe_target(target, self.results_dir / "targets")
+                name = tree.name if tree.name not in self.kernel_names else \
+                    f"{tree.name}@{target_kernel_name(target.address)}"  # two on one kernel
+                tree.name = name
+            self.targets[name], self.target_trees[name] = target, tree
+            self.kernel_names.append(name)
+        self.case_timeout = opt.case_timeout
+        self.memory = check_memory(opt.guest_memory)  # before anything boots
+        self.worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        self._boot_timeout = opt.boot_timeout
+        self._accel_choice = opt.accel
+        self._accel = None
+        self.provider = KernelProvider(refresh=opt.refresh_kernels, log=self._log)
+        self.health = HealthRules()
+        self.pool = GuestPool(self)
+        self.kernels: dict[str, KernelInfo] = {}
+        self.config = config
+
+    def _log(self, message: str) -> None:
+        """Progress a user should see as it happens (downloads, the accelerator, a damaged cache)
+        even while a test's output is captured: it is logged from inside fixtures."""
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        capture = self.config.pluginmanager.get_plugin("capturemanager")
+        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+            if reporter and self.worker == "main":
+                reporter.write_line(f"kconform: {message}")
+            else:  # an xdist worker: its stdout carries xdist's protocol, its stderr is ours
+                print(f"kconform[{self.worker}]: {message}", file=sys.stderr, flush=True)
+
+    def accel(self, tree: KernelTree):
+        """Chosen once per process, probing KVM with the first kernel it boots."""
+        if self._accel is None:
+            self._accel = choose_accel(tree.vmlinuz, self._accel_choice, cache=self.provider.cache)
+            self._log(f"accelerator: {self._accel.name} ({self._accel.reason})")
+        return self._accel
+
+    def boot_timeout(self, accel) -> float:
+        """accel None: an SSH target (connect, push the files, start the agent)."""
+        return self._boot_timeout or (180.0 if accel and accel.name == "tcg" else 60.0)
+
+    def rootfs(self, tree: KernelTree) -> Rootfs | None:
+        """The guest root for this run (None: the host's), with this kernel's modules in it."""
+        if self._rootfs_error:
+            raise self._rootfs_error  # it failed for another kernel: do not build it again
+        if self._rootfs is False:
+            self._rootfs_provider = RootfsProvider(self.provider.cache, log=self._log)
+            try:
+                self._rootfs = self._rootfs_provider.get(self.rootfs_name)
+            except KconformError as exc:
+                self._rootfs_error = exc
+                raise
+        if self._rootfs is not None:
+            self._rootfs_provider.add_modules(self._rootfs, tree)
+        return self._rootfs
+
+    def failure_report(self, exc: GuestFailure, kernel: str, item: pytest.Item) -> str:
+        known = self.known_crashes.match(exc.fingerprint)
+        if known:
+            item.user_properties.append(("known_crash", str(known)))
+        return _failure_text(exc, self.kernels.get(kernel), self.health, known)
+
+    def rootfs_label(self) -> str:
+        return self._rootfs.describe() if self._rootfs else self.rootfs_name
+
+
+def _known_crashes(opt) -> KnownCrashes:
+    if not opt.known_crashes:
+        return KnownCrashes()
+    opt.known_crashes = str(caller_path(opt.known_crashes).resolve())
+    path = Path(opt.known_crashes)
+    try:
+        return KnownCrashes(path)
+    except FileNotFoundError:
+        raise KconformError(f"--known-crashes {path}: no such file; give a TOML file of "
+                            "[[crash]] entries (fingerprint, reason, link), like "
+                            "harness/judging/data/known_crashes.toml") from None
+    except (OSError, ValueError, TypeError, AttributeError) as exc:  # TOMLDecodeError is one
+        raise KconformError(f"--known-crashes {path}: not a known-crashes file ({exc}); each "
+                            "[[crash]] entry needs fingerprint = \"frame|frame\" and "
+                            "reason = \"...\"") from None
+
+
+def _check_cache() -> None:
+    """The cache must take files before the first download needs it."""
+    chosen_by = "KCONFORM_CACHE" if os.environ.get("KCONFORM_CACHE") else "the cache directory"
+    fix = ("set KCONFORM_CACHE to a directory you can write (kernels, BPF objects and roots "
+           "are kept there)")
+    try:
+        path = cache_dir()
+    except OSError as exc:
+        where = os.environ.get("KCONFORM_CACHE") or exc.filename or "?"
+        raise KconformError(f"{chosen_by} {where}: cannot create it ({exc.strerror or exc}); "
+                            f"{fix}") from None
+    writable_directory(path, chosen_by, fix)
+
+
+RUN_KEY = pytest.StashKey[KconformRun]()
+TARGETS_KEY = "kconform_targets"  # in an xdist worker's workerinput
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-._" else "_" for c in name).strip("_")
+
+
+CRASHED_KEY = pytest.StashKey[bool]()
+CASE_GUEST_KEY = pytest.StashKey["CaseGuest"]()
+
+def _failure_text(exc: GuestFailure, info: KernelInfo | None, rules: HealthRules,
+                  known: KnownCrash | None) -> str:
+    """What a test that lost its guest reports: why, the crash fingerprint (and whether it is a
+    known crash), the console lines from the first splat on, and how to boot that kernel."""
+    text = [str(exc)]
+    if exc.fingerprint:
+        text.append(f"crash fingerprint: {exc.fingerprint}")
+    if known:
+        text.append(str(known))
+    if exc.console:
+        # From the first splat line when there is one: the panic message is the evidence.
+        start = rules.first_splat(exc.console)
+        if start is None:
+            start = max(0, len(exc.console) - 40)
+        text.append("console lines:")
+        text += [f"  | {line}" for line in exc.console[start:start + 80]]
+    if info:
+        text.append(f"console log: {info.console_log}")
+        text.append(f"{info.by_hand}: {info.vng_command}")
+    return "\n".join(text)
