@@ -245,6 +245,11 @@ def check_manifest(root: Path, full: bool = False) -> tuple[dict | None, str | N
     meta, problem = _read_manifest(root)
     if meta is None:
         return None, problem
+    # sizes and mtimes first: they name a truncated file as such, and cost no reads
+    for rel, recorded in meta["files"].items():
+        problem = _file_problem(root, rel, recorded, full)
+        if problem:
+            return None, problem
     if "vmlinuz_sha256" in meta:  # the image is what gets booted: always hashed (~10 ms)
         vmlinuz = root / "boot" / f"vmlinuz-{meta.get('release')}"
         try:
@@ -252,12 +257,7 @@ def check_manifest(root: Path, full: bool = False) -> tuple[dict | None, str | N
                 return None, f"{vmlinuz.name} does not match its recorded sha256"
         except OSError:
             return None, f"boot/{vmlinuz.name} is missing"
-    for rel, recorded in meta["files"].items():
-        problem = _file_problem(root, rel, recorded, full)
-        if problem:
-            return None, problem
     return meta, None
-
 
 
 def check_published(root: Path, log=lambda msg: None) -> tuple[dict | None, str | None]:

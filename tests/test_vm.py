@@ -118,9 +118,11 @@ def _wait_for(condition, seconds: float) -> bool:
 def test_an_interrupted_run_leaves_valid_reports_and_no_processes(tmp_path, signum):
     out_dir = tmp_path / "results"
     before = _qemu_guests()
+    # The whole suite, so the signal lands while cases run: a -k subset could finish before the
+    # poll saw three cases, and the signal then hit the run's summary instead.
     proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
-                             f"--results-dir={out_dir}", "cases", "--kernel", "debian-6.1",
-                             "-k", "test_update"], cwd=REPO, stdout=subprocess.PIPE,
+                             f"--results-dir={out_dir}", "cases", "--kernel", "debian-6.1"],
+                            cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     def finished() -> int:
         report = out_dir / results.REPORT_JSON
@@ -135,7 +137,7 @@ def test_an_interrupted_run_leaves_valid_reports_and_no_processes(tmp_path, sign
     assert proc.returncode == 2, out  # pytest's "interrupted"
     assert "KeyboardInterrupt" in out
     res = results.load(out_dir)
-    assert 3 <= len(res.cases) < 24 and res.runs[0]["complete"] is False
+    assert 3 <= len(res.cases) < 150 and res.runs[0]["complete"] is False
     assert len(list(ET.parse(out_dir / results.REPORT_JUNIT).getroot().iter("testcase"))) \
         == len(res.cases)
     assert leftover_guests(proc.pid) == [] and _qemu_guests() == before
