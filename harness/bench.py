@@ -35,7 +35,7 @@ FLOOR_FACTOR = 1.3
 NAIVE_RATIO_TARGET = 20.0
 MATRIX_TARGET_S = 240.0
 
-# Guest functions a user without kconform would script one boot each for, with their arguments.
+# QemuMachine functions a user without kconform would script one boot each for, with their arguments.
 NAIVE_SAMPLE = [
     ("cases.guest.create:create_with_value_sizes", {"map_type": "sockmap"}),
     ("cases.guest.update:update_flags", {"map_type": "sockhash"}),

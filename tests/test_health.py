@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.judging.crashes import crash_fingerprint
 from harness.judging.health import HealthRules
-from harness.machines.session import crash_fingerprint
 
 DATA = Path(__file__).parent / "data"
 

@@ -5,7 +5,7 @@ import pytest
 from harness.machines.accel import choose_accel
 from harness.kernels import KernelProvider
 from harness.machines.session import GuestSession
-from harness.machines.qemu import Guest
+from harness.machines.qemu import QemuMachine
 
 pytestmark = pytest.mark.vm
 
@@ -24,7 +24,7 @@ def test_a_root_guest_cannot_write_the_host_through_its_root(tmp_path):
     provider = KernelProvider()
     tree = provider.get("debian-6.1")
     accel = choose_accel(tree.vmlinuz, cache=provider.cache)
-    guest = Guest(tree, accel, tmp_path / "console.log",
+    guest = QemuMachine(tree, accel, tmp_path / "console.log",
                   extra_vng=("--rwdir", f"/tmp/kconform-rw={control.parent}"))
     session = GuestSession(guest, "debian-6.1", boot_timeout=300)
     session.start()

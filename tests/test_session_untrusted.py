@@ -12,14 +12,31 @@ from types import SimpleNamespace
 
 import pytest
 
+from harness.judging.crashes import crash_fingerprint
+from harness.judging.health import HealthRules
 from harness.machines import channel
 from harness.machines.channel import Console, LineChannel
-from harness.judging.health import HealthRules
+from harness.machines.session import (
+    BootFailure,
+    BootProtocolError,
+    GuestCallError,
+    GuestCrash,
+    GuestFailure,
+    GuestHang,
+    GuestProtocolError,
+    GuestSession,
+)
 from harness.plugin.run import MAX_REPLACEMENTS, GuestPool
-from harness.machines.session import (BootFailure, BootProtocolError, GuestCallError, GuestCrash,
-                             GuestFailure, GuestHang, GuestProtocolError, GuestSession)
-from tests.fake_machine import (DIE, HANG, FakeMachine, LiveCount, Reply, hello_line,
-                                response_line, saved_console)
+from tests.fake_machine import (
+    DIE,
+    HANG,
+    FakeMachine,
+    LiveCount,
+    Reply,
+    hello_line,
+    response_line,
+    saved_console,
+)
 
 FN = "cases.guest.fake:observe"
 
@@ -195,7 +212,7 @@ def test_a_panic_during_a_call_is_a_crash_with_the_saved_panics_fingerprint(tmp_
     session, _ = started(tmp_path, replies=[Reply(console=panic, then=DIE)])
     with pytest.raises(GuestCrash, match="the fake guest died during .*kernel panic") as failure:
         session.call(FN, timeout=1)
-    assert failure.value.fingerprint == \
+    assert crash_fingerprint(failure.value.console) == \
         "sysrq_handle_crash|__handle_sysrq|write_sysrq_trigger|proc_reg_write"
     assert any("Kernel panic - not syncing: sysrq triggered crash" in line
                for line in failure.value.console)

@@ -15,7 +15,7 @@ from harness.reports import results
 from harness.machines.accel import choose_accel
 from harness.kernels import KernelProvider
 from harness.machines.ssh import SshError, SshTarget, connect, run
-from harness.machines.qemu import Guest
+from harness.machines.qemu import QemuMachine
 from tests.conftest import verdicts_of
 
 pytestmark = pytest.mark.vm
@@ -53,7 +53,7 @@ def ssh_target(tmp_path_factory):
     tree = provider.get("debian-6.1")
     port = _free_port()
     accel = choose_accel(tree.vmlinuz, cache=provider.cache)  # the run's probe answer, if cached
-    guest = Guest(tree, accel, tmp / "console.log", command=CONFIGURE_NETWORK + "cat >/dev/null",
+    guest = QemuMachine(tree, accel, tmp / "console.log", command=CONFIGURE_NETWORK + "cat >/dev/null",
                   extra_vng=("--ssh", str(port), "--ssh-tcp"))
     guest.start()
     try:

@@ -1,4 +1,4 @@
-"""VM runner: one Guest object owns one virtme-ng guest's life (start, exchange lines, stop, logs).
+"""VM runner: one QemuMachine object owns one virtme-ng guest's life (start, exchange lines, stop, logs).
 
 The agent channel is virtme-ng's own script I/O: the guest command's stdin/stdout travel over
 virtio-serial ports, separate from the kernel console, which virtme-ng sends to stderr (--verbose).
@@ -33,7 +33,7 @@ from .accel import Accel
 from .channel import Console, GuestDied, LineChannel
 from .rootfs import GUEST_BPF, GUEST_REPO, Rootfs
 
-_LIVE: "weakref.WeakSet[Guest]" = weakref.WeakSet()
+_LIVE: "weakref.WeakSet[QemuMachine]" = weakref.WeakSet()
 
 
 def pinned_root_mounts() -> tuple[tuple[Path, str], ...]:
@@ -298,7 +298,7 @@ def build_vng_command(tree: KernelTree, accel: Accel, guest_cmd: str, *, memory:
     return cmd
 
 
-class Guest:
+class QemuMachine:
     """One booted kernel: a vng process, its console log, and a line channel to the agent."""
 
     noun = "the guest"  # in failure messages

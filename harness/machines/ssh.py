@@ -1,7 +1,7 @@
 """SSH targets: the same cases on an already-running machine (real hardware, a lab box, a VM
 someone else booted), through paramiko.
 
-An SshMachine plays the part a Guest plays for a QEMU guest: it connects, pushes the guest-side
+An SshMachine plays the part a QemuMachine plays for a QEMU guest: it connects, pushes the guest-side
 files over SFTP into a private temporary directory, starts the agent over one exec channel and
 exchanges the same JSON lines with it; the agent's stderr is its console. stop() removes the
 directory. A lost connection ends the session like a dead guest: the running test fails, and the

@@ -13,11 +13,12 @@ from ..cache import cache_dir
 from ..cli import caller_cwd, caller_path
 from ..errors import KconformError
 from ..judging import expectations
+from ..judging.crashes import crash_fingerprint
 from ..judging.health import HealthRules, KnownCrash, KnownCrashes
 from ..kernels import KernelProvider, KernelTree, expand_kernel_args, load_specs
 from ..machines.accel import choose_accel
 from ..machines.channel import Machine
-from ..machines.qemu import Guest, check_memory
+from ..machines.qemu import QemuMachine, check_memory
 from ..machines.rootfs import HOST, Rootfs, RootfsProvider, check_rootfs_name
 from ..machines.session import BootFailure, GuestFailure, GuestSession
 from ..machines.ssh import (
@@ -112,7 +113,7 @@ class GuestPool:
         accel = self.run.accel(tree)
         try:  # a root or a command line that cannot be made fails every test of this kernel
             rootfs = self.run.rootfs(tree)
-            guest = Guest(tree, accel, log, rootfs=rootfs, memory=self.run.memory)
+            guest = QemuMachine(tree, accel, log, rootfs=rootfs, memory=self.run.memory)
         except KconformError as exc:
             self.failed[name] = exc
             raise
@@ -240,7 +241,7 @@ class KconformRun:
         return self._rootfs
 
     def failure_report(self, exc: GuestFailure, kernel: str, item: pytest.Item) -> str:
-        known = self.known_crashes.match(exc.fingerprint)
+        known = self.known_crashes.match(crash_fingerprint(exc.console))
         if known:
             item.user_properties.append(("known_crash", str(known)))
         return _failure_text(exc, self.kernels.get(kernel), self.health, known)
@@ -296,8 +297,9 @@ def _failure_text(exc: GuestFailure, info: KernelInfo | None, rules: HealthRules
     """What a test that lost its guest reports: why, the crash fingerprint (and whether it is a
     known crash), the console lines from the first splat on, and how to boot that kernel."""
     text = [str(exc)]
-    if exc.fingerprint:
-        text.append(f"crash fingerprint: {exc.fingerprint}")
+    fingerprint = crash_fingerprint(exc.console)
+    if fingerprint:
+        text.append(f"crash fingerprint: {fingerprint}")
     if known:
         text.append(str(known))
     if exc.console:
