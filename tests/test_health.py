@@ -1,5 +1,6 @@
 """Splat detection and taint, on saved kernel logs."""
 import datetime
+import re
 from pathlib import Path
 
 import pytest
@@ -45,7 +46,6 @@ def test_panic_log_gives_a_fingerprint_of_the_first_frames():
 
 def test_known_crashes_are_data_with_reasons_matched_by_their_first_frames(tmp_path):
     from harness.judging.health import KnownCrashes
-    assert KnownCrashes().entries == []  # the shipped list loads (and is empty so far)
     path = tmp_path / "known.toml"
     path.write_text('[[crash]]\nfingerprint = "a|b"\nreason = "why"\nlink = "https://x"\n')
     known = KnownCrashes(path)
@@ -54,3 +54,30 @@ def test_known_crashes_are_data_with_reasons_matched_by_their_first_frames(tmp_p
     path.write_text('[[crash]]\nfingerprint = "a|b"\n')
     with pytest.raises(ValueError, match="needs a fingerprint and a reason"):
         KnownCrashes(path)
+
+
+def test_a_crash_on_a_saved_log_is_known_by_an_entry_with_fewer_frames(tmp_path):
+    from harness.judging.health import KnownCrashes
+    fingerprint = crash_fingerprint((DATA / "panic-6.1-sysrq.log").read_text().splitlines())
+    path = tmp_path / "known.toml"
+    path.write_text('[[crash]]\nfingerprint = "sysrq_handle_crash|__handle_sysrq"\n'
+                    'reason = "echo c > /proc/sysrq-trigger"\n')
+    assert str(KnownCrashes(path).match(fingerprint)) == "known crash: echo c > /proc/sysrq-trigger"
+
+
+def test_the_shipped_list_loads_and_its_example_is_a_valid_entry(tmp_path):
+    from harness.judging.health import DEFAULT_KNOWN_CRASHES, KnownCrashes
+    shipped = DEFAULT_KNOWN_CRASHES.read_text()
+    # The commented example is what a user copies: uncommented, it is one entry that matches.
+    example = "\n".join(line[2:] for line in shipped.splitlines()
+                        if line.startswith("# ") and (line.startswith("# [[") or " = " in line))
+    path = tmp_path / "known.toml"
+    path.write_text(example + "\n")
+    known = KnownCrashes(path)
+    entry, = known.entries
+    assert known.match(entry.fingerprint + "|do_syscall_64") is entry
+    assert entry.reason and entry.link.startswith("https://")
+    # Whatever the shipped list holds loads, and each entry's frames are function names.
+    for shipped_entry in KnownCrashes().entries:
+        frames = shipped_entry.fingerprint.split("|")
+        assert all(re.fullmatch(r"[A-Za-z_]\w*", frame) for frame in frames), shipped_entry
