@@ -154,9 +154,12 @@ def test_failures_carry_reproduction_lines_and_console(tmp_path):
     res, md, page = check_reports_agree_from(REGRESSION, tmp_path)
     failed = [c for c in res.cases if c["verdict"] in ("fail", "crashed")]
     assert {c["verdict"] for c in failed} == {"fail", "crashed"}
+    # The run judged with its own expectations file: rerunning a case must judge with it too.
+    run_args = shlex.split(res.runs[0]["command"])
+    expectations = run_args[run_args.index("--expectations") + 1]
     for case in failed:
-        assert case["reproduce"] == (f"./kconform suite --kernel {case['kernel']} '{case['id']}'"
-                                     + case["reproduce"].split(f"'{case['id']}'", 1)[1])
+        assert shlex.split(case["reproduce"]) == ["./kconform", "suite", "--kernel", case["kernel"],
+                                                  case["id"], "--expectations", expectations]
         assert case["boot"].startswith("vng --run ") and "--exec" not in case["boot"]
         assert case["reproduce"] in md and case["boot"] in md
     panic = next(c for c in failed if c["verdict"] == "crashed")
