@@ -38,10 +38,6 @@ class KernelTree:
                 if self.config_path and self.config_path.exists() else {}
         return self._config
 
-    def describe(self) -> dict:
-        return {"name": self.name, "release": self.release,
-                "package_version": self.package_version, "vmlinuz": str(self.vmlinuz)}
-
 
 def parse_kconfig(text: str) -> dict[str, str]:
     config = {}

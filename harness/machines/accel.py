@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..cache import read_regular_file, write_atomic
@@ -127,7 +127,3 @@ def probe_boot(kernel: Path, accel: str, cpu: str, timeout: float) -> tuple[bool
             if proc.poll() is None:
                 proc.kill()
             proc.wait()
-
-
-def describe(accel: Accel) -> dict:
-    return asdict(accel)
