@@ -25,10 +25,13 @@ class CallTimeout(Exception):
 class KernelLog:
     """Reads /dev/kmsg records past a position: the kernel log without dmesg's buffer limits."""
 
-    def __init__(self):
+    def __init__(self, since_boot=False):
+        """since_boot: the first drain() returns every record still in the ring buffer (the
+        boot); otherwise only what happens from now on."""
         try:
             self.fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
-            os.lseek(self.fd, 0, os.SEEK_END)  # only what happens from now on
+            if not since_boot:
+                os.lseek(self.fd, 0, os.SEEK_END)
         except OSError:
             self.fd = None
 
@@ -119,7 +122,7 @@ def main():
     channel = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
-    kmsg = KernelLog()
+    kmsg = KernelLog(since_boot="--boot-log" in sys.argv[2:])
     # An agent killed in a case may have left a cgroup with a program attached (an SSH target
     # lives on between connections): removed before anything else runs.
     from harness.agent.cgroups import clean_at_start

@@ -313,7 +313,7 @@ class QemuMachine:
         self.rootfs = rootfs
         if command is None:
             python = guest_python(rootfs)
-            command = shlex.join(agent_argv(python, self.guest_path(REPO_ROOT)))
+            command = shlex.join(agent_argv(python, self.guest_path(REPO_ROOT), boot_log=True))
         self.cmd = build_vng_command(tree, accel, command, memory=memory, cpus=cpus,
                                      kernel_args=kernel_args, extra_vng=extra_vng, rootfs=rootfs)
         self.console = Console(console_log)

@@ -332,7 +332,7 @@ class SshMachine:
             self._remove_left_behind()
             self._push_guest_side()
             session = self.client.get_transport().open_session()
-            session.exec_command(shlex.join(agent_argv("python3", self.guest_path(REPO_ROOT))))
+            session.exec_command(shlex.join(agent_argv("python3", self.guest_path(REPO_ROOT), boot_log=False)))
         except SSH_ERRORS as exc:
             self.kill()
             raise GuestDied(f"{self.target.url}: {exc}") from None

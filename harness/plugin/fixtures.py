@@ -8,6 +8,7 @@ import pytest
 
 from ..errors import KconformError
 from ..judging import expectations
+from ..judging.verdicts import Verdict
 from ..kernels import KernelTree
 from ..machines.session import GuestCallError, GuestFailure, GuestHang, GuestSession
 from .run import CASE_GUEST_KEY, CRASHED_KEY, RUN_KEY, KconformRun
@@ -107,8 +108,25 @@ def guest(request: pytest.FixtureRequest, kernel: str) -> CaseGuest:
     if booted is not None:
         item.user_properties += [("boot_seconds", round(booted.boot_seconds, 3)),
                                  ("agent_start_seconds", booted.agent_start_seconds)]
+        _check_boot_health(item, run, booted)
     item.stash[CASE_GUEST_KEY] = CaseGuest(item, run, kernel, session)
     return item.stash[CASE_GUEST_KEY]
+
+
+def _check_boot_health(item: pytest.Item, run: KconformRun, session: GuestSession) -> None:
+    """A splat or taint while the kernel booted fails the first test on that guest, as crashed:
+    no case ran yet, but a kernel that warned on its way up is not a healthy one to judge."""
+    boot_log = session.info.get("boot_log", [])
+    findings = run.health.check({"log_during": boot_log, "taint_before": 0,
+                                 "taint_after": session.info.get("taint", 0)})
+    if not findings:
+        return
+    item.stash[CRASHED_KEY] = True
+    start = run.health.first_splat(boot_log) or 0
+    lines = "\n".join(f"  {f}" for f in findings)
+    log = "\n".join(f"  | {line}" for line in boot_log[start:start + 60])
+    pytest.fail(f"the kernel reported a problem while it booted (this is the first test on its "
+                f"guest):\n{lines}\nkernel log from the first splat on:\n{log}", pytrace=False)
 
 
 def _skip_without_config(item: pytest.Item, kernel: str, tree: KernelTree) -> None:
@@ -159,8 +177,8 @@ def expect(request: pytest.FixtureRequest, kernel: str, guest: CaseGuest):
             ("expected", json.dumps(verdict.expected, sort_keys=True)),
             ("observed", json.dumps(observed, sort_keys=True)),
             ("source", verdict.outcome.source), ("reason", verdict.outcome.reason),
-            ("verdict", verdict.verdict)]
-        if verdict.verdict == expectations.FAIL:
+            ("verdict", verdict.verdict.value)]  # plain text: xdist sends it between processes
+        if verdict.verdict == Verdict.FAIL:
             if guest.down is not None:
                 item.stash[CRASHED_KEY] = True
                 pytest.fail(guest.down.report, pytrace=False)
