@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .paths import REPO_ROOT
+from .paths import REPO_ROOT, caller_cwd, caller_path
 
 USAGE = """\
 ./kconform suite [--kernel NAME[,NAME...]] [pytest args]   the conformance suite (cases/)
@@ -40,17 +40,6 @@ def suite_args(rest: list[str]) -> list[str]:
     named = any("::" in arg or (not arg.startswith("-") and arg.split("::")[0].endswith(".py"))
                 for arg in rest)
     return rest if named else ["cases", *rest]
-
-
-def caller_cwd() -> Path:
-    """Where the user typed the command: ./kconform cds to the repo and says where it was."""
-    return Path(os.environ.get("KCONFORM_CALLER_CWD") or os.getcwd())
-
-
-def caller_path(value: str | os.PathLike) -> Path:
-    """A path the user typed (an option's value), taken from where it was typed, absolute."""
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else caller_cwd() / path
 
 
 def results_dir_of(args: list[str]) -> Path:

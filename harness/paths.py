@@ -1,6 +1,7 @@
 """Where kconform's own files are, and how a machine starts the agent from them."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -12,3 +13,15 @@ def agent_argv(python: str, repo_root: str, *, boot_log: bool) -> list[str]:
     SSH target, whose log since boot is not this run's)."""
     return [python, "-I", "-S", f"{repo_root}/harness/agent/agent.py", repo_root,
             *(["--boot-log"] if boot_log else [])]
+
+
+def caller_cwd() -> Path:
+    """Where the user typed the command: ./kconform cds to the repo and says where it was."""
+    return Path(os.environ.get("KCONFORM_CALLER_CWD") or os.getcwd())
+
+
+
+def caller_path(value: str | os.PathLike) -> Path:
+    """A path the user typed (an option's value), taken from where it was typed, absolute."""
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else caller_cwd() / path

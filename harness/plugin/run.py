@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from ..cache import cache_dir
-from ..cli import caller_cwd, caller_path
 from ..errors import KconformError
 from ..judging import expectations
 from ..judging.crashes import crash_fingerprint
@@ -18,7 +18,7 @@ from ..judging.health import HealthRules, KnownCrash, KnownCrashes
 from ..kernels import KernelProvider, KernelTree, expand_kernel_args, load_specs
 from ..machines.accel import choose_accel
 from ..machines.channel import Machine
-from ..machines.qemu import QemuMachine, check_memory
+from ..machines.qemu import QemuMachine, build_vng_command, check_memory
 from ..machines.rootfs import HOST, Rootfs, RootfsProvider, check_rootfs_name
 from ..machines.session import BootFailure, GuestFailure, GuestSession
 from ..machines.ssh import (
@@ -28,6 +28,7 @@ from ..machines.ssh import (
     description_from_dict,
     target_kernel_name,
 )
+from ..paths import caller_cwd, caller_path
 from ..reports.results import writable_directory
 
 MAX_REPLACEMENTS = 3  # a kernel whose guest dies this often gets its remaining tests failed fast
@@ -248,6 +249,18 @@ class KconformRun:
 
     def rootfs_label(self) -> str:
         return self._rootfs.describe() if self._rootfs else self.rootfs_name
+
+    def boot_command(self, tree: KernelTree) -> str | None:
+        """The vng line this kernel's guest boots with, for the reports of a kernel whose guest
+        never booted. None for an SSH target, or while no accelerator is chosen (choosing one
+        may boot a probe guest, which a report must not do)."""
+        if tree.target or self._accel is None:
+            return None
+        try:
+            return shlex.join(build_vng_command(tree, self._accel, "true", memory=self.memory,
+                                                rootfs=self._rootfs or None))
+        except KconformError:
+            return None  # a line that cannot be made safe: the kernel's tests already say why
 
 
 def _known_crashes(opt) -> KnownCrashes:

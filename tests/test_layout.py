@@ -1,0 +1,73 @@
+"""The folders follow the data path and dependencies point one way (README, "Layout"): judging
+and reports read results only, so they never import a machine or the plugin; the guest side
+imports nothing of the host's; no package imports another that imports it back."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from harness.paths import REPO_ROOT
+
+HARNESS = REPO_ROOT / "harness"
+# What each stage may import (besides the standard library, third-party packages and itself).
+ALLOWED = {
+    "agent": set(),
+    "kernels": {"errors", "cache", "paths", "versions"},
+    "machines": {"errors", "cache", "paths", "versions", "kernels"},
+    "judging": {"errors", "paths", "versions"},
+    "reports": {"errors", "paths", "versions", "judging"},
+    "plugin": {"errors", "cache", "paths", "versions", "kernels", "machines", "judging",
+               "reports", "bpf"},
+}
+
+
+def harness_imports(path: Path) -> set[str]:
+    """The top-level harness modules or packages a file imports, e.g. {"kernels", "errors"}."""
+    module = path.relative_to(REPO_ROOT).with_suffix("").parts
+    package = module[:-1] if path.name != "__init__.py" else module[:-1]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = list(package[:len(package) - node.level + 1])
+                parts = base + (node.module.split(".") if node.module else [])
+                if not node.module:
+                    parts_list = [base + [alias.name] for alias in node.names]
+                else:
+                    parts_list = [parts]
+            else:
+                parts_list = [node.module.split(".")] if node.module else []
+        elif isinstance(node, ast.Import):
+            parts_list = [alias.name.split(".") for alias in node.names]
+        else:
+            continue
+        for parts in parts_list:
+            if len(parts) > 1 and parts[0] == "harness":
+                found.add(parts[1])
+    return found
+
+
+def stage_of(path: Path) -> str:
+    return path.relative_to(HARNESS).parts[0].removesuffix(".py")
+
+
+def test_each_stage_imports_only_the_stages_before_it():
+    wrong = []
+    for path in sorted(HARNESS.rglob("*.py")):
+        stage = stage_of(path)
+        if stage not in ALLOWED:
+            continue
+        for imported in harness_imports(path) - {stage}:
+            if imported not in ALLOWED[stage]:
+                wrong.append(f"{path.relative_to(REPO_ROOT)} imports harness.{imported}")
+    assert wrong == []
+
+
+def test_the_check_sees_an_import_against_the_direction(tmp_path, monkeypatch):
+    """A reports module importing a machine is caught (so the test above can fail)."""
+    bad = HARNESS / "reports" / "_layout_probe.py"
+    bad.write_text("from ..machines.qemu import QemuMachine\nfrom harness.plugin import run\n")
+    try:
+        assert harness_imports(bad) == {"machines", "plugin"}
+    finally:
+        bad.unlink()
