@@ -2,12 +2,10 @@
 
 map_sockmap.rst, "User space / bpf_map_delete_elem()": returns 0 on success, or negative error.
 """
-import pytest
-
-BOTH = pytest.mark.parametrize("map_type", ["sockmap", "sockhash"])
+from cases.maps import EACH_MAP_TYPE
 
 
-@BOTH
+@EACH_MAP_TYPE
 def test_delete_of_a_present_entry_removes_it(guest, expect, map_type):
     expect("D0", guest.call("delete_present", map_type=map_type), map_type)
 
@@ -20,12 +18,12 @@ def test_sockhash_delete_of_missing_key_is_enoent(guest, expect):
     expect("D2", guest.call("delete_missing", map_type="sockhash"))
 
 
-@BOTH
+@EACH_MAP_TYPE
 def test_closed_socket_leaves_the_map(guest, expect, map_type):
     expect("D3", guest.call("closed_socket_leaves_map", map_type=map_type), map_type)
 
 
 
-@BOTH
+@EACH_MAP_TYPE
 def test_listener_disconnected_with_connect_af_unspec_stays_until_close(guest, expect, map_type):
     expect("D3b", guest.call("listener_after_connect_unspec", map_type=map_type), map_type)

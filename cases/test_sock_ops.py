@@ -3,10 +3,10 @@
 map_sockmap.rst, "bpf_sock_map_update()" / "bpf_sock_hash_update()": "Add an entry to, or update
 a map referencing sockets. The skops is used as a new value for the entry associated to key."
 """
-import pytest
+from cases.maps import EACH_MAP_TYPE
 
 
-@pytest.mark.parametrize("map_type", ["sockmap", "sockhash"])
+@EACH_MAP_TYPE
 def test_sock_ops_callbacks_add_the_socket_they_run_for(guest, expect, bpf_object, map_type):
     expect("O1", guest.call("sock_ops_update", obj=bpf_object("sock_ops"), map_type=map_type),
            map_type)

@@ -3,10 +3,9 @@
 Programs are loaded one at a time (BpfObject(only=...)), since whether the verifier accepts a
 program is itself the observation.
 """
-import struct
 
 from harness.agent import libbpf as bpf
-from harness.agent.observe import socket_cookie
+from harness.agent.observe import holds_socket
 from harness.agent.sockets import closing_all, tcp_pair
 
 TC_ACT_OK, TC_ACT_SHOT = 0, 2
@@ -15,8 +14,8 @@ PACKET = bytes(14) + bytes([0x45]) + bytes(49)  # an Ethernet frame with an IPv4
 
 def _rejected(exc):
     """The errno of a refused load and the verifier's reason (its last lines before the stats)."""
-    lines = [l for l in (exc.verifier_log or "").splitlines()
-             if l.strip() and not l.startswith(("processed ", "---"))]
+    lines = [line for line in (exc.verifier_log or "").splitlines()
+             if line.strip() and not line.startswith(("processed ", "---"))]
     return {"load": exc.errno_name, "verifier_says": " / ".join(lines[-2:])}
 
 
@@ -27,13 +26,6 @@ def load_result(obj, prog):
             return {"load": "OK"}
     except bpf.BpfError as exc:
         return _rejected(exc)
-
-
-def _cookie_at(fd, key):
-    try:
-        return struct.unpack("<Q", bpf.map_lookup(fd, bpf.u32(key), 8))[0]
-    except bpf.BpfError as exc:
-        return exc.errno_name
 
 
 def tc_copies_socket(obj):
@@ -47,11 +39,10 @@ def tc_copies_socket(obj):
         with closing_all(a, b):
             bpf.map_update(o.map_fd("src_map"), bpf.u32(0), bpf.u64(a.fileno()))
             copy = bpf.prog_test_run(o.prog_fd("prog_tc_copy"), PACKET)
-            cookie = socket_cookie(a)
             return {"load": "OK",
                     "copy_program": "all updates OK" if copy == TC_ACT_OK else "an update failed",
-                    "sockmap_holds_socket": _cookie_at(o.map_fd("dst_map"), 0) == cookie,
-                    "sockhash_holds_socket": _cookie_at(o.map_fd("dst_hash"), 0) == cookie}
+                    "sockmap_holds_socket": holds_socket(o.map_fd("dst_map"), bpf.u32(0), a),
+                    "sockhash_holds_socket": holds_socket(o.map_fd("dst_hash"), bpf.u32(0), a)}
 
 
 def tc_lookup_of_empty_slot(obj):

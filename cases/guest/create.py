@@ -19,7 +19,8 @@ def create_with_value_sizes(map_type):
 
 
 def create_with_bad_value_size(map_type):
-    return {"value_2": _create(map_type, value_size=2), "value_16": _create(map_type, value_size=16)}
+    return {"value_2": _create(map_type, value_size=2),
+            "value_16": _create(map_type, value_size=16)}
 
 
 def create_with_key_size(map_type, key_size):
@@ -68,7 +69,7 @@ def create_unprivileged(map_type):
         with open(UNPRIV_SYSCTL, "w") as f:
             f.write("0")
     except OSError as exc:
-        obs["unprivileged_bpf_enabled"] = "sysctl locked: %s" % bpf.errno_name(exc.errno)
+        obs["unprivileged_bpf_enabled"] = f"sysctl locked: {bpf.errno_name(exc.errno)}"
         return obs
     try:
         obs["unprivileged_bpf_enabled"] = _as_nobody(map_type)

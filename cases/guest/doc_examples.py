@@ -4,33 +4,22 @@ run on real sockets.
 Both verdict examples redirect to the one socket their map holds, with flags 0 (egress): data
 that socket receives goes back out of it, so its peer gets its own bytes back.
 """
-import select
 import socket
 import struct
 
 from harness.agent import libbpf as bpf
 from harness.agent.observe import outcome
-from harness.agent.sockets import closing_all, tcp_listener, tcp_pair
+from harness.agent.sockets import closing_all, received, tcp_listener, tcp_pair
 
 PAYLOAD = b"kconform-doc-example"
 DOC_PORT = 10000
 
 
-def _received(sock, wait=1.0):
-    ready, _, _ = select.select([sock], [], [], wait)
-    if not ready:
-        return b""
-    try:
-        return sock.recv(4096)
-    except OSError:
-        return b""
-
-
 def _exchange(client, server):
     """client sends; what comes back to the client, and what the server application reads."""
     client.send(PAYLOAD)
-    echoed = _received(client)
-    delivered = _received(server, wait=0.3)
+    echoed = received(client)
+    delivered = received(server, wait=0.3)
     return {"client_got_its_bytes_back": echoed == PAYLOAD,
             "server_application_got_bytes": delivered == PAYLOAD}
 

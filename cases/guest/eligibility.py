@@ -56,7 +56,7 @@ def unix_stream_unconnected(map_type):
     """AF_UNIX stream sockets that are not connected: new, and listening (U14)."""
     new = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listening.bind("\0kconform-u14-%d" % listening.fileno())
+    listening.bind(f"\0kconform-u14-{listening.fileno()}")
     listening.listen(1)
     with closing_all(new, listening):
         return {"unconnected": _insert(map_type, new), "listening": _insert(map_type, listening)}
@@ -71,7 +71,7 @@ def vsock_states(map_type):
     try:
         listener = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
     except OSError as exc:
-        return {"unavailable": "AF_VSOCK: %s" % exc}
+        return {"unavailable": f"AF_VSOCK: {exc}"}
     with closing_all(listener):
         listener.settimeout(2)
         try:
@@ -82,7 +82,7 @@ def vsock_states(map_type):
             cli.connect((VMADDR_CID_LOCAL, listener.getsockname()[1]))
             acc, _ = listener.accept()
         except OSError as exc:
-            return {"unavailable": "vsock loopback: %s" % exc}
+            return {"unavailable": f"vsock loopback: {exc}"}
         fresh = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
         with closing_all(cli, acc, fresh):
             return {"connected": _insert(map_type, cli), "accepted": _insert(map_type, acc),

@@ -1,6 +1,6 @@
 """Guest side of cases/test_lookup.py: what user space gets back from a sockmap lookup."""
 from harness.agent import libbpf as bpf
-from harness.agent.observe import outcome, socket_cookie
+from harness.agent.observe import outcome, socket_cookie, value_cookie
 from harness.agent.sockets import closing_all, tcp_pair
 
 
@@ -15,7 +15,7 @@ def lookup_inserted_tcp_socket(map_type, value_size):
         lookup = outcome(lambda: got.append(bpf.map_lookup(fd, bpf.u32(0), value_size)))
         observed = {"update": update, "lookup": lookup}
         if got:
-            observed["value_is_so_cookie"] = int.from_bytes(got[0], "little") == socket_cookie(cli)
+            observed["value_is_so_cookie"] = value_cookie(got[0]) == socket_cookie(cli)
         return observed
 
 

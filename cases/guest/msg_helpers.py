@@ -5,12 +5,11 @@ chosen in `msg_cfg` on what p sends. The program records one `msg_run` per run; 
 arrives after each send.
 """
 import os
-import select
 import struct
 import tempfile
 
 from harness.agent import libbpf as bpf
-from harness.agent.sockets import closing_all, tcp_pair
+from harness.agent.sockets import closing_all, drained, tcp_pair
 
 OPS = {"none": 0, "apply": 1, "cork": 2, "pull": 3, "push": 4, "pop": 5}
 MAX_RUNS = 16
@@ -19,19 +18,6 @@ RUN = struct.Struct("<qIIII")
 
 def payload(size):
     return bytes(ord("a") + i % 26 for i in range(size))
-
-
-def _drain(sock, wait):
-    """Everything that arrives within `wait` seconds of quiet."""
-    got = b""
-    while True:
-        ready, _, _ = select.select([sock], [], [], wait)
-        if not ready:
-            return got
-        data = sock.recv(65536)
-        if not data:
-            return got
-        got += data
 
 
 def _ret(value):
@@ -54,7 +40,7 @@ def run_helper(obj, op, a=0, b=0, flags=0, first_run_only=True, sends=(100,), se
                 data = payload(size)
                 send_result = _send(p, data, sendfile)
                 sent += data
-                received.append((send_result, _drain(c, wait)))
+                received.append((send_result, drained(c, wait)))
             count = struct.unpack("<I", bpf.map_lookup(o.map_fd("run_count"), bpf.u32(0), 4))[0]
             runs = []
             for i in range(min(count, MAX_RUNS)):

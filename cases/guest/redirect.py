@@ -6,30 +6,15 @@ program redirects what p0 receives (sk_skb) or what p0 sends (sk_msg) to key 1: 
 out of the target (so its peer receives it), BPF_F_INGRESS queues it on the target itself.
 """
 import contextlib
-import select
 import struct
 
 from harness.agent import libbpf as bpf
 from harness.agent.observe import outcome
-from harness.agent.sockets import closing_all, tcp_listener, tcp_pair, udp_pair, unix_pair
+from harness.agent.sockets import arrivals, closing_all, tcp_listener, tcp_pair, udp_pair, unix_pair
 
 MAPS = {"map": "sock_map", "hash": "sock_hash"}
 PAYLOAD = b"kconform-redirect"
 MISSING_KEY = 3
-
-
-def _arrivals(socks, wait=1.0):
-    got = {}
-    ready, _, _ = select.select(list(socks.values()), [], [], wait)
-    for name, s in socks.items():
-        if s in ready:
-            try:
-                data = s.recv(4096)
-            except OSError:
-                continue
-            if data:
-                got[name] = data
-    return got
 
 
 def _target(kind):
@@ -48,7 +33,7 @@ def _target(kind):
         return target, peer, [target, peer]
     if kind == "missing":
         return None, None, []
-    raise ValueError("unknown redirect target %r" % kind)
+    raise ValueError(f"unknown redirect target {kind!r}")
 
 
 def redirect(obj, kind, helper, flags, target="tcp"):
@@ -86,7 +71,7 @@ def redirect(obj, kind, helper, flags, target="tcp"):
             watch["target"] = dest
         if peer is not None:
             watch["target_peer"] = peer
-        got = _arrivals(watch)
+        got = arrivals(watch)
         results = o.map_fd("results")
         ret = struct.unpack("<q", bpf.map_lookup(results, bpf.u32(0), 8))[0]
         runs = struct.unpack("<q", bpf.map_lookup(results, bpf.u32(1), 8))[0]

@@ -10,7 +10,7 @@ import struct
 
 from harness.agent import libbpf as bpf
 from harness.agent.cgroups import case_cgroup
-from harness.agent.observe import outcome, socket_cookie
+from harness.agent.observe import holds_socket, outcome
 from harness.agent.sockets import closing_all, tcp_pair
 
 MAPS = {"sockmap": "sock_map", "sockhash": "sock_hash"}
@@ -44,11 +44,7 @@ def sock_ops_update(obj, map_type):
                                                                bpf.u32(key), RESULT.size))
                     obs[name + "_helper"] = ("OK" if ret == 0 else bpf.errno_name(-ret)) \
                         if ran else "not called"
-                    try:
-                        cookie = struct.unpack("<Q", bpf.map_lookup(fd, bpf.u32(key), 8))[0]
-                        obs[name + "_in_map"] = cookie == socket_cookie(socks[name])
-                    except bpf.BpfError as exc:
-                        obs[name + "_in_map"] = exc.errno_name
+                    obs[name + "_in_map"] = holds_socket(fd, bpf.u32(key), socks[name])
                 return obs
         finally:
             outcome(bpf.prog_detach, prog, cgroup, "cgroup_sock_ops")

@@ -2,15 +2,10 @@
 import os
 
 from harness.agent import libbpf as bpf
-from harness.agent.observe import lookup_within, outcome, socket_cookie
+from harness.agent.observe import cookie_in_map, lookup_within, outcome, socket_cookie
 from harness.agent.sockets import closing_all, tcp_pair
 
 u32, u64 = bpf.u32, bpf.u64
-
-
-def _holds(fd, key, sock):
-    """Whether the map's entry at key is this socket (by its cookie)."""
-    return int.from_bytes(bpf.map_lookup(fd, key, 8), "little") == socket_cookie(sock)
 
 
 def update_flags(map_type):
@@ -18,14 +13,15 @@ def update_flags(map_type):
     a, b = tcp_pair()
     c, d = tcp_pair()
     with bpf.created_map(map_type, 4, 8, 4) as fd, closing_all(a, b, c, d):
-        obs = {"noexist_empty": outcome(bpf.map_update, fd, u32(0), u64(a.fileno()), bpf.BPF_NOEXIST)}
+        obs = {"noexist_empty": outcome(bpf.map_update, fd, u32(0), u64(a.fileno()),
+                                        bpf.BPF_NOEXIST)}
         obs["noexist_occupied"] = outcome(bpf.map_update, fd, u32(0), u64(c.fileno()),
                                           bpf.BPF_NOEXIST)
         obs["exist_empty"] = outcome(bpf.map_update, fd, u32(1), u64(c.fileno()), bpf.BPF_EXIST)
         obs["exist_occupied"] = outcome(bpf.map_update, fd, u32(0), u64(c.fileno()), bpf.BPF_EXIST)
-        obs["exist_replaced_socket"] = _holds(fd, u32(0), c)
+        obs["exist_replaced_socket"] = cookie_in_map(fd, u32(0)) == socket_cookie(c)
         obs["any_occupied"] = outcome(bpf.map_update, fd, u32(0), u64(a.fileno()), bpf.BPF_ANY)
-        obs["any_replaced_socket"] = _holds(fd, u32(0), a)
+        obs["any_replaced_socket"] = cookie_in_map(fd, u32(0)) == socket_cookie(a)
         return obs
 
 
@@ -49,7 +45,7 @@ def sockhash_full():
         obs = {"first": outcome(bpf.map_update, fd, u32(7), u64(a.fileno())),
                "new_key_when_full": outcome(bpf.map_update, fd, u32(8), u64(b.fileno())),
                "existing_key_when_full": outcome(bpf.map_update, fd, u32(7), u64(b.fileno()))}
-        obs["existing_key_replaced"] = _holds(fd, u32(7), b)
+        obs["existing_key_replaced"] = cookie_in_map(fd, u32(7)) == socket_cookie(b)
         return obs
 
 
@@ -61,7 +57,7 @@ def update_bad_values(map_type):
         closed = os.dup(r)
         os.close(closed)
         try:
-            return {"minus_one": outcome(bpf.map_update, fd, u32(0), (2**64 - 1).to_bytes(8, "little")),
+            return {"minus_one": outcome(bpf.map_update, fd, u32(0), u64(2**64 - 1)),
                     "closed_fd": outcome(bpf.map_update, fd, u32(0), u64(closed)),
                     "pipe": outcome(bpf.map_update, fd, u32(0), u64(r))}
         finally:

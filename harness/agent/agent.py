@@ -52,11 +52,11 @@ class KernelLog:
             stamp = int(fields[2]) / 1e6 if len(fields) > 2 and fields[2].isdigit() else 0.0
             for i, part in enumerate(text.rstrip("\n").split("\n")):
                 if i == 0:
-                    lines.append("[%12.6f] %s" % (stamp, part))
+                    lines.append(f"[{stamp:12.6f}] {part}")
                 elif not part.startswith(" "):
                     continue  # dictionary lines (SUBSYSTEM=...) are metadata
                 else:
-                    lines.append("[%12.6f] %s" % (stamp, part.strip()))
+                    lines.append(f"[{stamp:12.6f}] {part.strip()}")
         return lines
 
 
@@ -72,11 +72,14 @@ def _alarm(signum, frame):
     raise CallTimeout()
 
 
-def resolve(name, cache={}):
-    if name not in cache:
+_FUNCTIONS = {}  # "module:function" -> the function: each looked up once per agent
+
+
+def resolve(name):
+    if name not in _FUNCTIONS:
         module, _, func = name.partition(":")
-        cache[name] = getattr(importlib.import_module(module), func)
-    return cache[name]
+        _FUNCTIONS[name] = getattr(importlib.import_module(module), func)
+    return _FUNCTIONS[name]
 
 
 def describe_error(exc):
@@ -104,7 +107,7 @@ def handle(request, kmsg):
             response = {"ok": True, "result": result}
         except CallTimeout:
             response = {"ok": False, "error": {"type": "CallTimeout", "message":
-                        "the guest-side function ran past %ss" % request.get("timeout")}}
+                        "the guest-side function ran past {}s".format(request.get("timeout"))}}
         except BaseException as exc:  # the guest side's failure is the test's evidence
             response = {"ok": False, "error": describe_error(exc)}
         finally:
@@ -113,7 +116,7 @@ def handle(request, kmsg):
         response["health"] = {"log_before": before_log, "log_during": kmsg.drain(),
                               "taint_before": before_taint, "taint_after": tainted()}
         return response
-    return {"ok": False, "error": {"type": "BadRequest", "message": "unknown op %r" % op}}
+    return {"ok": False, "error": {"type": "BadRequest", "message": f"unknown op {op!r}"}}
 
 
 def main():
@@ -152,7 +155,7 @@ def main():
             text = json.dumps(response)
         except (TypeError, ValueError) as exc:
             text = json.dumps({"id": request.get("id"), "ok": False, "error": {
-                "type": "BadResult", "message": "result is not JSON: %s" % exc}})
+                "type": "BadResult", "message": f"result is not JSON: {exc}"}})
         channel.write(text + "\n")
 
 

@@ -62,7 +62,7 @@ def cgroup2_root():
 def process_start(pid):
     """The start time of a process (clock ticks since boot), or None when it is gone."""
     try:
-        with open("/proc/%d/stat" % pid) as f:
+        with open(f"/proc/{pid}/stat") as f:
             stat = f.read()
     except OSError:
         return None
@@ -88,7 +88,7 @@ def case_cgroup():
     """An fd of a new cgroup holding this process (the agent) while the block runs; the agent
     goes back where it was, the group is emptied of programs and removed, when the block ends."""
     pid = os.getpid()
-    name = "%s%d-%d-%d" % (PREFIX, pid, process_start(pid), next(_counter))
+    name = f"{PREFIX}{pid}-{process_start(pid)}-{next(_counter)}"
     with cgroup2_root() as root:
         group = os.path.join(root, name)
         home = os.path.join(root, _own_group().lstrip("/"))
@@ -153,11 +153,11 @@ def remove_left_behind():
                 finally:
                     os.close(fd)
                 os.rmdir(path)
-                notes.append("kconform: removed cgroup %s left by a dead agent (%d program(s) "
-                             "detached)" % (name, detached))
+                notes.append(f"kconform: removed cgroup {name} left by a dead agent ({detached} "
+                             "program(s) detached)")
             except (OSError, RuntimeError) as exc:  # RuntimeError: no libbpf on this machine
-                notes.append("kconform: could not remove cgroup %s left by a dead agent: %s"
-                             % (path, exc))
+                notes.append(f"kconform: could not remove cgroup {path} left by a dead agent: "
+                             f"{exc}")
     return notes
 
 
@@ -193,7 +193,7 @@ def clean_at_start():
     try:
         notes = remove_left_behind()
     except Exception as exc:  # no cgroup2, no mount(8): nothing kconform made can be there
-        notes = ["kconform: looking for cgroups left by a dead agent failed: %s" % exc]
+        notes = [f"kconform: looking for cgroups left by a dead agent failed: {exc}"]
     for note in notes:
         print(note, file=sys.stderr, flush=True)
     return notes

@@ -24,6 +24,26 @@ def socket_cookie(sock):
     return int.from_bytes(sock.getsockopt(socket.SOL_SOCKET, SO_COOKIE, 8), "little")
 
 
+def value_cookie(value):
+    """The socket cookie in a sockmap or sockhash value as a lookup from user space returns it
+    (host order: x86 is little-endian)."""
+    return int.from_bytes(value, "little")
+
+
+def cookie_in_map(fd, key):
+    """The cookie of the socket the map holds at `key`; raises BpfError when the slot is empty."""
+    return value_cookie(bpf.map_lookup(fd, key, 8))
+
+
+def holds_socket(fd, key, sock):
+    """True when the map's entry at `key` is `sock` itself (by cookie), False when it is another
+    socket, or the errno name the lookup fails with ("ENOENT")."""
+    try:
+        return cookie_in_map(fd, key) == socket_cookie(sock)
+    except bpf.BpfError as exc:
+        return exc.errno_name
+
+
 def lookup_within(fd, key, seconds=2.0):
     """Lookup result once the entry is gone, or "OK" if it is still there after `seconds`.
 

@@ -1,5 +1,6 @@
 """Real sockets for guest-side cases: connected pairs of each family, with timeouts everywhere."""
 import contextlib
+import select
 import socket
 
 TIMEOUT = 2.0
@@ -58,3 +59,32 @@ def closing_all(*groups):
             for s in (group if isinstance(group, (list, tuple)) else [group]):
                 with contextlib.suppress(OSError):
                     s.close()
+
+
+def arrivals(socks, wait=1.0):
+    """{name: bytes} of the sockets in `socks` ({name: socket}) that have data within `wait`
+    seconds: one read each. A socket whose read fails, or that reads end of stream, is left out."""
+    got = {}
+    ready, _, _ = select.select(list(socks.values()), [], [], wait)
+    for name, sock in socks.items():
+        if sock in ready:
+            try:
+                data = sock.recv(65536)
+            except OSError:
+                continue
+            if data:
+                got[name] = data
+    return got
+
+
+def received(sock, wait=1.0):
+    """What one read of `sock` gets within `wait` seconds (b"" if nothing comes)."""
+    return arrivals({"sock": sock}, wait).get("sock", b"")
+
+
+def drained(sock, wait):
+    """Everything `sock` receives until `wait` seconds pass with nothing new."""
+    got = b""
+    while data := received(sock, wait):
+        got += data
+    return got
