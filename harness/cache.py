@@ -12,7 +12,7 @@ import shutil
 import stat
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .errors import KconformError
@@ -181,11 +181,15 @@ MANIFEST = "kconform-tree.json"
 # stays fast); `./kconform cache verify` re-hashes everything.
 MANIFEST_FORMAT = 2
 
+# A manifest as JSON: "files", "format" and "vmlinuz_sha256" are the cache's; the other fields
+# are the publisher's (a kernel tree's release, a root's packages), read and checked by it.
+Manifest = dict[str, object]
 
 
-def write_manifest(root: Path, meta: dict, only: set[str] | None = None) -> None:
+
+def write_manifest(root: Path, meta: Manifest, only: set[str] | None = None) -> None:
     """Record every regular file under root (or only those in `only`, relative paths)."""
-    files = {}
+    files: dict[str, dict[str, int | str]] = {}
     for dirpath, _dirs, names in os.walk(root):
         for n in names:
             p = Path(dirpath) / n
@@ -204,7 +208,7 @@ def write_manifest(root: Path, meta: dict, only: set[str] | None = None) -> None
 
 
 
-def _read_manifest(root: Path) -> tuple[dict | None, str | None]:
+def _read_manifest(root: Path) -> tuple[Manifest | None, str | None]:
     if root.is_symlink() or not root.is_dir():
         return None, f"{root} is not a directory kconform published (a symlink, or a file)"
     try:
@@ -217,7 +221,13 @@ def _read_manifest(root: Path) -> tuple[dict | None, str | None]:
 
 
 
-def _file_problem(root: Path, rel: str, recorded, full: bool) -> str | None:
+def manifest_files(meta: Manifest) -> dict[str, object]:
+    """The files a manifest lists, relative path -> what was recorded ({} when it lists none)."""
+    files = meta.get("files")
+    return files if isinstance(files, dict) else {}
+
+
+def _file_problem(root: Path, rel: str, recorded: object, full: bool) -> str | None:
     """What is wrong with one file the manifest lists (None: nothing)."""
     try:
         st = os.lstat(root / rel)
@@ -239,14 +249,14 @@ def _file_problem(root: Path, rel: str, recorded, full: bool) -> str | None:
 
 
 
-def check_manifest(root: Path, full: bool = False) -> tuple[dict | None, str | None]:
+def check_manifest(root: Path, full: bool = False) -> tuple[Manifest | None, str | None]:
     """(manifest, None) when the tree is whole, else (None, what is wrong). Every file's size
     and mtime, and a kernel image's sha256; with full, every file's sha256."""
     meta, problem = _read_manifest(root)
     if meta is None:
         return None, problem
     # sizes and mtimes first: they name a truncated file as such, and cost no reads
-    for rel, recorded in meta["files"].items():
+    for rel, recorded in manifest_files(meta).items():
         problem = _file_problem(root, rel, recorded, full)
         if problem:
             return None, problem
@@ -260,7 +270,8 @@ def check_manifest(root: Path, full: bool = False) -> tuple[dict | None, str | N
     return meta, None
 
 
-def check_published(root: Path, log=lambda msg: None) -> tuple[dict | None, str | None]:
+def check_published(root: Path, log: Callable[[str], None] = lambda msg: None
+                    ) -> tuple[Manifest | None, str | None]:
     """check_manifest for a tree or root about to be used, under its cache lock. A format-1
     manifest (sizes only) whose checks pass is rewritten with hashes instead of the tree being
     fetched again: the tree passes every check it was published with, and dropping it would
@@ -270,7 +281,7 @@ def check_published(root: Path, log=lambda msg: None) -> tuple[dict | None, str 
         log(f"{root.name}: recording the file hashes of a tree cached by an older kconform")
         old = {k: v for k, v in meta.items() if k not in ("files", "format", "vmlinuz_sha256")}
         # Only what was published: a root has kernels' modules linked in since, and they change.
-        write_manifest(root, old, only=set(meta["files"]))
+        write_manifest(root, old, only=set(manifest_files(meta)))
         meta, problem = check_manifest(root)
     return meta, problem
 

@@ -221,11 +221,12 @@ class AptArchive:
             shutil.rmtree(work, ignore_errors=True)
             lists.mkdir(parents=True, exist_ok=True)
 
-    def _run(self, tool: str, spec: KernelSpec, args: list[str], cwd: Path | None = None):
+    def _run(self, tool: str, spec: KernelSpec, args: list[str],
+             cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(self.command(tool, spec, args), cwd=cwd, text=True,
                               capture_output=True, env=self.environment())
 
-    def _refuse_unsandboxed(self, spec: KernelSpec, proc) -> None:
+    def _refuse_unsandboxed(self, spec: KernelSpec, proc: subprocess.CompletedProcess[str]) -> None:
         lines = [l for l in (proc.stdout + proc.stderr).splitlines() if UNSANDBOXED in l]
         if lines:
             raise KernelUnavailable(f"{spec.name}: apt could not run its downloads as _apt, and "
@@ -273,7 +274,9 @@ class AptArchive:
     def download(self, spec: KernelSpec, packages: list[str], version: str, dest: Path) -> list[Path]:
         with self.session():
             into = dest
-            if self._work:  # _apt writes the .debs, so into a directory of its own
+            # _apt writes the .debs, so into a directory of its own (a session has a work
+            # directory only when there is a sandbox user)
+            if self._work and self.sandbox_user:
                 into = self._work / "download"
                 into.mkdir(mode=0o700)
                 os.chown(into, pwd.getpwnam(self.sandbox_user).pw_uid, -1)

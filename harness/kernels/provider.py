@@ -7,9 +7,13 @@ import os
 import re
 import subprocess
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..cache import (
+    Manifest,
     cache_dir,
     cache_lock,
     check_manifest,
@@ -33,7 +37,15 @@ LISTS_MAX_AGE = 12 * 3600  # how long a resolution is trusted before apt asks th
 _DEBIAN_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+~:-]*")
 
 
-def _read_resolution(path: Path) -> dict | None:
+@dataclass(frozen=True)
+class Resolution:
+    """Which kernel the archive named for a spec, and when it was asked."""
+    abi: str
+    version: str
+    at: float
+
+
+def _read_resolution(path: Path) -> Resolution | None:
     """A cached resolution {abi, version, at}, or None when there is none or it is malformed."""
     try:
         data = json.loads(read_regular_file(path))
@@ -43,14 +55,14 @@ def _read_resolution(path: Path) -> dict | None:
             and isinstance(data.get("version"), str) and isinstance(data.get("at"), (int, float))
             and _DEBIAN_WORD.fullmatch(data["abi"]) and _DEBIAN_WORD.fullmatch(data["version"])):
         return None
-    return data
+    return Resolution(abi=data["abi"], version=data["version"], at=float(data["at"]))
 
 
 class KernelProvider:
     """Turns a kernel name (or path, or 'host') into a KernelTree, fetching when needed."""
 
     def __init__(self, cache: Path | None = None, specs: dict[str, KernelSpec] | None = None,
-                 refresh: bool = False, log=lambda msg: None):
+                 refresh: bool = False, log: Callable[[str], None] = lambda msg: None):
         self.cache = cache or cache_dir()
         self.specs = specs if specs is not None else load_specs()
         self.refresh = refresh
@@ -89,9 +101,9 @@ class KernelProvider:
         resolved_file = self.cache / "resolved" / f"{spec.name}.json"
         resolved_file.parent.mkdir(exist_ok=True)
         recent = _read_resolution(resolved_file)
-        fresh = recent and time.time() - recent["at"] < LISTS_MAX_AGE and not self.refresh
-        if fresh and (self.trees_dir / f"{recent['abi']}_{recent['version']}").exists():
-            return recent["abi"], recent["version"]
+        fresh = recent and time.time() - recent.at < LISTS_MAX_AGE and not self.refresh
+        if recent and fresh and (self.trees_dir / f"{recent.abi}_{recent.version}").exists():
+            return recent.abi, recent.version
         try:
             apt = AptArchive(self.cache / "apt", require_debian_mirror(spec.name))
             self.log(f"{spec.name}: asking the archive for the current {spec.meta} "
@@ -104,10 +116,10 @@ class KernelProvider:
                 raise KernelUnavailable(f"{spec.name}: the archive names an odd kernel "
                                         f"{abi!r} version {version!r}; kconform does not use it")
         except KernelUnavailable as exc:
-            if recent and (self.trees_dir / f"{recent['abi']}_{recent['version']}").exists():
+            if recent and (self.trees_dir / f"{recent.abi}_{recent.version}").exists():
                 self.log(f"{spec.name}: {exc}\n{spec.name}: using the cached "
-                         f"{recent['version']} instead")
-                return recent["abi"], recent["version"]
+                         f"{recent.version} instead")
+                return recent.abi, recent.version
             raise
         write_atomic(resolved_file, json.dumps({"abi": abi, "version": version, "at": time.time()}))
         return abi, version
@@ -145,13 +157,17 @@ class KernelProvider:
         except OSError as exc:
             raise KernelUnavailable(_unpack_error(spec.name, "the kernel packages", str(exc), staging))
 
-    def _tree_from(self, name: str, root: Path, meta: dict) -> KernelTree:
-        release = meta["release"]
+    def _tree_from(self, name: str, root: Path, meta: Manifest) -> KernelTree:
+        release, version = meta.get("release"), meta.get("package_version")
+        if not isinstance(release, str) or not isinstance(version, str):
+            raise KernelUnavailable(f"{name}: the manifest of {root} names no release or package "
+                                    "version; remove that directory and kconform fetches the "
+                                    "kernel again")
         return KernelTree(name=name, vmlinuz=root / "boot" / f"vmlinuz-{release}", release=release,
-                          package_version=meta["package_version"], root=root,
+                          package_version=version, root=root,
                           config_path=root / "boot" / f"config-{release}")
 
-    def _lock(self, key: str):
+    def _lock(self, key: str) -> AbstractContextManager[None]:
         return cache_lock(self.trees_dir, key)
 
     # -- local and host kernels

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,15 +53,16 @@ def _spec_problem(path: Path, field: str, value: object, what: str) -> KconformE
     return KconformError(f"{path}: {field} = {value!r} is not {what}; write {SPEC_FIELDS[field]}")
 
 
-def _spec_string(path: Path, data: dict, field: str, pattern: re.Pattern | None, what: str,
-                 default: str | None = None) -> str:
+def _spec_string(path: Path, data: dict[str, object], field: str, pattern: re.Pattern[str] | None,
+                 what: str, default: str | None = None) -> str:
     value = data.get(field, default)
     if not isinstance(value, str) or (pattern is not None and not pattern.fullmatch(value)):
         raise _spec_problem(path, field, value, what)
     return value
 
 
-def _spec_list(path: Path, data: dict, field: str, valid, what: str) -> tuple[str, ...]:
+def _spec_list(path: Path, data: dict[str, object], field: str, valid: Callable[[str], object],
+               what: str) -> tuple[str, ...]:
     value = data[field]
     if not isinstance(value, list) or not value:
         raise _spec_problem(path, field, value, "a non-empty list (a single string is not a list)")

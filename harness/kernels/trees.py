@@ -20,7 +20,7 @@ class KernelTree:
     config_path: Path | None = None
     run_target: Path | None = None    # what `vng -r` is given; defaults to vmlinuz
     target: str | None = None         # ssh://user@host:port of a machine running this kernel
-    _config: dict | None = field(default=None, repr=False)
+    _config: dict[str, str] | None = field(default=None, repr=False)
 
     @property
     def version(self) -> tuple[int, ...]:
@@ -40,7 +40,7 @@ class KernelTree:
 
 
 def parse_kconfig(text: str) -> dict[str, str]:
-    config = {}
+    config: dict[str, str] = {}
     for line in text.splitlines():
         if line.startswith("CONFIG_") and "=" in line:
             key, _, value = line.partition("=")
