@@ -14,6 +14,8 @@ target), even after the pid is reused.
 
 Guest side only, standard library only (it also runs on SSH targets).
 """
+from __future__ import annotations
+
 import contextlib
 import ctypes
 import itertools
@@ -22,6 +24,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 
 PREFIX = "kconform-"
 CGROUP2_SUPER_MAGIC = 0x63677270
@@ -32,16 +35,18 @@ ATTACH_TYPES = range(64)
 _counter = itertools.count(1)
 
 
-def _is_cgroup2(path):
+def _is_cgroup2(path: str) -> bool:
     buf = ctypes.create_string_buffer(128)  # struct statfs; f_type is the first field
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.statfs(path.encode(), buf) != 0:
+    statfs = ctypes.CDLL(None, use_errno=True).statfs
+    statfs.argtypes, statfs.restype = [ctypes.c_char_p, ctypes.c_void_p], ctypes.c_int
+    if int(statfs(path.encode(), buf)) != 0:
         return False
-    return struct.unpack_from("<q", buf.raw)[0] == CGROUP2_SUPER_MAGIC
+    f_type: int = struct.unpack_from("<q", buf.raw)[0]
+    return f_type == CGROUP2_SUPER_MAGIC
 
 
 @contextlib.contextmanager
-def cgroup2_root():
+def cgroup2_root() -> Iterator[str]:
     """The path of the cgroup v2 root: the system's mount, or a private one while the block runs
     (a guest without systemd may not have mounted it)."""
     for path in ("/sys/fs/cgroup", "/sys/fs/cgroup/unified"):
@@ -59,7 +64,7 @@ def cgroup2_root():
         os.rmdir(where)
 
 
-def process_start(pid):
+def process_start(pid: int) -> int | None:
     """The start time of a process (clock ticks since boot), or None when it is gone."""
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -69,7 +74,7 @@ def process_start(pid):
     return int(stat.rpartition(")")[2].split()[19])  # field 22; comm may hold spaces
 
 
-def _own_group():
+def _own_group() -> str:
     """Where this process is in the v2 hierarchy ('/' or '/user.slice/...')."""
     with open("/proc/self/cgroup") as f:
         for line in f:
@@ -78,13 +83,13 @@ def _own_group():
     return "/"
 
 
-def _move_self(group_dir):
+def _move_self(group_dir: str) -> None:
     with open(os.path.join(group_dir, "cgroup.procs"), "w") as f:
         f.write(str(os.getpid()))
 
 
 @contextlib.contextmanager
-def case_cgroup():
+def case_cgroup() -> Iterator[int]:
     """An fd of a new cgroup holding this process (the agent) while the block runs; the agent
     goes back where it was, the group is emptied of programs and removed, when the block ends."""
     pid = os.getpid()
@@ -111,7 +116,7 @@ def case_cgroup():
             os.rmdir(group)
 
 
-def detach_all(cgroup_fd):
+def detach_all(cgroup_fd: int) -> int:
     """Detach every program attached to a cgroup; how many were."""
     from harness.agent import libbpf as bpf
     detached = 0
@@ -130,7 +135,7 @@ def detach_all(cgroup_fd):
     return detached
 
 
-def _owner_gone(name):
+def _owner_gone(name: str) -> bool:
     """Whether the agent that made group `name` is gone (a name not of kconform's form: no)."""
     parts = name[len(PREFIX):].split("-")
     if len(parts) != 3 or not all(p.isdigit() for p in parts):
@@ -138,7 +143,7 @@ def _owner_gone(name):
     return process_start(int(parts[0])) != int(parts[1])
 
 
-def remove_left_behind():
+def remove_left_behind() -> list[str]:
     """Remove the groups of agents that died in a case; one line per group for the console."""
     notes = []
     with cgroup2_root() as root:
@@ -161,9 +166,9 @@ def remove_left_behind():
     return notes
 
 
-def left_behind():
+def left_behind() -> dict[str, int]:
     """The kconform groups on this machine and how many programs each has attached (for tests)."""
-    found = {}
+    found: dict[str, int] = {}
     with cgroup2_root() as root:
         for name in sorted(os.listdir(root)):
             if name.startswith(PREFIX) and os.path.isdir(os.path.join(root, name)):
@@ -175,10 +180,10 @@ def left_behind():
     return found
 
 
-def attached(cgroup_fd):
+def attached(cgroup_fd: int) -> list[tuple[int, int]]:
     """(attach type, program id) of every program attached to a cgroup."""
     from harness.agent import libbpf as bpf
-    found = []
+    found: list[tuple[int, int]] = []
     for attach_type in ATTACH_TYPES:
         try:
             ids = bpf.prog_query(cgroup_fd, attach_type, max_ids=64)["prog_ids"]
@@ -188,7 +193,7 @@ def attached(cgroup_fd):
     return found
 
 
-def clean_at_start():
+def clean_at_start() -> list[str]:
     """Called by the agent as it starts: never stops it, says what it did on the console."""
     try:
         notes = remove_left_behind()
