@@ -7,6 +7,8 @@ saved, so anything a case prints lands in the console log, never in the protocol
 Every call reports the kernel log records and taint seen before and after it, so the host can
 blame a splat on the test that caused it without an extra round trip.
 """
+from __future__ import annotations
+
 import importlib
 import json
 import os
@@ -14,6 +16,11 @@ import signal
 import sys
 import time
 import traceback
+from collections.abc import Callable
+from typing import TYPE_CHECKING, NoReturn, TypedDict
+
+if TYPE_CHECKING:
+    from types import FrameType
 
 KMSG_RECORD_MAX = 8192
 
@@ -22,12 +29,23 @@ class CallTimeout(Exception):
     pass
 
 
+class Request(TypedDict, total=False):
+    """One line from the host (harness/machines/session.py writes them): op is "ping", "call" or
+    "exit"; a call names its function ("module:function"), its keyword arguments and its time."""
+    id: int
+    op: str
+    fn: str
+    kwargs: dict[str, object]
+    timeout: float
+
+
 class KernelLog:
     """Reads /dev/kmsg records past a position: the kernel log without dmesg's buffer limits."""
 
-    def __init__(self, since_boot=False):
+    def __init__(self, since_boot: bool = False) -> None:
         """since_boot: the first drain() returns every record still in the ring buffer (the
         boot); otherwise only what happens from now on."""
+        self.fd: int | None
         try:
             self.fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
             if not since_boot:
@@ -35,7 +53,7 @@ class KernelLog:
         except OSError:
             self.fd = None
 
-    def drain(self):
+    def drain(self) -> list[str]:
         lines = []
         while self.fd is not None:
             try:
@@ -60,7 +78,7 @@ class KernelLog:
         return lines
 
 
-def tainted():
+def tainted() -> int:
     try:
         with open("/proc/sys/kernel/tainted") as f:
             return int(f.read().strip() or 0)
@@ -68,22 +86,23 @@ def tainted():
         return -1
 
 
-def _alarm(signum, frame):
+def _alarm(signum: int, frame: FrameType | None) -> NoReturn:
     raise CallTimeout()
 
 
-_FUNCTIONS = {}  # "module:function" -> the function: each looked up once per agent
+# "module:function" -> the function: each looked up once per agent
+_FUNCTIONS: dict[str, Callable[..., object]] = {}
 
 
-def resolve(name):
+def resolve(name: str) -> Callable[..., object]:
     if name not in _FUNCTIONS:
         module, _, func = name.partition(":")
         _FUNCTIONS[name] = getattr(importlib.import_module(module), func)
     return _FUNCTIONS[name]
 
 
-def describe_error(exc):
-    info = {"type": type(exc).__name__, "message": str(exc),
+def describe_error(exc: BaseException) -> dict[str, object]:
+    info: dict[str, object] = {"type": type(exc).__name__, "message": str(exc),
             "traceback": traceback.format_exc(limit=12)}
     for attr in ("errno_name", "verifier_log", "op"):
         value = getattr(exc, attr, None)
@@ -92,7 +111,7 @@ def describe_error(exc):
     return info
 
 
-def handle(request, kmsg):
+def handle(request: Request, kmsg: KernelLog) -> dict[str, object]:
     op = request.get("op")
     if op == "ping":
         return {"ok": True, "result": "pong"}
@@ -104,7 +123,7 @@ def handle(request, kmsg):
         signal.setitimer(signal.ITIMER_REAL, float(request.get("timeout") or 0))
         try:
             result = resolve(request["fn"])(**request.get("kwargs", {}))
-            response = {"ok": True, "result": result}
+            response: dict[str, object] = {"ok": True, "result": result}
         except CallTimeout:
             response = {"ok": False, "error": {"type": "CallTimeout", "message":
                         "the guest-side function ran past {}s".format(request.get("timeout"))}}
@@ -119,7 +138,7 @@ def handle(request, kmsg):
     return {"ok": False, "error": {"type": "BadRequest", "message": f"unknown op {op!r}"}}
 
 
-def main():
+def main() -> None:
     root = sys.argv[1] if len(sys.argv) > 1 else os.getcwd()
     sys.path.insert(0, root)
     channel = os.fdopen(os.dup(1), "w", buffering=1)
@@ -144,7 +163,7 @@ def main():
         if not line:
             break  # the host closed the channel: power off
         try:
-            request = json.loads(line)
+            request: Request = json.loads(line)
         except ValueError:
             continue
         if request.get("op") == "exit":
