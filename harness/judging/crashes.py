@@ -24,7 +24,7 @@ def crash_fingerprint(lines: list[str], frames: int = 4) -> str | None:
     for i, line in enumerate(lines):
         if "Call Trace:" not in line:
             continue
-        found = []
+        found: list[str] = []
         for follow in lines[i + 1:]:
             text = follow.split("] ", 1)[-1]
             if "RIP:" in text or "---[" in text or "</TASK>" in text:

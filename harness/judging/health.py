@@ -11,6 +11,7 @@ import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 DEFAULT_RULES = Path(__file__).parent / "data" / "splats.toml"
 DEFAULT_KNOWN_CRASHES = Path(__file__).parent / "data" / "known_crashes.toml"
@@ -24,6 +25,13 @@ TAINT_FLAGS = {0: "P proprietary module", 1: "F forced module load", 2: "S unsaf
                16: "X auxiliary", 17: "T randstruct", 18: "N test module"}
 # Loading Debian's modules unsigned into a guest taints with E; that is the setup, not the test.
 IGNORED_TAINT = (1 << 13) | (1 << 12)
+
+
+class CallHealth(TypedDict):
+    """What the agent saw around one call (the machine side's parse_health gives every field)."""
+    log_during: list[str]
+    taint_before: int
+    taint_after: int
 
 
 @dataclass(frozen=True)
@@ -40,8 +48,8 @@ class HealthRules:
         data = tomllib.loads(Path(path).read_text())
         self.patterns = [(p["name"], re.compile(p["regex"])) for p in data["patterns"]]
         today = today or datetime.date.today()
-        self.allow = []
-        self.expired = []
+        self.allow: list[tuple[re.Pattern[str], str]] = []
+        self.expired: list[tuple[re.Pattern[str], str]] = []
         for entry in data.get("allow", []):
             if not entry.get("reason") or not entry.get("expires"):
                 raise ValueError(f"{path}: allow entry {entry.get('regex')!r} needs a reason and "
@@ -67,9 +75,10 @@ class HealthRules:
                 return i
         return None
 
-    def check(self, health: dict) -> list[Finding]:
-        """health: a call's report as harness.session.parse_health gives it (the guest's dict,
-        its types checked where it was received), or {} when the guest sent none."""
+    def check(self, health: CallHealth) -> list[Finding]:
+        """health: a call's report as harness.machines.session.parse_health gives it (the
+        guest's dict, its types checked where it was received; no lines and 0 taint when the
+        guest sent none)."""
         findings = self.check_lines(health.get("log_during", []))
         before, after = health.get("taint_before", 0), health.get("taint_after", 0)
         new = after & ~before & ~IGNORED_TAINT if before >= 0 and after >= 0 else 0
@@ -96,7 +105,7 @@ class KnownCrashes:
     fingerprint has."""
 
     def __init__(self, path: Path = DEFAULT_KNOWN_CRASHES):
-        self.entries = []
+        self.entries: list[KnownCrash] = []
         for entry in tomllib.loads(Path(path).read_text()).get("crash", []):
             if not entry.get("fingerprint") or not entry.get("reason"):
                 raise ValueError(f"{path}: crash entry {entry!r} needs a fingerprint and a reason")

@@ -113,7 +113,7 @@ class LineChannel:
     def __init__(self, console: Console):
         self.console = console
         self.dropped = 0  # lines past MAX_PENDING_LINES, never read
-        self._lines: queue.Queue = queue.Queue()
+        self._lines: queue.Queue[str | None] = queue.Queue()
 
     def pump(self, stream: Iterable[bytes]) -> None:
         oversized: OversizedLine | None = None

@@ -14,13 +14,47 @@ import os
 import re
 import time
 from dataclasses import dataclass, field
-from typing import NoReturn
+from pathlib import Path
+from typing import NoReturn, NotRequired, TypedDict
 
 from .channel import GuestDied, Machine, OversizedLine
 
 HOST_GRACE = 5.0  # the agent's own alarm fires first; past this the guest is hung
 # Lines that are not JSON before the agent's hello: what a target's login shell may print.
 MAX_PREAMBLE_LINES = 50
+
+
+class Hello(TypedDict):
+    """The agent's ready event, its types checked."""
+    event: str                    # "ready"
+    release: str                  # `uname -r` in the guest
+    proc_version: NotRequired[str]
+    python: NotRequired[str]
+    uptime: NotRequired[float]    # seconds since the guest booted, by its clock
+    taint: NotRequired[int]       # /proc/sys/kernel/tainted once booted
+    boot_log: NotRequired[list[str]]  # the kernel log of the boot, up to the agent
+
+
+class Health(TypedDict):
+    """What the agent saw around one call: kernel log records and taint, before and during."""
+    log_before: list[str]
+    log_during: list[str]
+    taint_before: int
+    taint_after: int
+
+
+class GuestError(TypedDict):
+    """A guest-side failure: its type and message, and what the agent adds when it has it."""
+    type: str
+    message: str
+    traceback: NotRequired[str | None]
+    verifier_log: NotRequired[str | None]
+    errno_name: NotRequired[str | None]
+
+
+def no_health() -> Health:
+    """The health of a call the guest sent none for: no lines, no taint."""
+    return {"log_before": [], "log_during": [], "taint_before": 0, "taint_after": 0}
 
 
 class GuestFailure(Exception):
@@ -55,14 +89,15 @@ class BootProtocolError(BootFailure, GuestProtocolError):
 class GuestCallError(Exception):
     """The guest-side function raised; its traceback travels with it."""
 
-    def __init__(self, error: dict, health: dict | None = None):
+    def __init__(self, error: GuestError, health: Health | None = None):
         self.error = error
-        self.health = health or {}
+        self.health = health or no_health()
         text = f"{error.get('type')}: {error.get('message')}"
-        if error.get("verifier_log"):
-            text += "\nverifier log:\n" + error["verifier_log"]
-        if error.get("traceback"):
-            text += "\nguest traceback:\n" + error["traceback"]
+        verifier_log, guest_traceback = error.get("verifier_log"), error.get("traceback")
+        if verifier_log:
+            text += "\nverifier log:\n" + verifier_log
+        if guest_traceback:
+            text += "\nguest traceback:\n" + guest_traceback
         super().__init__(text)
 
 
@@ -70,8 +105,8 @@ class GuestCallError(Exception):
 class CallResult:
     result: object
     elapsed: float
-    health: dict = field(default_factory=dict)
-    error: dict | None = None
+    health: Health = field(default_factory=no_health)
+    error: GuestError | None = None
 
 
 # ----------------------------------------------------------------------------- the protocol
@@ -87,9 +122,9 @@ class Response:
     id: int
     ok: bool
     result: object
-    error: dict | None   # when not ok: at least "type" and "message", both strings
+    error: GuestError | None   # when not ok
     elapsed: float
-    health: dict         # always log_before, log_during (lists of str), taint_before/after (int)
+    health: Health
 
 
 def excerpt(line: str, head: int = 200, tail: int = 80) -> str:
@@ -102,7 +137,7 @@ def excerpt(line: str, head: int = 200, tail: int = 80) -> str:
     return repr(line)
 
 
-def _decode_object(line: str) -> dict:
+def _decode_object(line: str) -> dict[str, object]:
     if isinstance(line, OversizedLine):
         raise Malformed(f"a line of {line.size} bytes, longer than any response may be")
     try:
@@ -118,7 +153,7 @@ def _decode_object(line: str) -> dict:
         raise Malformed("a string in it is not valid Unicode (a lone surrogate)") from None
     if not isinstance(value, dict):
         raise Malformed(f"JSON {type(value).__name__}, not an object")
-    return value
+    return value  # JSON objects have string keys
 
 
 def _refuse_constant(name: str) -> None:
@@ -132,7 +167,9 @@ def _int(value: object, what: str) -> int:
 
 
 def _number(value: object, what: str) -> float:
-    if type(value) not in (int, float) or not math.isfinite(value):
+    # type(), not isinstance: a bool is an int to isinstance
+    if not (type(value) in (int, float) and isinstance(value, (int, float))
+            and math.isfinite(value)):
         raise Malformed(f"{what} is {_shape(value)}, not a finite number")
     return float(value)
 
@@ -146,7 +183,7 @@ def _text(value: object, what: str) -> str:
 def _lines(value: object, what: str) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise Malformed(f"{what} is {_shape(value)}, not a list of strings")
-    return value
+    return value  # every item checked to be a str
 
 
 def _shape(value: object) -> str:
@@ -154,25 +191,26 @@ def _shape(value: object) -> str:
     return f"{type(value).__name__} {text[:40] + '...' if len(text) > 40 else text}"
 
 
-def parse_hello(line: str) -> dict:
+def parse_hello(line: str) -> Hello:
     """The agent's ready event: {"event": "ready", "release": ..., "uptime": ..., ...}."""
-    hello = _decode_object(line)
-    if hello.get("event") != "ready":
-        raise Malformed(f"expected the agent's ready event, got event {hello.get('event')!r}")
-    _text(hello.get("release"), "release")
-    for key in ("proc_version", "python"):
-        if key in hello:
-            _text(hello[key], key)
-    if "uptime" in hello:
-        _number(hello["uptime"], "uptime")
-    if "taint" in hello:
-        _int(hello["taint"], "taint")
-    if "boot_log" in hello:
-        _lines(hello["boot_log"], "boot_log")
+    value = _decode_object(line)
+    if value.get("event") != "ready":
+        raise Malformed(f"expected the agent's ready event, got event {value.get('event')!r}")
+    hello: Hello = {"event": "ready", "release": _text(value.get("release"), "release")}
+    if "proc_version" in value:
+        hello["proc_version"] = _text(value["proc_version"], "proc_version")
+    if "python" in value:
+        hello["python"] = _text(value["python"], "python")
+    if "uptime" in value:
+        hello["uptime"] = _number(value["uptime"], "uptime")
+    if "taint" in value:
+        hello["taint"] = _int(value["taint"], "taint")
+    if "boot_log" in value:
+        hello["boot_log"] = _lines(value["boot_log"], "boot_log")
     return hello
 
 
-def parse_health(value: object) -> dict:
+def parse_health(value: object) -> Health:
     """A call's health report, every field present (0 taint and no lines when not sent)."""
     if not isinstance(value, dict):
         raise Malformed(f"health is {_shape(value)}, not an object")
@@ -182,16 +220,23 @@ def parse_health(value: object) -> dict:
             "taint_after": _int(value.get("taint_after", 0), "health.taint_after")}
 
 
-def parse_error(value: object) -> dict:
+def _optional_text(value: object, what: str) -> str | None:
+    return None if value is None else _text(value, what)
+
+
+def parse_error(value: object) -> GuestError:
     """A guest-side failure: type and message, optionally its traceback and verifier log."""
     if not isinstance(value, dict):
         raise Malformed(f"error is {_shape(value)}, not an object")
-    for key in ("type", "message"):
-        _text(value.get(key), f"error.{key}")
-    for key in ("traceback", "verifier_log", "errno_name"):
-        if value.get(key) is not None:
-            _text(value[key], f"error.{key}")
-    return value
+    error: GuestError = {"type": _text(value.get("type"), "error.type"),
+                         "message": _text(value.get("message"), "error.message")}
+    if "traceback" in value:
+        error["traceback"] = _optional_text(value["traceback"], "error.traceback")
+    if "verifier_log" in value:
+        error["verifier_log"] = _optional_text(value["verifier_log"], "error.verifier_log")
+    if "errno_name" in value:
+        error["errno_name"] = _optional_text(value["errno_name"], "error.errno_name")
+    return error
 
 
 def parse_response(line: str) -> Response:
@@ -223,14 +268,14 @@ class GuestSession:
         self.name = name
         self.boot_timeout = boot_timeout
         self.host_grace = host_grace
-        self.info: dict = {}
+        self.info: Hello | None = None
         self.boot_seconds: float | None = None
         self.dead: GuestFailure | None = None
         self._ids = itertools.count(1)
 
     @property
     def uname(self) -> str:
-        return self.info.get("release", "")
+        return self.info["release"] if self.info else ""
 
     def start(self) -> None:
         """Start the machine and wait for the agent's hello. Whatever goes wrong, the machine is
@@ -246,9 +291,10 @@ class GuestSession:
         except BaseException:
             self.machine.kill()
             raise
-        self.boot_seconds = time.monotonic() - self.machine.started_at
+        started = self.machine.started_at  # set by a machine's start()
+        self.boot_seconds = time.monotonic() - started if started is not None else None
 
-    def _await_hello(self, deadline: float) -> dict:
+    def _await_hello(self, deadline: float) -> Hello:
         preamble: list[str] = []
         while True:
             line = self.machine.receive(timeout=max(0.0, deadline - time.monotonic()))
@@ -272,11 +318,11 @@ class GuestSession:
         the part of a boot that is Python starting and importing the agent."""
         for line in list(self.machine.console.lines):
             m = re.match(r"\[\s*([\d.]+)\] virtme-ng-init: starting script", line)
-            if m and "uptime" in self.info:
+            if m and self.info and "uptime" in self.info:
                 return self.info["uptime"] - float(m.group(1))
         return None
 
-    def call(self, fn: str, *, timeout: float, **kwargs) -> CallResult:
+    def call(self, fn: str, *, timeout: float, **kwargs: object) -> CallResult:
         """Run guest-side function fn ("module:function") with kwargs; raise on guest failure.
         A host file given as a path object (a BPF object) reaches the function as the path the
         guest sees it at. The answer is due within timeout plus the host's grace, whatever the
@@ -287,7 +333,7 @@ class GuestSession:
         mark = self.machine.console.count
         deadline = time.monotonic() + timeout + self.host_grace
         try:
-            kwargs = {k: self.machine.guest_path(v) if isinstance(v, os.PathLike) else v
+            kwargs = {k: self.machine.guest_path(Path(v)) if isinstance(v, os.PathLike) else v
                       for k, v in kwargs.items()}
             self.machine.send(json.dumps({"id": request_id, "op": "call", "fn": fn,
                                           "kwargs": kwargs, "timeout": timeout}))
@@ -313,7 +359,7 @@ class GuestSession:
                 self.machine.console.tail(60, since=mark) or self.machine.console.tail(20)))
         result = CallResult(result=response.result, elapsed=response.elapsed,
                             health=response.health, error=response.error)
-        if not response.ok:
+        if response.error is not None:  # parse_response gives one exactly when not ok
             if response.error["type"] == "CallTimeout":
                 raise GuestHang(f"{fn}: {response.error['message']}",
                                 self.machine.console.tail(20, since=mark))
