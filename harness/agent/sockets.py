@@ -1,18 +1,21 @@
 """Real sockets for guest-side cases: connected pairs of each family, with timeouts everywhere."""
+from __future__ import annotations
+
 import contextlib
 import select
 import socket
+from collections.abc import Iterator
 
 TIMEOUT = 2.0
 
 
-def _timed(*socks):
-    for s in socks:
-        s.settimeout(TIMEOUT)
-    return socks
+def _timed(first: socket.socket, second: socket.socket) -> tuple[socket.socket, socket.socket]:
+    first.settimeout(TIMEOUT)
+    second.settimeout(TIMEOUT)
+    return first, second
 
 
-def tcp_listener(family=socket.AF_INET, port=0):
+def tcp_listener(family: int = socket.AF_INET, port: int = 0) -> socket.socket:
     host = "127.0.0.1" if family == socket.AF_INET else "::1"
     srv = socket.socket(family, socket.SOCK_STREAM)
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -22,7 +25,8 @@ def tcp_listener(family=socket.AF_INET, port=0):
     return srv
 
 
-def tcp_pair(family=socket.AF_INET, listener=None):
+def tcp_pair(family: int = socket.AF_INET,
+             listener: socket.socket | None = None) -> tuple[socket.socket, socket.socket]:
     """(client, server-side accepted socket), both established over loopback."""
     srv = listener or tcp_listener(family)
     cli = socket.socket(family, socket.SOCK_STREAM)
@@ -34,7 +38,7 @@ def tcp_pair(family=socket.AF_INET, listener=None):
     return _timed(cli, acc)
 
 
-def udp_pair(family=socket.AF_INET):
+def udp_pair(family: int = socket.AF_INET) -> tuple[socket.socket, socket.socket]:
     host = "127.0.0.1" if family == socket.AF_INET else "::1"
     a = socket.socket(family, socket.SOCK_DGRAM)
     b = socket.socket(family, socket.SOCK_DGRAM)
@@ -45,12 +49,13 @@ def udp_pair(family=socket.AF_INET):
     return _timed(a, b)
 
 
-def unix_pair(kind=socket.SOCK_STREAM):
+def unix_pair(kind: int = socket.SOCK_STREAM) -> tuple[socket.socket, socket.socket]:
     return _timed(*socket.socketpair(socket.AF_UNIX, kind))
 
 
 @contextlib.contextmanager
-def closing_all(*groups):
+def closing_all(
+        *groups: socket.socket | list[socket.socket] | tuple[socket.socket, ...]) -> Iterator[None]:
     """Close every socket made in a case, whatever happens."""
     try:
         yield
@@ -61,10 +66,10 @@ def closing_all(*groups):
                     s.close()
 
 
-def arrivals(socks, wait=1.0):
+def arrivals(socks: dict[str, socket.socket], wait: float = 1.0) -> dict[str, bytes]:
     """{name: bytes} of the sockets in `socks` ({name: socket}) that have data within `wait`
     seconds: one read each. A socket whose read fails, or that reads end of stream, is left out."""
-    got = {}
+    got: dict[str, bytes] = {}
     ready, _, _ = select.select(list(socks.values()), [], [], wait)
     for name, sock in socks.items():
         if sock in ready:
@@ -77,12 +82,12 @@ def arrivals(socks, wait=1.0):
     return got
 
 
-def received(sock, wait=1.0):
+def received(sock: socket.socket, wait: float = 1.0) -> bytes:
     """What one read of `sock` gets within `wait` seconds (b"" if nothing comes)."""
     return arrivals({"sock": sock}, wait).get("sock", b"")
 
 
-def drained(sock, wait):
+def drained(sock: socket.socket, wait: float) -> bytes:
     """Everything `sock` receives until `wait` seconds pass with nothing new."""
     got = b""
     while data := received(sock, wait):
