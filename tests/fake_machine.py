@@ -1,11 +1,12 @@
 """A stand-in for a booted kernel: a Machine (harness/channel.py) that replays saved lines.
 
 It gives the session, channel and crash paths fast tests on real saved console logs, without QEMU.
-A FakeMachine is told what to do when it starts (console lines such as tests/data/boot-6.1-clean.log,
-then the agent's hello) and in answer to each request: a list of Replies, one per request, or a
-function from the request to its Reply. A Reply sends console lines, then channel lines, and may
-end with the machine dying (both streams end, as when QEMU exits) or hanging (it stays up and
-says nothing more). Past the last scripted Reply it answers like a healthy agent.
+A FakeMachine is told what to do when it starts (console lines such as
+tests/data/boot-6.1-clean.log, then the agent's hello) and in answer to each request: a list of
+Replies, one per request, or a function from the request to its Reply. A Reply sends console
+lines, then channel lines, and may end with the machine dying (both streams end, as when QEMU
+exits) or hanging (it stays up and says nothing more). Past the last scripted Reply it answers
+like a healthy agent.
 
 The console and channel go through harness.channel's own Console and LineChannel, so what a test
 sees is what a session on a real guest would see. A LiveCount shared by several machines counts
@@ -16,9 +17,9 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 from harness.machines.channel import Console, GuestDied, LineChannel
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.kernels import apt as kernels
 from harness.errors import KconformError, KernelUnavailable
 from harness.kernels import AptArchive, KernelProvider, KernelSpec, apt_sandbox_user
+from harness.kernels import apt as kernels
 from harness.kernels.apt import check_mirror_url, system_debian_mirror
 
 needs_apt = pytest.mark.skipif(not shutil.which("apt-get") or not shutil.which("dpkg-deb"),
@@ -213,8 +213,9 @@ def test_a_mirror_that_is_not_one_plain_url_is_refused(mirror, monkeypatch, tmp_
         AptArchive(tmp_path / "apt", mirror)
 
 
-@pytest.mark.parametrize("mirror", ["http://deb.debian.org/debian", "https://mirror.example:8443/"
-                                    "debian/", "file:///srv/mirror/debian"])
+@pytest.mark.parametrize("mirror", ["http://deb.debian.org/debian",
+                                    "https://mirror.example:8443/debian/",
+                                    "file:///srv/mirror/debian"])
 def test_plain_mirror_urls_are_taken(mirror):
     assert check_mirror_url(mirror, "KCONFORM_DEBIAN_MIRROR") == mirror
 

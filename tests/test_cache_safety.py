@@ -12,13 +12,20 @@ from pathlib import Path
 import pytest
 
 from harness import cache, cli
-from harness.kernels import provider as kernels_provider
-
-from harness.machines import accel
+from harness.cache import (
+    BUILDING_LOCK,
+    cache_dir,
+    cache_lock,
+    check_manifest,
+    remove_abandoned_staging,
+    staging_dir,
+    verify_cache,
+    write_manifest,
+)
 from harness.errors import KconformError
 from harness.kernels import KernelProvider
-from harness.cache import check_manifest, verify_cache, write_manifest
-from harness.cache import BUILDING_LOCK, cache_dir, cache_lock, remove_abandoned_staging, staging_dir
+from harness.kernels import provider as kernels_provider
+from harness.machines import accel
 
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="giving a directory away needs root")
 
@@ -142,8 +149,8 @@ def test_cache_verify_names_each_damaged_entry(tmp_path, monkeypatch, capsys):
     module = cache / "trees/2.0_2.0-1/lib/modules/2.0/a.ko"
     _damage_keeping_size_and_mtime(module)
     assert check_manifest(cache / "trees/2.0_2.0-1")[0], "the fast check cannot see this"
-    assert verify_cache(cache)[0] == [f"{cache}/trees/2.0_2.0-1: lib/modules/2.0/a.ko does not "
-                                      "match its recorded sha256"]
+    assert verify_cache(cache)[0] == [(f"{cache}/trees/2.0_2.0-1: lib/modules/2.0/a.ko does not "
+                                       "match its recorded sha256")]
     assert cli.main(["cache", "verify"]) == 1
     out = capsys.readouterr().out
     assert "damaged" in out and "2.0_2.0-1" in out and "1.0_1.0-1" not in out
@@ -167,7 +174,6 @@ def test_a_tree_with_an_old_manifest_gets_hashes_instead_of_a_download(tmp_path,
 
 
 def test_a_malformed_resolution_is_asked_again_not_a_traceback(tmp_path, monkeypatch):
-    provider = KernelProvider(cache=tmp_path, refresh=False)
     (tmp_path / "resolved").mkdir()
     for bad in ('{"abi": "1.0", "version": "1.0-1", "at": "yesterday"}',
                 '{"abi": "../../../etc", "version": "1", "at": 1e12}', "[]", "{"):

@@ -19,12 +19,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harness.machines import qemu as vm
-from harness.machines.accel import Accel
 from harness.errors import KconformError
 from harness.kernels import KernelTree
-from harness.machines.rootfs import Rootfs
+from harness.machines import qemu as vm
+from harness.machines.accel import Accel
 from harness.machines.qemu import build_vng_command, check_memory, virtiofs_keeps_root_readonly
+from harness.machines.rootfs import Rootfs
 
 TCG = Accel("tcg", "qemu64", "test")
 RELEASE = "6.1.0-kconform-test"
@@ -63,7 +63,7 @@ def dry_run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 
 def qemu_line(proc: subprocess.CompletedProcess) -> str:
-    lines = [l for l in proc.stdout.splitlines() if "qemu-system" in l]
+    lines = [line for line in proc.stdout.splitlines() if "qemu-system" in line]
     assert proc.returncode == 0 and lines, (proc.returncode, proc.stdout[-2000:],
                                             proc.stderr[-2000:])
     return lines[-1]
@@ -205,7 +205,8 @@ def test_a_link_someone_else_could_swap_is_not_used(tmp_path, private_cache):
         build_vng_command(tree_for(image), TCG, "true")
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(name=st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="/\0"),
                     min_size=1, max_size=24).filter(lambda n: n not in (".", "..")))
 def test_whatever_a_kernel_is_called_every_word_but_the_guest_command_is_inert(tmp_path, name):
@@ -262,8 +263,8 @@ def test_a_virtiofsd_with_readonly_is_used_with_it(tmp_path, monkeypatch):
     assert "--force-9p" not in cmd
     line = qemu_line(dry_run(cmd, tmp_path / "cwd"))
     assert "vhost-user-fs" in line
-    shared = [l for l in log.read_text().splitlines() if "--shared-dir / " in l]
-    assert shared and all("--readonly" in l for l in shared), log.read_text()
+    shared = [line for line in log.read_text().splitlines() if "--shared-dir / " in line]
+    assert shared and all("--readonly" in line for line in shared), log.read_text()
 
 
 def test_a_virtiofsd_that_cannot_export_a_directory_is_not_used(tmp_path, monkeypatch):

@@ -13,10 +13,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from harness.judging.health import HealthRules
+from harness.machines.session import (
+    CallResult,
+    GuestCallError,
+    GuestFailure,
+    GuestSession,
+    crash_fingerprint,
+)
 from harness.plugin.run import _failure_text
-from harness.machines.session import (CallResult, GuestCallError, GuestFailure, GuestSession,
-                             crash_fingerprint)
-from tests.fake_machine import DIE, CLEAN_HEALTH, FakeMachine, Reply, hello_line, response_line
+from tests.fake_machine import CLEAN_HEALTH, DIE, FakeMachine, Reply, hello_line, response_line
 
 FUZZ = settings(max_examples=120, deadline=None)
 RULES = HealthRules()

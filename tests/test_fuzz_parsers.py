@@ -6,6 +6,7 @@ turns into a usage error; anything else would be a traceback in front of the use
 Each fuzzer runs a few hundred examples in a few seconds, so `./kconform test` runs them all."""
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import math
@@ -17,17 +18,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harness.reports import compare
-
-from harness.judging import expectations
-
-from harness.reports import grid
-
-from harness.reports import junit
-
-from harness.reports import results
 from harness.errors import KconformError
+from harness.judging import expectations
 from harness.kernels import load_specs, parse_spec
+from harness.reports import compare, grid, junit, results
 from tests.conftest import REPO
 
 FUZZ = settings(max_examples=300, deadline=None, database=None,
@@ -170,10 +164,8 @@ def test_fuzz_kernel_definitions_from_any_text_and_file_name(text, name):
 def test_fuzz_kernel_definitions_directory(data):
     with tempfile.TemporaryDirectory() as directory:
         (Path(directory) / "debian-6.1.toml").write_bytes(data)
-        try:
+        with contextlib.suppress(KconformError):
             load_specs(Path(directory))
-        except KconformError:
-            pass
 
 
 # ----------------------------------------------------------------------------- expectations
@@ -230,7 +222,7 @@ def perturbed_behaviours(draw) -> dict:
     table = document[draw(st.sampled_from(ids))]
     if draw(st.booleans()):
         table = draw(st.sampled_from(table["outcomes"]))
-    field = draw(st.sampled_from(sorted(table) + ["since", "until", "regression"]))
+    field = draw(st.sampled_from([*sorted(table), "since", "until", "regression"]))
     if draw(st.sampled_from([True, False, False])):
         table.pop(field, None)
     else:
@@ -246,7 +238,7 @@ def check_expectations(path: Path) -> None:
         return
     # an accepted file is judged without surprises on every kernel the suite knows
     for behaviour in behaviours.values():
-        behaviour.may_lose_the_guest
+        assert isinstance(behaviour.may_lose_the_guest, bool)
         for version in [(5, 10, 223), (6, 1, 176), (6, 12, 57), (7, 2, 13), (4, 19, 0)]:
             try:
                 verdict = expectations.judge(behaviour, version, {"errno": "OK"}, "sockmap")

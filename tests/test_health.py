@@ -41,7 +41,8 @@ def test_allow_list_entries_expire(tmp_path):
 
 def test_panic_log_gives_a_fingerprint_of_the_first_frames():
     lines = (DATA / "panic-6.1-sysrq.log").read_text().splitlines()
-    assert crash_fingerprint(lines) == "sysrq_handle_crash|__handle_sysrq|write_sysrq_trigger|proc_reg_write"
+    assert crash_fingerprint(lines) == \
+        "sysrq_handle_crash|__handle_sysrq|write_sysrq_trigger|proc_reg_write"
 
 
 def test_known_crashes_are_data_with_reasons_matched_by_their_first_frames(tmp_path):
@@ -50,7 +51,8 @@ def test_known_crashes_are_data_with_reasons_matched_by_their_first_frames(tmp_p
     path.write_text('[[crash]]\nfingerprint = "a|b"\nreason = "why"\nlink = "https://x"\n')
     known = KnownCrashes(path)
     assert str(known.match("a|b|c|d")) == "known crash: why (https://x)"
-    assert known.match("a|bc|d") is None and known.match("b|a") is None and known.match(None) is None
+    assert known.match("a|bc|d") is None and known.match("b|a") is None
+    assert known.match(None) is None
     path.write_text('[[crash]]\nfingerprint = "a|b"\n')
     with pytest.raises(ValueError, match="needs a fingerprint and a reason"):
         KnownCrashes(path)

@@ -6,13 +6,19 @@ import subprocess
 
 import pytest
 
+from harness.cache import check_manifest, write_manifest
 from harness.errors import KconformError
-from harness.kernels import (AptArchive, KernelProvider, bzimage_release, default_kernel_names,
-                             expand_kernel_args, load_specs)
+from harness.kernels import (
+    AptArchive,
+    KernelProvider,
+    bzimage_release,
+    default_kernel_names,
+    expand_kernel_args,
+    load_specs,
+)
 from harness.kernels.apt import system_debian_mirror
 from harness.kernels.trees import parse_kconfig
 from harness.versions import upstream_version as parse_upstream_version
-from harness.cache import check_manifest, write_manifest
 
 
 def test_every_named_kernel_is_defined_and_ordered_by_series():
@@ -112,7 +118,8 @@ def test_offline_resolution_falls_back_to_the_cached_kernel(tmp_path, monkeypatc
 def test_offline_without_a_cached_kernel_says_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setenv("KCONFORM_DEBIAN_MIRROR", "http://127.0.0.1:9/debian")
     provider = KernelProvider(cache=tmp_path)
-    with pytest.raises(KconformError, match="cannot reach the Debian archive.*KCONFORM_DEBIAN_MIRROR"):
+    with pytest.raises(KconformError,
+                       match="cannot reach the Debian archive.*KCONFORM_DEBIAN_MIRROR"):
         provider.get("debian-6.1")
 
 

@@ -24,7 +24,7 @@ ALLOWED = {
 def harness_imports(path: Path) -> set[str]:
     """The top-level harness modules or packages a file imports, e.g. {"kernels", "errors"}."""
     module = path.relative_to(REPO_ROOT).with_suffix("").parts
-    package = module[:-1] if path.name != "__init__.py" else module[:-1]
+    package = module[:-1]  # harness/plugin/run.py and harness/plugin/__init__.py: in plugin
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom):
@@ -32,7 +32,7 @@ def harness_imports(path: Path) -> set[str]:
                 base = list(package[:len(package) - node.level + 1])
                 parts = base + (node.module.split(".") if node.module else [])
                 if not node.module:
-                    parts_list = [base + [alias.name] for alias in node.names]
+                    parts_list = [[*base, alias.name] for alias in node.names]
                 else:
                     parts_list = [parts]
             else:

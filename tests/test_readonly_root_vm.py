@@ -2,10 +2,10 @@
 virtme-ng shares with it, even after `mount -o remount,rw /` (debian-6.1, the host's root)."""
 import pytest
 
-from harness.machines.accel import choose_accel
 from harness.kernels import KernelProvider
-from harness.machines.session import GuestSession
+from harness.machines.accel import choose_accel
 from harness.machines.qemu import QemuMachine
+from harness.machines.session import GuestSession
 
 pytestmark = pytest.mark.vm
 

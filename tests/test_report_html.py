@@ -11,9 +11,7 @@ import subprocess
 import pytest
 from PIL import Image
 
-from harness.reports import grid
-
-from harness.reports import results
+from harness.reports import grid, results
 from tests.test_report import REGRESSION
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")

@@ -38,7 +38,8 @@ def test_actionlint_catches_a_broken_workflow(tmp_path):
     path = tmp_path / ".github" / "workflows" / "kernels.yml"
     path.write_text(broken)
     proc = actionlint(path)
-    assert proc.returncode == 1 and 'job "grid" needs job "suites" which does not exist' in proc.stdout
+    assert proc.returncode == 1
+    assert 'job "grid" needs job "suites" which does not exist' in proc.stdout
 
 
 def test_the_matrix_runs_every_known_kernel_and_merges_them():
@@ -54,4 +55,5 @@ def test_the_matrix_runs_every_known_kernel_and_merges_them():
     assert "path: results/${{ matrix.kernel }}/" in text
     assert "./kconform merge artifacts/results-*/report.json -o results/merged" in text
     assert "cat results/merged/report.md >> \"$GITHUB_STEP_SUMMARY\"" in text
-    assert re.search(r"needs: suite\n\s+if: always\(\)", text), "the grid is made even when a kernel fails"
+    assert re.search(r"needs: suite\n\s+if: always\(\)", text), \
+        "the grid is made even when a kernel fails"

@@ -17,8 +17,8 @@ def test_an_agent_start_removes_only_dead_agents_groups(guest, bpf_object):
     found = guest.call(GUEST + "cleanup_at_start", obj=bpf_object("sock_ops"))
     assert found["before"] == {found["dead"]: 1, found["live"]: 1, found["other"]: 1}, found
     assert found["after"] == {found["live"]: 1, found["other"]: 1}, found
-    assert found["notes"] == [f"kconform: removed cgroup {found['dead']} left by a dead agent "
-                              "(1 program(s) detached)"], found
+    assert found["notes"] == [(f"kconform: removed cgroup {found['dead']} left by a dead agent "
+                               "(1 program(s) detached)")], found
 
 
 def test_killed_in_a_case(guest, bpf_object):

@@ -24,8 +24,8 @@ def hang(seconds):
 def fake_warning():
     """A WARNING splat in the kernel log, written from user space through /dev/kmsg."""
     with open("/dev/kmsg", "w") as f:
-        f.write("WARNING: CPU: 0 PID: %d at net/core/sock_map.c:1 kconform_injected+0x0/0x10\n"
-                % os.getpid())
+        f.write(f"WARNING: CPU: 0 PID: {os.getpid()} at net/core/sock_map.c:1 "
+                "kconform_injected+0x0/0x10\n")
     return "written"
 
 

@@ -45,7 +45,7 @@ def write_through_root(path, content, control=None):
     if seen["bind"]["status"] == 0:
         _run("mount", "-o", "remount,bind,rw", BIND)
     through_bind = BIND + path
-    seen["share"] = dict(zip(("mount", "fstype", "options"), _mount_of(through_bind)))
+    seen["share"] = dict(zip(("mount", "fstype", "options"), _mount_of(through_bind), strict=True))
     seen["write"] = _write(through_bind, content)
     seen["create"] = _write(through_bind + ".new", content)
     seen["write_as_seen"] = _write(path, content)

@@ -55,10 +55,10 @@ def cleanup_at_start(obj):
     """What an agent's start removes: a group of a dead agent, program and all; not a live
     agent's group, nor a directory kconform did not name."""
     sleeper = subprocess.Popen(["sleep", "30"])
-    dead = "%s%d-%d-1" % (cgroups.PREFIX, sleeper.pid, cgroups.process_start(sleeper.pid))
+    dead = f"{cgroups.PREFIX}{sleeper.pid}-{cgroups.process_start(sleeper.pid)}-1"
     sleeper.kill()
     sleeper.wait()
-    live = "%s%d-%d-999" % (cgroups.PREFIX, os.getpid(), cgroups.process_start(os.getpid()))
+    live = f"{cgroups.PREFIX}{os.getpid()}-{cgroups.process_start(os.getpid())}-999"
     other = cgroups.PREFIX + "not-ours"
     with bpf.BpfObject(obj) as o, cgroups.cgroup2_root() as root:
         for name in (dead, live, other):
