@@ -42,7 +42,7 @@ def verdicts_of(results_dir: Path, kernel: str) -> dict:
     """{(file, case without the kernel): verdict} of one kernel in a run's report.json."""
     from harness.reports import results
     cases = results.load(results_dir).for_kernel(kernel)
-    return {(c["file"], c["case"]): c["verdict"] for c in cases}
+    return {(c.file, c.case): c.verdict for c in cases}
 
 
 def leftover_guests(pid: int) -> list[str]:

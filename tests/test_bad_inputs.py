@@ -426,11 +426,11 @@ def test_a_results_dir_that_stops_taking_files_mid_run_is_said_once_not_an_inter
                              addinivalue_line=lambda *a: None)
     reporter = report.Reporter(config, SimpleNamespace(results_dir=not_a_directory,
                                                        _log=said.append))
-    reporter.results.kernels["k"] = {"name": "k"}
+    reporter.results.kernels["k"] = results.KernelRecord(name="k")
     for n in range(3):
-        reporter.results.cases.append({"id": str(n), "kernel": "k", "case": "c", "file": "f",
-                                       "verdict": "pass", "behaviour": None, "observed": None,
-                                       "reproduce": "r"})
+        reporter.results.cases.append(results.CaseResult(
+            id=str(n), kernel="k", case="c", file="f", verdict=results.Verdict.PASS,
+            reproduce="r"))
         reporter.next_write = 0.0
         reporter._write_incremental()
     assert len(said) == 1 and f"cannot write the reports into {not_a_directory}" in said[0]

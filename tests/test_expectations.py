@@ -34,17 +34,17 @@ NEW = ex.Outcome({"errno": "OK"}, "new source", since=((5, 15, 0),))
 
 def test_newer_kernel_gets_the_documented_outcome():
     verdict = ex.judge(_behaviour(OLD, NEW), (6, 1, 0), {"errno": "OK"})
-    assert verdict.verdict == ex.PASS
+    assert verdict.verdict == ex.Verdict.PASS
 
 
 def test_older_behaviour_is_asserted_as_an_expected_difference():
     verdict = ex.judge(_behaviour(OLD, NEW), (5, 10, 0), {"errno": "EOPNOTSUPP"})
-    assert verdict.verdict == ex.EXPECTED_DIFFERENCE and verdict.outcome.reason
+    assert verdict.verdict == ex.Verdict.EXPECTED_DIFFERENCE and verdict.outcome.reason
 
 
 def test_unexpected_pass_on_an_old_kernel_is_a_failure():
     verdict = ex.judge(_behaviour(OLD, NEW), (5, 10, 0), {"errno": "OK"})
-    assert verdict.verdict == ex.FAIL
+    assert verdict.verdict == ex.Verdict.FAIL
     assert "expected 'EOPNOTSUPP', observed 'OK'" in verdict.message("k", "5.10.1")
 
 
@@ -57,8 +57,8 @@ def test_overlapping_or_missing_bounds_are_rejected():
 
 def test_variant_tables_pick_the_map_type():
     both = ex.Outcome({"sockmap": {"e": "EINVAL"}, "sockhash": {"e": "ENOENT"}}, "s")
-    assert ex.judge(_behaviour(both), (6, 1, 0), {"e": "ENOENT"}, "sockhash").verdict == ex.PASS
-    assert ex.judge(_behaviour(both), (6, 1, 0), {"e": "ENOENT"}, "sockmap").verdict == ex.FAIL
+    assert ex.judge(_behaviour(both), (6, 1, 0), {"e": "ENOENT"}, "sockhash").verdict == ex.Verdict.PASS
+    assert ex.judge(_behaviour(both), (6, 1, 0), {"e": "ENOENT"}, "sockmap").verdict == ex.Verdict.FAIL
 
 
 def test_suite_data_covers_every_kernel_series_the_suite_defines():
@@ -111,15 +111,15 @@ def test_an_older_outcome_that_says_what_the_doc_says_is_a_pass():
                         reason="check dropped")
     last = ex.Outcome({"unbound": "EOPNOTSUPP"}, "s", since=((7, 2, 0),))
     behaviour = _behaviour(first, middle, last)
-    assert ex.judge(behaviour, (5, 10, 223), {"unbound": "EOPNOTSUPP"}).verdict == ex.PASS
-    assert ex.judge(behaviour, (6, 1, 176), {"unbound": "OK"}).verdict == ex.EXPECTED_DIFFERENCE
+    assert ex.judge(behaviour, (5, 10, 223), {"unbound": "EOPNOTSUPP"}).verdict == ex.Verdict.PASS
+    assert ex.judge(behaviour, (6, 1, 176), {"unbound": "OK"}).verdict == ex.Verdict.EXPECTED_DIFFERENCE
 
 
 def test_an_outcome_marked_as_differing_from_the_doc_is_never_a_plain_pass():
     copied = ex.Outcome({"seen": 100}, "s", since=((6, 5, 0),), differs_from_doc=True,
                         reason="data copied since 6.5")
     verdict = ex.judge(_behaviour(copied), (7, 2, 13), {"seen": 100})
-    assert verdict.verdict == ex.EXPECTED_DIFFERENCE
+    assert verdict.verdict == ex.Verdict.EXPECTED_DIFFERENCE
 
 
 def test_a_regression_window_overrides_the_other_outcomes_only_inside_it():
@@ -131,7 +131,7 @@ def test_a_regression_window_overrides_the_other_outcomes_only_inside_it():
     assert behaviour.outcome_for((6, 1, 100)) is window
     for outside in [(5, 10, 222), (5, 10, 233), (6, 1, 120), (6, 6, 10), (7, 3, 4)]:
         assert behaviour.outcome_for(outside) is normal
-    assert ex.judge(behaviour, (5, 10, 223), {"guest": "hang"}).verdict == ex.EXPECTED_DIFFERENCE
+    assert ex.judge(behaviour, (5, 10, 223), {"guest": "hang"}).verdict == ex.Verdict.EXPECTED_DIFFERENCE
 
 
 def test_behaviours_a_kernel_may_hang_on_are_known_before_any_boot():

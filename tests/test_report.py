@@ -21,6 +21,7 @@ from harness.reports import grid
 
 from harness.reports import results
 from harness import versions
+from harness.judging.verdicts import worst
 from harness.reports import junit
 from harness.reports.results import ResultsError
 from tests.conftest import REPO
@@ -72,9 +73,9 @@ class GridCells(HTMLParser):
 def expected_cells(res):
     cells = {}
     for case in res.cases:
-        key = (case["behaviour"] or case["case"].split("[")[0], case["kernel"])
-        cells.setdefault(key, []).append(case["verdict"])
-    return {key: results.worst(v) for key, v in cells.items()}
+        key = (case.behaviour or case.case.split("[")[0], case.kernel)
+        cells.setdefault(key, []).append(case.verdict)
+    return {key: worst(v) for key, v in cells.items()}
 
 
 def check_reports_agree(directory):
@@ -87,14 +88,14 @@ def check_reports_agree(directory):
     for kernel, suite in suites.items():
         props = {p.get("name"): p.get("value") for p in suite.iter("property")}
         info = res.kernels[kernel]
-        assert props == {"kernel": kernel, "kernel_version": info["version"] or "",
-                         "uname": info["uname"] or "", "machine": info.get("machine") or "",
-                         "rootfs": info.get("rootfs") or ""}
+        assert props == {"kernel": kernel, "kernel_version": info.version or "",
+                         "uname": info.uname or "", "machine": info.machine or "",
+                         "rootfs": info.rootfs or ""}
         cases = {junit.testcase_name(c): c for c in res.for_kernel(kernel)}
         seen = {tc.get("name"): tc for tc in suite.iter("testcase")}
         assert seen.keys() == cases.keys()
         for name, tc in seen.items():
-            verdict = cases[name]["verdict"]
+            verdict = cases[name].verdict
             assert tc.get("status") == verdict
             assert (tc.find("failure") is not None) == (verdict == "fail")
             assert (tc.find("error") is not None) == (verdict == "crashed")
@@ -152,23 +153,23 @@ def test_the_html_page_needs_no_network(tmp_path):
 
 def test_failures_carry_reproduction_lines_and_console(tmp_path):
     res, md, page = check_reports_agree_from(REGRESSION, tmp_path)
-    failed = [c for c in res.cases if c["verdict"] in ("fail", "crashed")]
-    assert {c["verdict"] for c in failed} == {"fail", "crashed"}
+    failed = [c for c in res.cases if c.verdict in ("fail", "crashed")]
+    assert {c.verdict for c in failed} == {"fail", "crashed"}
     # The run judged with its own expectations file: rerunning a case must judge with it too.
-    run_args = shlex.split(res.runs[0]["command"])
+    run_args = shlex.split(res.runs[0].command)
     expectations = run_args[run_args.index("--expectations") + 1]
     for case in failed:
-        assert shlex.split(case["reproduce"]) == ["./kconform", "suite", "--kernel", case["kernel"],
-                                                  case["id"], "--expectations", expectations]
-        assert case["boot"].startswith("vng --run ") and "--exec" not in case["boot"]
-        assert case["reproduce"] in md and case["boot"] in md
-    panic = next(c for c in failed if c["verdict"] == "crashed")
-    assert panic["behaviour"] is None and panic["case"] == "test_2_panic"
-    assert any("Kernel panic" in line for line in panic["console"])
+        assert shlex.split(case.reproduce) == ["./kconform", "suite", "--kernel", case.kernel,
+                                               case.id, "--expectations", expectations]
+        assert case.boot.startswith("vng --run ") and "--exec" not in case.boot
+        assert case.reproduce in md and case.boot in md
+    panic = next(c for c in failed if c.verdict == "crashed")
+    assert panic.behaviour is None and panic.case == "test_2_panic"
+    assert any("Kernel panic" in line for line in panic.console)
     xml = ET.parse(tmp_path / results.REPORT_JUNIT).getroot()
     error = next(tc for tc in xml.iter("testcase") if tc.find("error") is not None)
     assert "Kernel panic" in error.find("system-out").text
-    assert panic["reproduce"] in error.find("error").text
+    assert panic.reproduce in error.find("error").text
 
 
 # ---------------------------------------------------------------------- merge
@@ -247,7 +248,9 @@ def test_compare_needs_two_kernels():
 
 
 def test_regression_rule():
-    case = lambda verdict, observed=None: {"verdict": verdict, "observed": observed}  # noqa: E731
+    def case(verdict, observed=None):
+        return results.CaseResult(id="f::t", case="t", file="f", kernel="k", reproduce="r",
+                                  verdict=results.Verdict(verdict), observed=observed)
     assert compare.classify(case("pass", {"a": 1}), case("fail", {"a": 2})) == compare.REGRESSION
     assert compare.classify(case("expected-difference", {"a": 1}), case("crashed")) == \
         compare.REGRESSION
@@ -272,7 +275,7 @@ def test_a_run_records_every_case_including_those_without_a_verdict(run_pytest):
                       "-n", "2")
     assert proc.returncode == 1
     res, md, page = check_reports_agree(proc.results)
-    verdicts = {(c["case"], c["kernel"]): (c["behaviour"], c["verdict"]) for c in res.cases}
+    verdicts = {(c.case, c.kernel): (c.behaviour, c.verdict) for c in res.cases}
     assert verdicts == {
         ("test_a_pass", "debian-5.10"): ("U1", "pass"),
         ("test_a_pass", "debian-7.2"): ("U1", "pass"),
@@ -287,9 +290,9 @@ def test_a_run_records_every_case_including_those_without_a_verdict(run_pytest):
         ("test_e_killed", "debian-5.10"): (None, "pass"),
         ("test_e_killed", "debian-7.2"): (None, "pass"),
     }
-    fail = next(c for c in res.cases if c["case"] == "test_c_fails_before_expect")
-    assert "RuntimeError: the guest-side function raised" in fail["message"]
-    assert results.load(proc.results).runs[0]["complete"] is True
+    fail = next(c for c in res.cases if c.case == "test_c_fails_before_expect")
+    assert "RuntimeError: the guest-side function raised" in fail.message
+    assert results.load(proc.results).runs[0].complete is True
     assert "kconform reports:" in proc.stdout
 
 
@@ -299,11 +302,11 @@ def test_an_interrupted_run_leaves_valid_files_with_what_finished(run_pytest):
     assert proc.returncode == -9
     res = results.load(proc.results)  # valid JSON ...
     xml = ET.parse(proc.results / results.REPORT_JUNIT).getroot()  # ... and valid XML
-    finished = {(c["case"], c["kernel"]) for c in res.cases}
+    finished = {(c.case, c.kernel) for c in res.cases}
     assert ("test_e_killed", "debian-5.10") in finished
     assert ("test_e_killed", "debian-7.2") not in finished and len(finished) == 11
     assert len(list(xml.iter("testcase"))) == 11
-    assert res.runs[0]["complete"] is False and res.runs[0]["finished"] is None
+    assert res.runs[0].complete is False and res.runs[0].finished is None
 
 
 def test_a_test_that_kills_its_worker_is_recorded_once_as_failed(run_pytest):
@@ -311,26 +314,26 @@ def test_a_test_that_kills_its_worker_is_recorded_once_as_failed(run_pytest):
                       "--max-worker-restart=2", env={"KCONFORM_FAKE_KILL": "debian-7.2"})
     assert proc.returncode == 1
     res = results.load(proc.results)
-    killed = [c for c in res.cases if c["case"] == "test_e_killed"]
-    assert [(c["kernel"], c["verdict"]) for c in killed] == [("debian-5.10", "pass"),
-                                                             ("debian-7.2", "fail")]
-    assert re.match(r"worker 'gw\d+' crashed while running", killed[1]["message"])
+    killed = [c for c in res.cases if c.case == "test_e_killed"]
+    assert [(c.kernel, c.verdict) for c in killed] == [("debian-5.10", "pass"),
+                                                       ("debian-7.2", "fail")]
+    assert re.match(r"worker 'gw\d+' crashed while running", killed[1].message)
     check_reports_agree(proc.results)
 
 
 def test_the_reproduction_line_reruns_just_that_case(run_pytest, tmp_path):
     proc = run_pytest("tests/reportcases/fake.py", "--kernel", "debian-5.10,debian-7.2")
     case = next(c for c in results.load(proc.results).cases
-                if c["case"] == "test_d_marked" and c["verdict"] == "fail")
-    words = case["reproduce"].split()
+                if c.case == "test_d_marked" and c.verdict == "fail")
+    words = case.reproduce.split()
     assert words[:2] == ["./kconform", "suite"]
     rerun = subprocess.run([sys.executable, "-m", "harness.cli", *shlex.split(
-        case["reproduce"])[1:], f"--results-dir={tmp_path / 'rerun'}", "-p", "no:cacheprovider"],
+        case.reproduce)[1:], f"--results-dir={tmp_path / 'rerun'}", "-p", "no:cacheprovider"],
         cwd=REPO, capture_output=True, text=True, timeout=120)
     assert rerun.returncode == 1
     assert re.search(r"\b1 failed\b", rerun.stdout) and "passed" not in rerun.stdout.splitlines()[-1]
     (only,) = results.load(tmp_path / "rerun").cases
-    assert (only["id"], only["kernel"]) == (case["id"], "debian-7.2")
+    assert (only.id, only.kernel) == (case.id, "debian-7.2")
 
 
 def test_kernel_versions_order_columns():
@@ -375,7 +378,9 @@ def test_costly_rewrites_are_spaced_out_and_what_they_skip_is_written_soon(tmp_p
                              addinivalue_line=lambda *a: None)
     reporter = report.Reporter(config, SimpleNamespace(results_dir=tmp_path))
     for n in range(5):
-        reporter.results.cases.append({"id": str(n)})
+        reporter.results.cases.append(results.CaseResult(
+            id=str(n), case="c", file="f", kernel="k", verdict=results.Verdict.PASS,
+            reproduce="r"))
         reporter._write_incremental()
     assert writes == [1]  # the first cost 20 ms: the next four waited
     deadline = time.monotonic() + 5

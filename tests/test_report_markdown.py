@@ -16,6 +16,7 @@ from hypothesis import given, settings, strategies as st
 
 from harness.reports import grid
 
+from harness.judging.verdicts import Verdict
 from harness.reports import results
 from tests.test_report import ONLY_510
 
@@ -103,11 +104,11 @@ def hostile_results(tmp_path: Path) -> Path:
     data["behaviours"][bid]["title"] = HOSTILE[4] + HOSTILE[9]
     for case in data["cases"]:
         case["kernel"] = kernel
-        if case["verdict"] == results.EXPECTED_DIFFERENCE:
+        if case["verdict"] == Verdict.EXPECTED_DIFFERENCE:
             case["reason"], case["source"] = HOSTILE[10], HOSTILE[11] + HOSTILE[2]
     failing = copy.deepcopy(data["cases"][0])
     failing.update(id=failing["id"] + "x", case="test_x[" + HOSTILE[0] + "\n\n# out]",
-                   verdict=results.FAIL,
+                   verdict=Verdict.FAIL,
                    message="````\n<script>after a fence</script>\n`````\n" + HOSTILE[3],
                    console=["````", "<img src=x onerror=alert(1)>"])
     data["cases"].append(failing)
@@ -149,8 +150,8 @@ def test_hostile_values_in_a_results_file_render_as_literal_text(tmp_path):
     tables = [line for line in rendered if line.startswith("|")]
     assert all(line.endswith(" |") for line in tables)
     kernel_row = decode_row(next(line for line in tables if line.startswith("| evil")))
-    assert kernel_row[:4] == [literal(kernel), literal(info["version"]), literal(info["uname"]),
-                              literal(info["machine"])]
+    assert kernel_row[:4] == [literal(kernel), literal(info.version), literal(info.uname),
+                              literal(info.machine)]
     header = decode_row(next(line for line in tables if line.startswith("| behaviour |")))
     assert header[1] == literal(kernel)
     for line in tables:  # decode_row raises on raw markup
@@ -158,7 +159,7 @@ def test_hostile_values_in_a_results_file_render_as_literal_text(tmp_path):
             decode_row("| " + re.fullmatch(r"\| \*\*\w+\*\* (.*)", line).group(1))
         elif not line.startswith("| ---"):
             decode_row(line)
-    bid = res.cases[0]["behaviour"]
+    bid = res.cases[0].behaviour
     row = next(line for line in tables if line.startswith(f"| **{bid}** "))
     assert decode_row("| " + row.split("** ", 1)[1])[0] == literal(HOSTILE[4] + HOSTILE[9])
     reasons = [c for line in tables if line.startswith("| **")

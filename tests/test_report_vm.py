@@ -22,7 +22,7 @@ def test_suite_compare_on_5_10_and_7_2_reports_the_unix_socket_difference(tmp_pa
     assert proc.returncode == 0
     res, md, page = check_reports_agree(out)
     assert res.kernel_order() == ["debian-5.10", "debian-7.2"]
-    assert {c["kernel_version"][:5] for c in res.cases} == {"5.10.", "7.2.1"}
+    assert {c.kernel_version[:5] for c in res.cases} == {"5.10.", "7.2.1"}
     for behaviour in ("U12", "U13"):  # AF_UNIX in sockmap came in 5.15
         assert page.cells[(behaviour, "debian-5.10")] == "expected-difference"
         assert page.cells[(behaviour, "debian-7.2")] == "pass"

@@ -158,7 +158,7 @@ def test_sock_ops_programs_stay_in_kconforms_cgroups_and_a_dead_agents_are_remov
     groups; and an agent killed mid-case leaves a group with its program attached that the
     next connection removes."""
     proc = run_pytest("tests/faultcases/sock_ops_cgroup.py", *_target_args(ssh_target), "-v")
-    verdicts = {c["case"]: c["verdict"] for c in results.load(proc.results).cases}
+    verdicts = {c.case: c.verdict for c in results.load(proc.results).cases}
     assert verdicts == {"test_a_case_program_sees_only_the_cases_sockets": "pass",
                         "test_an_agent_start_removes_only_dead_agents_groups": "pass",
                         "test_killed_in_a_case": "crashed",

@@ -38,10 +38,10 @@ def test_suite_on_the_pinned_root_gives_the_verdicts_of_the_default_path(referen
     assert len(pinned) > 100
     assert pinned == verdicts_of(reference_run.results, "debian-6.1")
     kernel = results.load(proc.results).kernels["debian-6.1"]
-    assert kernel["machine"] == "qemu"
+    assert kernel.machine == "qemu"
     assert re.match(r"debian-bookworm@[0-9a-f]{12} \(python3 3\.11\.\S+, libbpf1 \S+\)$",
-                    kernel["rootfs"]), kernel["rootfs"]
-    assert "--root " in kernel["boot"] and "ran on" in (proc.results / "report.md").read_text()
+                    kernel.rootfs), kernel.rootfs
+    assert "--root " in kernel.boot and "ran on" in (proc.results / "report.md").read_text()
 
 
 @pytest.fixture(scope="module")
@@ -106,8 +106,8 @@ def test_suite_on_an_ssh_target_gives_the_verdicts_of_the_default_path(reference
     # named by its `uname -r`, judged by its package version, recorded as an SSH target
     (name, kernel), = res.kernels.items()
     assert re.fullmatch(r"6\.1\.0-\d+-amd64", name)
-    assert kernel["version"].startswith("6.1.") and kernel["uname"] == name
-    assert kernel["machine"] == ssh_target.url and kernel["rootfs"] == "target's own"
+    assert kernel.version.startswith("6.1.") and kernel.uname == name
+    assert kernel.machine == ssh_target.url and kernel.rootfs == "target's own"
     assert verdicts_of(proc.results, name) == verdicts_of(reference_run.results, "debian-6.1")
     assert _pushed_directories(ssh_target) == ""  # the private directory was removed
 
@@ -128,13 +128,13 @@ def test_an_unknown_host_key_is_refused_naming_the_fixes(run_pytest, ssh_target,
 def test_a_lost_connection_fails_its_test_and_the_rest_reconnect(run_pytest, ssh_target):
     # under xdist: the worker takes the target's description from the controller
     proc = run_pytest("tests/faultcases/connection.py", *_target_args(ssh_target), "-n", "1")
-    verdicts = {c["case"]: c["verdict"] for c in results.load(proc.results).cases}
+    verdicts = {c.case: c.verdict for c in results.load(proc.results).cases}
     assert verdicts == {"test_1_before": "pass", "test_2_connection_lost": "crashed",
                         "test_3_after": "pass"}, proc.stdout
     assert (f"the SSH session died during tests.guest.faults:drop_connection (the connection to "
             f"{ssh_target.url} was lost)") in proc.stdout
     assert f"log in by hand: ssh -p {ssh_target.port} " in proc.stdout
     lost = next(c for c in results.load(proc.results).cases
-                if c["case"] == "test_2_connection_lost")
-    assert lost["boot"].startswith(f"ssh -p {ssh_target.port} ")  # how to log in by hand
+                if c.case == "test_2_connection_lost")
+    assert lost.boot.startswith(f"ssh -p {ssh_target.port} ")  # how to log in by hand
     assert _pushed_directories(ssh_target) == ""  # both sessions' directories are gone

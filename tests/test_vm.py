@@ -81,10 +81,10 @@ def test_injected_faults_fail_only_their_test_and_the_run_goes_on(run_pytest, tm
     assert "tests.guest.faults:load_rejected raised in the guest: BpfError: " in rejected
     assert re.search(r"verifier log:\n--- read_past_the_packet\n(.*\n)*invalid access to packet",
                      rejected), rejected
-    cases = {c["case"]: c for c in results.load(proc.results).cases}
-    assert len(cases) == 8 and cases["test_2_panic"]["verdict"] == "crashed"
-    assert cases["test_2_verifier_rejects"]["verdict"] == "fail"  # the guest is fine
-    assert cases["test_2_panic"]["known_crash"].startswith("known crash: sysrq-trigger")
+    cases = {c.case: c for c in results.load(proc.results).cases}
+    assert len(cases) == 8 and cases["test_2_panic"].verdict == "crashed"
+    assert cases["test_2_verifier_rejects"].verdict == "fail"  # the guest is fine
+    assert cases["test_2_panic"].known_crash.startswith("known crash: sysrq-trigger")
     assert leftover_guests(_child_pid(proc)) == []
 
 
@@ -137,7 +137,7 @@ def test_an_interrupted_run_leaves_valid_reports_and_no_processes(tmp_path, sign
     assert proc.returncode == 2, out  # pytest's "interrupted"
     assert "KeyboardInterrupt" in out
     res = results.load(out_dir)
-    assert 3 <= len(res.cases) < 150 and res.runs[0]["complete"] is False
+    assert 3 <= len(res.cases) < 150 and res.runs[0].complete is False
     assert len(list(ET.parse(out_dir / results.REPORT_JUNIT).getroot().iter("testcase"))) \
         == len(res.cases)
     assert leftover_guests(proc.pid) == [] and _qemu_guests() == before
@@ -151,7 +151,7 @@ def test_a_killed_worker_leaves_no_guest_behind(run_pytest, tmp_path):
     assert re.search(r"worker 'gw0' crashed while running .*test_1_kills_its_worker", proc.stdout)
     # xdist reports the crash as a failure and runs the test again on a new worker
     assert "1 failed, 2 passed" in proc.stdout
-    assert {c["case"]: c["verdict"] for c in results.load(proc.results).cases} == {
+    assert {c.case: c.verdict for c in results.load(proc.results).cases} == {
         "test_1_kills_its_worker": "pass", "test_2_after": "pass"}  # the last run counts
     # the dead worker's guest is reaped, though nothing ran in that worker after the kill
     assert _wait_for(lambda: _qemu_guests() == before, 15), _qemu_guests() - before

@@ -18,14 +18,9 @@ from pathlib import Path
 from ..errors import KconformError
 from ..paths import REPO_ROOT
 from ..versions import bound_version
+from .verdicts import Verdict
 
 DEFAULT_FILE = REPO_ROOT / "cases" / "expectations.toml"
-
-PASS = "pass"
-EXPECTED_DIFFERENCE = "expected-difference"
-FAIL = "fail"
-CRASHED = "crashed"
-SKIPPED = "skipped"
 
 
 class ExpectationsError(KconformError, ValueError):
@@ -69,9 +64,7 @@ class Outcome:
     def applies(self, version: tuple[int, ...]) -> bool:
         if self.since and not has_change(version, list(self.since)):
             return False
-        if self.until and has_change(version, list(self.until)):
-            return False
-        return True
+        return not (self.until and has_change(version, list(self.until)))
 
     @property
     def documented(self) -> bool:
@@ -250,13 +243,14 @@ def load(path: Path = DEFAULT_FILE) -> dict[str, Behaviour]:
 
 
 @dataclass
-class Verdict:
+class Judgement:
+    """One observation held against the outcome that applies to the kernel."""
     behaviour: Behaviour
     variant: str | None
     expected: dict
     observed: dict
     outcome: Outcome
-    verdict: str
+    verdict: Verdict
     mismatches: dict
 
     def message(self, kernel: str, version: str) -> str:
@@ -272,7 +266,7 @@ class Verdict:
 
 
 def judge(behaviour: Behaviour, version: tuple[int, ...], observed: dict,
-          variant: str | None = None) -> Verdict:
+          variant: str | None = None) -> Judgement:
     outcome = behaviour.outcome_for(version)
     expected = outcome.expect
     if variant is not None and isinstance(expected.get(variant), dict):
@@ -280,12 +274,12 @@ def judge(behaviour: Behaviour, version: tuple[int, ...], observed: dict,
     mismatches = {k: (v, observed.get(k, "<missing>")) for k, v in expected.items()
                   if observed.get(k, "<missing>") != v}
     if mismatches:
-        verdict = FAIL
+        verdict = Verdict.FAIL
     elif outcome.documented or any(o.documented and o.expect == outcome.expect
                                    for o in behaviour.outcomes):
         # An older outcome that predicts what the doc says (e.g. a check that was dropped and
         # later restored) is no difference from the doc's point of view.
-        verdict = PASS
+        verdict = Verdict.PASS
     else:
-        verdict = EXPECTED_DIFFERENCE
-    return Verdict(behaviour, variant, expected, observed, outcome, verdict, mismatches)
+        verdict = Verdict.EXPECTED_DIFFERENCE
+    return Judgement(behaviour, variant, expected, observed, outcome, verdict, mismatches)

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import atexit
 import signal
+from collections.abc import Generator
 
 import pytest
 
 from ..errors import KconformError
-from ..judging import expectations
 from ..machines.qemu import kill_all_guests
 from ..machines.rootfs import HOST
 from ..machines.ssh import (
@@ -21,8 +21,8 @@ from ..machines.ssh import (
 )
 from .fixtures import bpf_object, expect, guest
 from .options import pytest_addoption
-from .recording import Reporter, declared_behaviour
-from .run import CASE_GUEST_KEY, CRASHED_KEY, RUN_KEY, TARGETS_KEY, KconformRun
+from .recording import Reporter, declared_behaviour, mark_console_start
+from .run import CASE_GUEST_KEY, RUN_KEY, TARGETS_KEY, KconformRun
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -96,21 +96,16 @@ def _kernel_of(item) -> str | None:
     return callspec.params.get("kernel") if callspec else None
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    outcome = yield
-    report = outcome.get_result()
-    case_guest = item.stash.get(CASE_GUEST_KEY, None)
-    lost_guest = case_guest is not None and case_guest.down is not None
-    if report.when == "call" and report.failed and (item.stash.get(CRASHED_KEY, False)
-                                                    or lost_guest):
-        report.user_properties.append(("verdict", expectations.CRASHED))
+# A test's reports (what each carries, a crash's verdict included) are the Reporter's alone:
+# recording.Reporter.pytest_runtest_makereport.
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_call(item):
-    result = yield
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
     case_guest = item.stash.get(CASE_GUEST_KEY, None)
+    if case_guest is not None:  # a failure's report carries the console lines from here on
+        mark_console_start(item, case_guest.session.machine.console)
+    result = yield
     if case_guest is not None:
         case_guest.fail_if_down_unjudged()
     return result

@@ -1,11 +1,12 @@
 """Reports of a run: each finished case becomes a record in report.json, and every report is
 written from those records (JUnit, the Markdown and HTML grid).
 
-Two halves, registered as one plugin object by harness/plugin.py:
+Two halves, registered as one plugin object by harness/plugin/__init__.py:
 - on every process (each xdist worker, or the only process): pytest_runtest_makereport adds to
   each report of a kernel case what only that process knows: the case id without the kernel,
-  the behaviour when the test failed before calling expect(), the guest console lines written
-  during the test, and how to boot the kernel by hand.
+  the behaviour when the test failed before calling expect(), whether the guest crashed, the
+  guest console lines written during the test (from the mark mark_console_start left), and how
+  to boot the kernel by hand.
 - on the controller only: pytest_runtest_logreport collects the reports (under xdist they arrive
   here with their user_properties), and when a case's teardown report arrives, the case is
   judged and report.json and the JUnit file are rewritten (one rename each), so an interrupted
@@ -23,43 +24,62 @@ import socket
 import textwrap
 import threading
 import time
-from datetime import datetime, timezone
+from collections.abc import Callable, Generator
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pytest
+from pluggy import Result
 
+from ..judging.verdicts import Verdict
 from ..reports.grid import write_reports
 from ..reports.junit import junit_text
+from ..reports.reproduce import rerun_command
 from ..reports.results import (
-    BAD,
-    CRASHED,
-    EXPECTED_DIFFERENCE,
-    FAIL,
-    PASS,
     REPORT_HTML,
     REPORT_JSON,
     REPORT_JUNIT,
     REPORT_MARKDOWN,
-    SKIPPED,
+    BehaviourRecord,
+    CaseResult,
+    KernelRecord,
     Results,
+    RunRecord,
     write_atomic,
     write_json,
 )
 from ..versions import dotted, upstream_version
+from .run import CASE_GUEST_KEY, CRASHED_KEY
 
-CONSOLE_MARK = pytest.StashKey[tuple]()
+if TYPE_CHECKING:
+    from .run import KconformRun
+
+
+class Console(Protocol):
+    """The part of a machine's console log the reports read."""
+    @property
+    def count(self) -> int: ...
+    def tail(self, lines: int, since: int = 0) -> list[str]: ...
+
+
+CONSOLE_MARK = pytest.StashKey[tuple[Console, int]]()
 CONSOLE_EXCERPT = 100  # lines of guest console kept with a failure
 
 
+def mark_console_start(item: pytest.Item, console: Console) -> None:
+    """Where this test's console lines start: a failure report carries the lines from here."""
+    item.stash[CONSOLE_MARK] = (console, console.count)
+
+
 class Reporter:
-    def __init__(self, config: pytest.Config, run):
+    def __init__(self, config: pytest.Config, run: KconformRun):
         self.config = config
         self.run = run
         self.controller = not hasattr(config, "workerinput")  # xdist workers have workerinput
-        self.phases: dict[str, list] = {}
-        self.results = Results(runs=[{
-            "started": _now(), "finished": None, "complete": False, "exit_status": None,
-            "command": shlex.join(["pytest", *config.invocation_params.args]),
-            "host": socket.gethostname()}])
+        self.phases: dict[str, list[pytest.TestReport]] = {}
+        self.results = Results(runs=[RunRecord(
+            started=_now(), command=shlex.join(["pytest", *config.invocation_params.args]),
+            host=socket.gethostname())])
         self.started_writing = False
         self.next_write = 0.0  # monotonic time before which report.json is not rewritten
         self.deferred: threading.Timer | None = None  # writes what a deferred rewrite left out
@@ -74,22 +94,15 @@ class Reporter:
     # ------------------------------------------------------------------ every process
 
     @pytest.hookimpl(hookwrapper=True)
-    def pytest_runtest_call(self, item: pytest.Item):
-        guest = getattr(item, "funcargs", {}).get("guest")
-        if guest is not None:  # mark where this test's console lines start
-            console = guest.session.machine.console
-            item.stash[CONSOLE_MARK] = (console, console.count)
-        yield
-
-    @pytest.hookimpl(hookwrapper=True)
-    def pytest_runtest_makereport(self, item: pytest.Item, call):
+    def pytest_runtest_makereport(self, item: pytest.Item,
+                                  call: pytest.CallInfo[None]) -> Generator[None, Result[Any]]:
         outcome = yield
-        report = outcome.get_result()
+        report: pytest.TestReport = outcome.get_result()
         kernel = _kernel_param(item)
         if kernel is None:
             return
         props = dict(report.user_properties)
-        extra = []
+        extra: list[tuple[str, object]] = []
         if report.when == "setup":
             extra += [("kernel", kernel), ("case", case_id(item, kernel))]
             if "behaviour" not in props:
@@ -99,7 +112,7 @@ class Reporter:
             extra += self._failure_context(item, kernel, report)
         report.user_properties += [(k, v) for k, v in extra if k not in props or k == "verdict"]
 
-    def _declared_behaviour(self, item) -> list[tuple[str, str]]:
+    def _declared_behaviour(self, item: pytest.Item) -> list[tuple[str, object]]:
         bid, variant = declared_behaviour(item)
         behaviour = self.run.behaviours.get(bid) if bid else None
         if not behaviour:
@@ -107,31 +120,28 @@ class Reporter:
         return [("behaviour", bid), ("variant", variant or ""), ("section", behaviour.section),
                 ("title", behaviour.title)]
 
-    def _kernel_facts(self, kernel: str) -> list[tuple[str, str]]:
+    def _kernel_facts(self, kernel: str) -> list[tuple[str, object]]:
         info = self.run.kernels.get(kernel)
         tree = self.run.pool.trees.get(kernel)
-        facts = []
+        facts: list[tuple[str, object]] = []
         if tree is not None:
             facts += [("kernel_version", tree.exact_version),
                       ("machine", tree.target or "qemu"),
                       ("rootfs", "target's own" if tree.target else self.run.rootfs_label())]
-        if info is not None and info.vng_command:
-            facts.append(("boot", interactive_boot_command(info.vng_command)))
-        elif tree is not None and not tree.target and self.run._accel is not None:
-            # the accelerator was chosen already (no probe boot): build the line the guest had
-            from ..machines.qemu import (
-                build_vng_command,  # the guest never booted: build the same line
-            )
-            cmd = build_vng_command(tree, self.run._accel, "true", memory=self.run.memory,
-                                    rootfs=self.run._rootfs or None)
-            facts.append(("boot", interactive_boot_command(shlex.join(cmd))))
+        command = info.vng_command if info is not None and info.vng_command else \
+            self.run.boot_command(tree) if tree is not None else None  # it never booted
+        if command:
+            facts.append(("boot", interactive_boot_command(command)))
         return facts
 
-    def _failure_context(self, item, kernel: str, report) -> list[tuple[str, str]]:
-        from . import CRASHED_KEY
-        extra = []
-        if report.when == "setup" and item.stash.get(CRASHED_KEY, False):
-            extra.append(("verdict", CRASHED))  # the guest died while booting for this test
+    def _failure_context(self, item: pytest.Item, kernel: str,
+                         report: pytest.TestReport) -> list[tuple[str, object]]:
+        extra: list[tuple[str, object]] = []
+        case_guest = item.stash.get(CASE_GUEST_KEY, None)
+        lost_guest = case_guest is not None and case_guest.down is not None
+        # the guest died (booting for this test, or during it), or its kernel reported a problem
+        if item.stash.get(CRASHED_KEY, False) or (report.when == "call" and lost_guest):
+            extra.append(("verdict", Verdict.CRASHED.value))
         mark = item.stash.get(CONSOLE_MARK, None)
         if mark is not None:
             console, since = mark
@@ -144,11 +154,11 @@ class Reporter:
 
     # ------------------------------------------------------------------ controller
 
-    def pytest_runtest_logreport(self, report) -> None:
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if not self.controller:
             return
         props = dict(report.user_properties)
-        if report.when == "???" and "kernel" not in props:
+        if str(report.when) == "???" and "kernel" not in props:  # not a phase pytest names
             # xdist's report for a test whose worker died; loadgroup appended "@<kernel>" to its
             # id (a kernel name may hold "@" itself: two SSH targets of one release)
             kernel = next((k for k in self.run.kernel_names
@@ -162,41 +172,38 @@ class Reporter:
         if report.when not in ("setup", "call"):
             self._finish(self.phases.pop(report.nodeid))
 
-    def _finish(self, reports: list) -> None:
+    def _finish(self, reports: list[pytest.TestReport]) -> None:
         case = case_record(reports, self.config.option.expectations)
         with self.lock:  # a deferred rewrite (below) may be reading the results
             # xdist reruns a test whose worker died on a new worker: the last report counts
-            self.results.cases = [c for c in self.results.cases if c["id"] != case["id"]] + [case]
-            self._note_kernel(case["kernel"], reports)
-            bid = case["behaviour"]
-            if bid in self.run.behaviours and bid not in self.results.behaviours:
-                order = list(self.run.behaviours).index(bid)
+            self.results.cases = [c for c in self.results.cases if c.id != case.id] + [case]
+            self._note_kernel(case.kernel, reports)
+            bid = case.behaviour
+            if bid and bid in self.run.behaviours and bid not in self.results.behaviours:
                 behaviour = self.run.behaviours[bid]
-                self.results.behaviours[bid] = {"title": behaviour.title,
-                                                "section": behaviour.section, "order": order}
+                self.results.behaviours[bid] = BehaviourRecord(
+                    title=behaviour.title, section=behaviour.section,
+                    order=list(self.run.behaviours).index(bid))
         self._write_incremental()
 
-    def _note_kernel(self, kernel: str, reports: list) -> None:
-        entry = self.results.kernels.setdefault(
-            kernel, {"name": kernel, "version": None, "uname": None, "upstream": None, "boot": None,
-                     "machine": None, "rootfs": None})
-        props = {}
-        for report in reports:
-            props.update(dict(report.user_properties))
+    def _note_kernel(self, kernel: str, reports: list[pytest.TestReport]) -> None:
+        entry = self.results.kernels.setdefault(kernel, KernelRecord(name=kernel))
+        props = _properties(reports)
         for key, prop in (("version", "kernel_version"), ("uname", "uname"), ("boot", "boot"),
                           ("machine", "machine"), ("rootfs", "rootfs")):
-            if props.get(prop) and not entry[key]:
-                entry[key] = props[prop]
-        if entry["version"]:
-            entry["upstream"] = dotted(upstream_version(entry["version"]))
+            value = props.get(prop)
+            if isinstance(value, str) and value and not getattr(entry, key):
+                setattr(entry, key, value)
+        if entry.version:
+            entry.upstream = dotted(upstream_version(entry.version))
         elif kernel in self.run.specs:
-            entry["upstream"] = self.run.specs[kernel].series
+            entry.upstream = self.run.specs[kernel].series
 
     def _write_incremental(self) -> None:
         out = self.run.results_dir
         if not self.started_writing:  # reports of an earlier run must not pass for this one's
-            for name in (REPORT_MARKDOWN, REPORT_HTML):
-                self._guarded(lambda: (out / name).unlink(missing_ok=True))
+            for stale in (out / REPORT_MARKDOWN, out / REPORT_HTML):
+                self._guarded(functools.partial(stale.unlink, missing_ok=True))
             self.started_writing = True
         # Rewritten as cases finish, each time whole: at 750 cases one rewrite costs ~40 ms, so
         # they are written compact (the end of the run indents them), and once a rewrite costs
@@ -214,9 +221,10 @@ class Reporter:
                     self.deferred.daemon = True
                     self.deferred.start()
                 return
-            self._guarded(lambda: (write_json(self.results, out / REPORT_JSON, compact=True),
-                                   write_atomic(out / REPORT_JUNIT,
-                                                junit_text(self.results, pretty=False))))
+            def write_both() -> None:
+                write_json(self.results, out / REPORT_JSON, compact=True)
+                write_atomic(out / REPORT_JUNIT, junit_text(self.results, pretty=False))
+            self._guarded(write_both)
             spent = time.monotonic() - now
             self.next_write = now + 20 * spent if spent > 0.01 else 0.0
 
@@ -226,7 +234,7 @@ class Reporter:
             self.next_write = 0.0
         self._write_incremental()
 
-    def pytest_sessionfinish(self, session, exitstatus) -> None:
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         if not self.controller or not self.results.cases:
             return
         with self.lock:
@@ -234,11 +242,11 @@ class Reporter:
             if self.deferred is not None:
                 self.deferred.cancel()
             run = self.results.runs[0]
-            run.update(finished=_now(), exit_status=int(exitstatus), complete=int(exitstatus) in
-                       (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED))
+            run.finished, run.exit_status = _now(), int(exitstatus)
+            run.complete = int(exitstatus) in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED)
             self._guarded(lambda: write_reports(self.results, self.run.results_dir))
 
-    def _guarded(self, write) -> None:
+    def _guarded(self, write: Callable[[], object]) -> None:
         """--results-dir was writable when the run began; if it stops being so (full, removed,
         remounted), the run goes on and its end says so once, instead of an internal error."""
         try:
@@ -250,7 +258,7 @@ class Reporter:
                                     "another --results-dir, and run again")
                 self.run._log(self.write_error)
 
-    def pytest_terminal_summary(self, terminalreporter) -> None:
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         if self.controller and self.write_error:
             terminalreporter.write_line(f"kconform: {self.write_error}", red=True, bold=True)
         elif self.controller and self.results.cases:
@@ -262,95 +270,113 @@ class Reporter:
 
 # ---------------------------------------------------------------------- one case
 
-def case_record(reports: list, expectations_file: str | None = None) -> dict:
+def case_record(reports: list[pytest.TestReport],
+                expectations_file: str | None = None) -> CaseResult:
     """One result from a test's setup/call/teardown reports and their user_properties."""
-    props: dict = {}
-    for report in reports:
-        props.update(dict(report.user_properties))
-    kernel = props["kernel"]
+    props = _properties(reports)
+    kernel = str(props["kernel"])
     # xdist's loadgroup appends "@<group>" (here the kernel) to node ids; pytest takes them without
     nodeid = reports[0].nodeid.removesuffix(f"@{kernel}")
     failed = next((r for r in reports if r.failed), None)
     skipped = next((r for r in reports if r.skipped), None)
+    recorded = _verdict(props.get("verdict"))
     if failed is not None:
-        verdict = props.get("verdict") if props.get("verdict") in BAD else FAIL
+        verdict = recorded if recorded is not None and recorded.bad else Verdict.FAIL
         message = re.sub(r"^\[gw\d+\] .*\n", "", failed.longreprtext)  # xdist's worker line
     elif skipped is not None:
-        verdict = SKIPPED
+        verdict = Verdict.SKIPPED
         longrepr = skipped.longrepr
         message = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
         message = message.removeprefix("Skipped: ")
     else:
-        verdict = props.get("verdict") if props.get("verdict") in (PASS, EXPECTED_DIFFERENCE) \
-            else PASS
+        verdict = recorded if recorded is not None and recorded.good else Verdict.PASS
         message = ""
-    reproduce = ["./kconform", "suite", "--kernel", kernel, nodeid]
-    if expectations_file:
-        reproduce += ["--expectations", expectations_file]
-    case = {
-        "id": nodeid,
-        "case": props.get("case") or nodeid.split("::")[-1],
-        "file": nodeid.split("::")[0],
-        "kernel": kernel,
-        "kernel_version": props.get("kernel_version"),
-        "behaviour": props.get("behaviour") or None,
-        "variant": props.get("variant") or None,
-        "section": props.get("section") or None,
-        "title": props.get("title") or None,
-        "expected": _json(props.get("expected")),
-        "observed": _json(props.get("observed")),
-        "verdict": verdict,
-        "reason": props.get("reason") or None,
-        "source": props.get("source") or None,
-        "duration": round(sum(r.duration for r in reports), 3),
-        "message": message,
-        "reproduce": shlex.join(reproduce),
-    }
-    for timing in ("guest_seconds", "boot_seconds", "agent_start_seconds"):
-        if props.get(timing) is not None:
-            case[timing] = props[timing]  # for ./kconform bench
-    if verdict in BAD:
-        if props.get("known_crash"):
-            case["known_crash"] = props["known_crash"]
-        case["boot"] = props.get("boot")
-        case["console"] = _json(props.get("console")) or []
-        case["console_log"] = props.get("console_log")
+    case = CaseResult(
+        id=nodeid, case=_text(props, "case") or nodeid.split("::")[-1],
+        file=nodeid.split("::")[0], kernel=kernel, kernel_version=_text(props, "kernel_version"),
+        behaviour=_text(props, "behaviour"), variant=_text(props, "variant"),
+        section=_text(props, "section"), title=_text(props, "title"),
+        expected=_json(props.get("expected")), observed=_json(props.get("observed")),
+        verdict=verdict, reason=_text(props, "reason"), source=_text(props, "source"),
+        duration=round(sum(r.duration for r in reports), 3), message=message,
+        reproduce=rerun_command(kernel, nodeid, expectations_file),
+        # for ./kconform bench
+        guest_seconds=_seconds(props, "guest_seconds"),
+        boot_seconds=_seconds(props, "boot_seconds"),
+        agent_start_seconds=_seconds(props, "agent_start_seconds"))
+    if verdict.bad:
+        case.known_crash = _text(props, "known_crash")
+        case.boot = _text(props, "boot")
+        console = _json(props.get("console"))
+        case.console = [str(line) for line in console] if isinstance(console, list) else []
+        case.console_log = _text(props, "console_log")
     return case
 
 
-def _json(text):
-    return json.loads(text) if text else None
+def _properties(reports: list[pytest.TestReport]) -> dict[str, object]:
+    """The user_properties of a test's reports, a later report's value winning."""
+    props: dict[str, object] = {}
+    for report in reports:
+        props.update(dict(report.user_properties))
+    return props
 
 
-def _kernel_param(item) -> str | None:
+def _verdict(value: object) -> Verdict | None:
+    return Verdict(value) if isinstance(value, str) and value in Verdict.__members__.values() \
+        else None
+
+
+def _text(props: dict[str, object], name: str) -> str | None:
+    """A property as text; an empty one (expect() records "" for no variant) is none."""
+    value = props.get(name)
+    return str(value) if value not in (None, "") else None
+
+
+def _seconds(props: dict[str, object], name: str) -> float | None:
+    value = props.get(name)
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _json(text: object) -> object:
+    return json.loads(text) if isinstance(text, str) and text else None
+
+
+def _kernel_param(item: pytest.Item) -> str | None:
     callspec = getattr(item, "callspec", None)
-    return callspec.params.get("kernel") if callspec else None
+    kernel = callspec.params.get("kernel") if callspec else None
+    return kernel if isinstance(kernel, str) else None
 
 
-def case_id(item, kernel: str) -> str:
+def case_id(item: pytest.Item, kernel: str) -> str:
     """The test's id without the kernel: the same case on every kernel, e.g. 'test_x[sockmap]'."""
-    ids = list(getattr(item.callspec, "_idlist", ()))
-    if kernel in ids:
+    ids = list(getattr(getattr(item, "callspec", None), "_idlist", ()))
+    if kernel in ids and isinstance(item, pytest.Function):
         ids.remove(kernel)
         return item.originalname + (f"[{'-'.join(ids)}]" if ids else "")
     return item.name  # pytest changed its internals: the kernel stays in the id
 
 
-def declared_behaviour(item) -> tuple[str | None, str | None]:
+# What an argument of expect() is: ("literal", "U8"), ("param", "map_type"), or None.
+ExpectArgument = tuple[str, str] | None
+
+
+def declared_behaviour(item: pytest.Item) -> tuple[str | None, str | None]:
     """The behaviour a test checks: its `behaviour` marker, else the first argument of its
     expect() call, a literal ("U8") or one of the test's parameters (`expect(behaviour, ...)`)."""
     mark = item.get_closest_marker("behaviour")
     if mark and mark.args:
-        return mark.args[0], mark.kwargs.get("variant")
+        variant = mark.kwargs.get("variant")
+        return str(mark.args[0]), str(variant) if variant is not None else None
     function = getattr(item, "function", None)
     if function is None:
         return None, None
-    params = item.callspec.params if hasattr(item, "callspec") else {}
+    callspec = getattr(item, "callspec", None)
+    params: dict[str, object] = callspec.params if callspec is not None else {}
     bid, variant = (_resolve(arg, params) for arg in _expect_call(function))
     return bid, variant
 
 
-def _resolve(arg: tuple | None, params: dict) -> str | None:
+def _resolve(arg: ExpectArgument, params: dict[str, object]) -> str | None:
     if arg is None:
         return None
     kind, value = arg
@@ -359,8 +385,8 @@ def _resolve(arg: tuple | None, params: dict) -> str | None:
     return str(params[value]) if value in params else None
 
 
-@functools.lru_cache(maxsize=None)
-def _expect_call(function) -> tuple[tuple | None, tuple | None]:
+@functools.cache
+def _expect_call(function: Callable[..., object]) -> tuple[ExpectArgument, ExpectArgument]:
     """The behaviour id and variant of the first `expect(id, observed, variant)` in the test's
     source, each ("literal", "U8"), ("param", "map_type") or None."""
     try:
@@ -368,7 +394,7 @@ def _expect_call(function) -> tuple[tuple | None, tuple | None]:
     except (OSError, TypeError, SyntaxError):
         return None, None
 
-    def arg(node):
+    def arg(node: ast.expr) -> ExpectArgument:
         if isinstance(node, ast.Constant) and isinstance(node.value, str):
             return ("literal", node.value)
         return ("param", node.id) if isinstance(node, ast.Name) else None
@@ -397,5 +423,5 @@ def interactive_boot_command(vng_command: str) -> str:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..judging.verdicts import Verdict
 from .grid import LABELS, observed_signature
-from .results import BAD, GOOD, SKIPPED, Results, ResultsError, load
+from .results import CaseResult, Results, ResultsError, load
 
 REGRESSION = "REGRESSION"
 FIXED = "fixed"
@@ -30,20 +31,19 @@ class Side:
 
     @property
     def label(self) -> str:
-        version = self.results.kernels[self.kernel].get("version") or "version unknown"
+        version = self.results.kernels[self.kernel].version or "version unknown"
         return f"{self.kernel} ({version})"
 
-    def cases(self) -> dict[str, dict]:
+    def cases(self) -> dict[str, CaseResult]:
         """This kernel's cases by their kernel-free id (file::case): the same case on any kernel."""
-        return {f"{c['file']}::{c['case']}": c for c in self.results.cases
-                if c["kernel"] == self.kernel}
+        return {f"{c.file}::{c.case}": c for c in self.results.cases if c.kernel == self.kernel}
 
 
 @dataclass
 class Difference:
     kind: str
-    base: dict
-    new: dict
+    base: CaseResult
+    new: CaseResult
 
 
 @dataclass
@@ -63,29 +63,29 @@ class Comparison:
     def by_behaviour(self) -> list[tuple[str, list[Difference]]]:
         groups: dict[str, list[Difference]] = {}
         for diff in self.differences:
-            key = diff.new.get("behaviour") or diff.new["case"].split("[", 1)[0]
+            key = diff.new.behaviour or diff.new.case.split("[", 1)[0]
             groups.setdefault(key, []).append(diff)
         return sorted(groups.items(), key=lambda kv: (min(RANK[d.kind] for d in kv[1]), kv[0]))
 
 
-def classify(base: dict, new: dict) -> str | None:
-    if base["verdict"] in GOOD and new["verdict"] in BAD:
+def classify(base: CaseResult, new: CaseResult) -> str | None:
+    if base.verdict.good and new.verdict.bad:
         return REGRESSION
-    if base["verdict"] in BAD and new["verdict"] in GOOD:
+    if base.verdict.bad and new.verdict.good:
         return FIXED
     if observed_signature(base) == observed_signature(new):
         return None
-    return STILL_FAILING if new["verdict"] in BAD else AS_DOCUMENTED
+    return STILL_FAILING if new.verdict.bad else AS_DOCUMENTED
 
 
 def compare(base: Side, new: Side) -> Comparison:
     result = Comparison(base, new)
     base_cases, new_cases = base.cases(), new.cases()
-    result.only_base = sorted(base_cases[c]["case"] for c in base_cases.keys() - new_cases.keys())
-    result.only_new = sorted(new_cases[c]["case"] for c in new_cases.keys() - base_cases.keys())
+    result.only_base = sorted(base_cases[c].case for c in base_cases.keys() - new_cases.keys())
+    result.only_new = sorted(new_cases[c].case for c in new_cases.keys() - base_cases.keys())
     for case in sorted(base_cases.keys() & new_cases.keys()):
         b, n = base_cases[case], new_cases[case]
-        if SKIPPED in (b["verdict"], n["verdict"]):
+        if Verdict.SKIPPED in (b.verdict, n.verdict):
             result.skipped += 1
             continue
         result.compared += 1
@@ -107,8 +107,9 @@ def sides(paths: list[str], base: str | None = None, new: str | None = None) -> 
             raise ResultsError(f"--base and --new both name {base}: one results file holds each "
                                "kernel once, so this would compare it with itself twice over; "
                                f"name two of {', '.join(kernels)}")
-        base = base or next((k for k in kernels if k != new), new)
-        new = new or next((k for k in kernels if k != base), base)
+        # both named, or the file holds exactly two kernels: the other one always exists
+        base = base or next(k for k in kernels if k != new)
+        new = new or next(k for k in kernels if k != base)
         return _side(results, base, paths[0]), _side(results, new, paths[0])
     if len(paths) == 2:
         first, second = load(paths[0]), load(paths[1])
@@ -133,20 +134,20 @@ def _side(results: Results, kernel: str, origin: str) -> Side:
     return Side(results, kernel, origin)
 
 
-def _observed(case: dict) -> str:
-    if case["observed"] is not None:
+def _observed(case: CaseResult) -> str:
+    if case.observed is not None:
         return observed_signature(case)
-    return {"crashed": "nothing: the guest crashed", "fail": "nothing: the case failed before "
-            "observing"}.get(case["verdict"], "nothing")
+    return {Verdict.CRASHED: "nothing: the guest crashed",
+            Verdict.FAIL: "nothing: the case failed before observing"}.get(case.verdict, "nothing")
 
 
 def render(result: Comparison) -> str:
     base, new = result.base, result.new
     counts = {kind: sum(1 for d in result.differences if d.kind == kind) for kind in RANK}
     out = [f"kconform compare: base {base.label} -> new {new.label}",
-           f"{result.compared} cases compared; {len(result.differences)} differ: "
+           (f"{result.compared} cases compared; {len(result.differences)} differ: "
            f"{counts[REGRESSION]} regressed, {counts[FIXED]} fixed, "
-           f"{counts[AS_DOCUMENTED]} changed as documented, {counts[STILL_FAILING]} still failing"]
+           f"{counts[AS_DOCUMENTED]} changed as documented, {counts[STILL_FAILING]} still failing")]
     if result.skipped:
         out.append(f"{result.skipped} cases skipped on one of the kernels (not compared)")
     for name, only in ((base.kernel, result.only_base), (new.kernel, result.only_new)):
@@ -155,24 +156,25 @@ def render(result: Comparison) -> str:
                        + (" ..." if len(only) > 5 else ""))
     width = max(len(base.kernel), len(new.kernel))
     for behaviour, diffs in result.by_behaviour():
-        kind = min((d.kind for d in diffs), key=RANK.get)
-        title = diffs[0].new.get("title") or ""
+        kind = min((d.kind for d in diffs), key=RANK.__getitem__)
+        title = diffs[0].new.title or ""
         out += ["", f"{kind}: {behaviour} {title}".rstrip()]
-        if diffs[0].new.get("section"):
-            out.append(f"  doc: map_sockmap.rst, {diffs[0].new['section']}")
+        if diffs[0].new.section:
+            out.append(f"  doc: map_sockmap.rst, {diffs[0].new.section}")
         mixed = len({d.kind for d in diffs}) > 1
         for diff in diffs:
-            out.append(f"  case {diff.new['case']}" + (f" ({diff.kind})" if mixed else ""))
+            out.append(f"  case {diff.new.case}" + (f" ({diff.kind})" if mixed else ""))
             for tag, side, case in (("base", base, diff.base), ("new ", new, diff.new)):
-                line = (f"    {tag} {side.kernel:<{width}}  {LABELS[case['verdict']]:<20} "
+                line = (f"    {tag} {side.kernel:<{width}}  {LABELS[case.verdict]:<20} "
                         f"observed {_observed(case)}")
                 out.append(line)
-                if case.get("reason") and case["verdict"] == "expected-difference":
-                    out.append(f"    {'':{len(tag) + width + 1}}  why: {case['reason']} "
-                               f"(source: {case.get('source')})")
-            if diff.new["verdict"] in BAD:
-                out.append(f"    rerun: {diff.new['reproduce']}")
-    regressed = [b for b, diffs in result.by_behaviour() if any(d.kind == REGRESSION for d in diffs)]
+                if case.reason and case.verdict == Verdict.EXPECTED_DIFFERENCE:
+                    out.append(f"    {'':{len(tag) + width + 1}}  why: {case.reason} "
+                               f"(source: {case.source})")
+            if diff.new.verdict.bad:
+                out.append(f"    rerun: {diff.new.reproduce}")
+    regressed = [b for b, diffs in result.by_behaviour()
+                 if any(d.kind == REGRESSION for d in diffs)]
     out += ["", f"{len(regressed)} behaviour(s) regressed on {new.kernel} against {base.kernel}"
             + (f": {', '.join(regressed)}" if regressed else "")]
     return "\n".join(out)

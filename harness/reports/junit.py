@@ -11,47 +11,43 @@ from __future__ import annotations
 
 from junit_xml import TestCase, TestSuite, to_xml_report_string
 
-from .results import CRASHED, EXPECTED_DIFFERENCE, FAIL, SKIPPED, Results
+from ..judging.verdicts import Verdict
+from .reproduce import reproduction_text
+from .results import CaseResult, Results
 
 
-def testcase_name(case: dict) -> str:
-    return f"{case.get('behaviour') or '-'} {case['case']}"
+def testcase_name(case: CaseResult) -> str:
+    return f"{case.behaviour or '-'} {case.case}"
 
 
-def _topic(case: dict) -> str:
-    stem = case["file"].rsplit("/", 1)[-1].removesuffix(".py")
+def _topic(case: CaseResult) -> str:
+    stem = case.file.rsplit("/", 1)[-1].removesuffix(".py")
     return stem.removeprefix("test_")
 
 
-def reproduction_text(case: dict) -> str:
-    lines = [f"reproduce: {case['reproduce']}"]
-    if case.get("boot"):
-        lines.append(f"boot it by hand: {case['boot']}")
-    if case.get("console_log"):
-        lines.append(f"console log: {case['console_log']}")
-    return "\n".join(lines)
-
-
-def _testcase(case: dict) -> TestCase:
-    verdict = case["verdict"]
-    tc = TestCase(testcase_name(case), classname=f"{case['kernel']}.{_topic(case)}",
-                  elapsed_sec=case.get("duration"), file=case["file"], status=verdict)
-    message = case.get("message") or ""
-    first = message.strip().splitlines()[0] if message.strip() else verdict
-    if verdict in (FAIL, CRASHED):
-        output = f"{message}\n\n{reproduction_text(case)}"
-        if verdict == FAIL:
-            tc.add_failure_info(message=first, output=output, failure_type=FAIL)
+def _testcase(case: CaseResult) -> TestCase:
+    verdict = case.verdict
+    tc = TestCase(testcase_name(case), classname=f"{case.kernel}.{_topic(case)}",
+                  elapsed_sec=case.duration, file=case.file, status=verdict.value)
+    message = case.message
+    first = message.strip().splitlines()[0] if message.strip() else verdict.value
+    if verdict.bad:
+        evidence = reproduction_text(case)
+        if case.console_log:
+            evidence += f"\nconsole log: {case.console_log}"
+        output = f"{message}\n\n{evidence}"
+        if verdict == Verdict.FAIL:
+            tc.add_failure_info(message=first, output=output, failure_type=Verdict.FAIL.value)
         else:
-            tc.add_error_info(message=first, output=output, error_type=CRASHED)
-        console = case.get("console") or []
+            tc.add_error_info(message=first, output=output, error_type=Verdict.CRASHED.value)
+        console = case.console or []
         tc.stdout = ("guest console during this test:\n" + "\n".join(console)) if console \
             else "no guest console output during this test"
-    elif verdict == SKIPPED:
+    elif verdict == Verdict.SKIPPED:
         tc.add_skipped_info(message=first)
-    elif verdict == EXPECTED_DIFFERENCE:
-        tc.stdout = (f"expected difference on {case['kernel']}: {case.get('reason', '')}\n"
-                     f"expected and observed: {case.get('observed')}\nsource: {case.get('source', '')}")
+    elif verdict == Verdict.EXPECTED_DIFFERENCE:
+        tc.stdout = (f"expected difference on {case.kernel}: {case.reason or ''}\n"
+                     f"expected and observed: {case.observed}\nsource: {case.source or ''}")
     return tc
 
 
@@ -60,9 +56,11 @@ def junit_text(results: Results, pretty: bool = True) -> str:
     suites = []
     for kernel in results.kernel_order():
         info = results.kernels[kernel]
-        properties = {"kernel": kernel, "kernel_version": info.get("version") or "",
-                      "uname": info.get("uname") or "", "machine": info.get("machine") or "",
-                      "rootfs": info.get("rootfs") or ""}
-        suites.append(TestSuite(f"kconform {kernel}", [_testcase(c) for c in results.for_kernel(kernel)],
+        properties = {"kernel": kernel, "kernel_version": info.version or "",
+                      "uname": info.uname or "", "machine": info.machine or "",
+                      "rootfs": info.rootfs or ""}
+        suites.append(TestSuite(f"kconform {kernel}",
+                                [_testcase(c) for c in results.for_kernel(kernel)],
                                 properties=properties))
-    return to_xml_report_string(suites, prettyprint=pretty, encoding="utf-8")
+    text: str = to_xml_report_string(suites, prettyprint=pretty, encoding="utf-8")
+    return text

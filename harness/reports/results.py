@@ -21,11 +21,13 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 from ..errors import KconformError
-from ..judging.expectations import CRASHED, EXPECTED_DIFFERENCE, FAIL, PASS, SKIPPED
+from ..judging.verdicts import Verdict
 from ..versions import sort_key
 
 FORMAT = "kconform-results/1"
@@ -34,72 +36,221 @@ REPORT_JUNIT = "report.junit.xml"
 REPORT_MARKDOWN = "report.md"
 REPORT_HTML = "report.html"
 
-VERDICTS = (PASS, EXPECTED_DIFFERENCE, FAIL, CRASHED, SKIPPED)
-GOOD = (PASS, EXPECTED_DIFFERENCE)   # the kernel does what its expectation says
-BAD = (FAIL, CRASHED)
-# A cell that holds several cases (variants of one behaviour) shows the worst of them.
-SEVERITY = {SKIPPED: 0, PASS: 1, EXPECTED_DIFFERENCE: 2, FAIL: 3, CRASHED: 4}
+# A JSON document as json.loads gives it; the records below hold the parts the reports read typed.
+JsonObject = dict[str, object]
 
 
 class ResultsError(KconformError):
     pass
 
 
+@dataclass(kw_only=True)
+class KernelRecord:
+    """What the results record about one kernel (a column of the grid, a JUnit suite)."""
+    name: str | None = None
+    version: str | None = None     # the exact package version, e.g. "6.1.176-1"
+    uname: str | None = None
+    upstream: str | None = None    # "6.1.176": the columns' order
+    boot: str | None = None        # how to boot it by hand (vng), or log in (ssh)
+    machine: str | None = None     # "qemu", or the ssh:// target
+    rootfs: str | None = None      # "host", a pinned root, or "target's own"
+    extra: JsonObject = field(default_factory=dict)  # fields no report reads, kept as they came
 
-def worst(verdicts) -> str:
-    return max(verdicts, key=lambda v: SEVERITY.get(v, 0))
+    def to_json(self) -> JsonObject:
+        data: JsonObject = {"name": self.name, "version": self.version, "uname": self.uname,
+                            "upstream": self.upstream, "boot": self.boot}
+        # Results written before these two fields existed leave them out; so does a rewrite.
+        for name, value in (("machine", self.machine), ("rootfs", self.rootfs)):
+            if value is not None:
+                data[name] = value
+        return data | self.extra
+
+    @classmethod
+    def from_json(cls, data: JsonObject) -> KernelRecord:
+        return cls(**{name: _text(data, name) for name in KERNEL_FIELDS},
+                   extra=_unread(data, KERNEL_FIELDS))
+
+
+@dataclass(kw_only=True)
+class BehaviourRecord:
+    title: str | None = None
+    section: str | None = None
+    order: int = 0  # the behaviour's position in the expectations file
+    extra: JsonObject = field(default_factory=dict)
+
+    def to_json(self) -> JsonObject:
+        return {"title": self.title, "section": self.section, "order": self.order} | self.extra
+
+    @classmethod
+    def from_json(cls, data: JsonObject) -> BehaviourRecord:
+        return cls(title=_text(data, "title"), section=_text(data, "section"),
+                   order=cast(int, data["order"]), extra=_unread(data, BEHAVIOUR_FIELDS))
+
+
+@dataclass(kw_only=True)
+class RunRecord:
+    """One run whose cases the results hold: a merge holds several."""
+    started: str | None = None
+    finished: str | None = None
+    complete: bool = False       # the run ended by itself, not by an interrupt or an error
+    exit_status: int | None = None
+    command: str | None = None
+    host: str | None = None
+    extra: JsonObject = field(default_factory=dict)
+
+    def to_json(self) -> JsonObject:
+        return {"started": self.started, "finished": self.finished, "complete": self.complete,
+                "exit_status": self.exit_status, "command": self.command,
+                "host": self.host} | self.extra
+
+    @classmethod
+    def from_json(cls, data: JsonObject) -> RunRecord:
+        status = data.get("exit_status")
+        return cls(started=_text(data, "started"), finished=_text(data, "finished"),
+                   complete=bool(data.get("complete", False)),
+                   exit_status=status if isinstance(status, int) else None,
+                   command=_text(data, "command"), host=_text(data, "host"),
+                   extra=_unread(data, RUN_FIELDS))
+
+
+_TIMINGS = ("guest_seconds", "boot_seconds", "agent_start_seconds")
+
+
+@dataclass(kw_only=True)
+class CaseResult:
+    """One test case on one kernel: what was expected, what was observed, and the verdict."""
+    id: str                          # the pytest node id, without the kernel's "@" group
+    case: str                        # the test's name without the kernel: the same on every one
+    file: str
+    kernel: str
+    verdict: Verdict
+    reproduce: str                   # the ./kconform suite line that reruns just this case
+    behaviour: str | None = None
+    observed: object = None          # the guest's observation (JSON), None when it had none
+    expected: object = None
+    message: str = ""
+    kernel_version: str | None = None
+    variant: str | None = None
+    section: str | None = None
+    title: str | None = None
+    reason: str | None = None        # why an expected difference differs, and who says so
+    source: str | None = None
+    duration: float | None = None
+    guest_seconds: float | None = None   # timings for ./kconform bench, when measured
+    boot_seconds: float | None = None
+    agent_start_seconds: float | None = None
+    # what a failed or crashed case carries for whoever investigates it
+    known_crash: str | None = None
+    boot: str | None = None
+    console: list[str] | None = None
+    console_log: str | None = None
+    extra: JsonObject = field(default_factory=dict)
+
+    def to_json(self) -> JsonObject:
+        data: JsonObject = {
+            "id": self.id, "case": self.case, "file": self.file, "kernel": self.kernel,
+            "kernel_version": self.kernel_version, "behaviour": self.behaviour,
+            "variant": self.variant, "section": self.section, "title": self.title,
+            "expected": self.expected, "observed": self.observed, "verdict": self.verdict.value,
+            "reason": self.reason, "source": self.source, "duration": self.duration,
+            "message": self.message, "reproduce": self.reproduce}
+        for name in _TIMINGS:
+            if getattr(self, name) is not None:
+                data[name] = getattr(self, name)
+        if self.verdict.bad:
+            if self.known_crash is not None:
+                data["known_crash"] = self.known_crash
+            data |= {"boot": self.boot, "console": self.console, "console_log": self.console_log}
+        return data | self.extra
+
+    @classmethod
+    def from_json(cls, data: JsonObject) -> CaseResult:
+        """A case whose fields _Checker.record has checked against CASE_FIELDS."""
+        console = data.get("console")
+        return cls(
+            id=cast(str, data["id"]), case=cast(str, data["case"]), file=cast(str, data["file"]),
+            kernel=cast(str, data["kernel"]), verdict=Verdict(cast(str, data["verdict"])),
+            reproduce=cast(str, data["reproduce"]), behaviour=_text(data, "behaviour"),
+            observed=data["observed"], expected=data.get("expected"),
+            message=cast(str, data.get("message", "")),
+            kernel_version=_text(data, "kernel_version"), variant=_text(data, "variant"),
+            section=_text(data, "section"), title=_text(data, "title"),
+            reason=_text(data, "reason"), source=_text(data, "source"),
+            duration=_seconds(data, "duration"), guest_seconds=_seconds(data, "guest_seconds"),
+            boot_seconds=_seconds(data, "boot_seconds"),
+            agent_start_seconds=_seconds(data, "agent_start_seconds"),
+            known_crash=_text(data, "known_crash"), boot=_text(data, "boot"),
+            console_log=_text(data, "console_log"),
+            console=cast(list[str], console) if console is not None else None,
+            extra=_unread(data, CASE_FIELDS))
+
+
+def _text(data: JsonObject, name: str) -> str | None:
+    value = data.get(name)
+    return value if isinstance(value, str) else None
+
+
+def _seconds(data: JsonObject, name: str) -> float | None:
+    value = data.get(name)
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _unread(data: JsonObject, known: Mapping[str, object]) -> JsonObject:
+    return {name: value for name, value in data.items() if name not in known}
 
 
 @dataclass
 class Results:
-    kernels: dict[str, dict] = field(default_factory=dict)
-    behaviours: dict[str, dict] = field(default_factory=dict)
-    cases: list[dict] = field(default_factory=list)
-    runs: list[dict] = field(default_factory=list)
+    kernels: dict[str, KernelRecord] = field(default_factory=dict)
+    behaviours: dict[str, BehaviourRecord] = field(default_factory=dict)
+    cases: list[CaseResult] = field(default_factory=list)
+    runs: list[RunRecord] = field(default_factory=list)
 
     def kernel_order(self) -> list[str]:
         """Kernel names oldest first (the grid's columns, JUnit's suites)."""
-        return sorted(self.kernels, key=lambda n: (sort_key(self.kernels[n].get("upstream")), n))
+        return sorted(self.kernels, key=lambda n: (sort_key(self.kernels[n].upstream), n))
 
-    def sorted_cases(self) -> list[dict]:
+    def sorted_cases(self) -> list[CaseResult]:
         order = {name: i for i, name in enumerate(self.kernel_order())}
-        return sorted(self.cases, key=lambda c: (order.get(c["kernel"], len(order)), c["id"]))
+        return sorted(self.cases, key=lambda c: (order.get(c.kernel, len(order)), c.id))
 
-    def for_kernel(self, kernel: str) -> list[dict]:
-        return [c for c in self.sorted_cases() if c["kernel"] == kernel]
+    def for_kernel(self, kernel: str) -> list[CaseResult]:
+        return [c for c in self.sorted_cases() if c.kernel == kernel]
 
-    def counts(self, kernel: str) -> dict[str, int]:
-        counts = {v: 0 for v in VERDICTS}
+    def counts(self, kernel: str) -> dict[Verdict, int]:
+        counts = dict.fromkeys(Verdict, 0)
         for case in self.cases:
-            if case["kernel"] == kernel:
-                counts[case["verdict"]] += 1
+            if case.kernel == kernel:
+                counts[case.verdict] += 1
         return counts
 
-    def to_json(self) -> dict:
-        return {"format": FORMAT, "runs": self.runs,
-                "kernels": {n: self.kernels[n] for n in self.kernel_order()},
-                "behaviours": dict(sorted(self.behaviours.items(), key=lambda kv: kv[1]["order"])),
-                "cases": self.sorted_cases()}
+    def to_json(self) -> JsonObject:
+        return {"format": FORMAT, "runs": [run.to_json() for run in self.runs],
+                "kernels": {n: self.kernels[n].to_json() for n in self.kernel_order()},
+                "behaviours": {bid: info.to_json() for bid, info in
+                               sorted(self.behaviours.items(), key=lambda kv: kv[1].order)},
+                "cases": [case.to_json() for case in self.sorted_cases()]}
 
     @classmethod
-    def from_json(cls, data: dict, origin: str = "<data>") -> "Results":
+    def from_json(cls, data: object, origin: str = "<data>") -> Results:
         """A results document read from a file, every field the reports read checked first, so
         a damaged or hand-edited file is a ResultsError naming the field, never a traceback."""
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ResultsError(f"{origin}: not a kconform results file (expected \"format\": "
                                f"\"{FORMAT}\"); results files are the report.json a run writes")
         check = _Checker(origin)
-        kernels = check.table(data, "kernels", "a table of kernel name -> kernel facts")
-        for name, info in kernels.items():
-            check.record(info, f"kernels[{name!r}]", KERNEL_FIELDS)
-        behaviours = check.table(data, "behaviours", "a table of behaviour id -> title, section, "
-                                                     "order")
-        for bid, info in behaviours.items():
-            check.record(info, f"behaviours[{bid!r}]", BEHAVIOUR_FIELDS)
-        cases = check.array(data, "cases", "a list of cases")
-        for i, case in enumerate(cases):
+        kernels = {name: KernelRecord.from_json(check.record(info, f"kernels[{name!r}]",
+                                                             KERNEL_FIELDS))
+                   for name, info in check.table(data, "kernels", "a table of kernel name -> "
+                                                 "kernel facts").items()}
+        behaviours = {bid: BehaviourRecord.from_json(check.record(info, f"behaviours[{bid!r}]",
+                                                                  BEHAVIOUR_FIELDS))
+                      for bid, info in check.table(data, "behaviours", "a table of behaviour "
+                                                   "id -> title, section, order").items()}
+        cases = []
+        for i, item in enumerate(check.array(data, "cases", "a list of cases")):
             where = f"cases[{i}]"
-            check.record(case, where, CASE_FIELDS)
+            case = check.record(item, where, CASE_FIELDS)
             where = f"{where} (id {case['id']!r})"
             if case["verdict"] not in VERDICTS:
                 raise check.problem(where, f"verdict {case['verdict']!r} is not one of "
@@ -107,41 +258,47 @@ class Results:
             if case["kernel"] not in kernels:
                 raise check.problem(where, f"kernel {case['kernel']!r} is not in the file's "
                                     f"kernels ({', '.join(kernels) or 'none'})")
-        runs = check.array(data, "runs", "a list of runs", required=False)
-        for i, run in enumerate(runs):
-            check.record(run, f"runs[{i}]", RUN_FIELDS)
-        return cls(kernels=dict(kernels), behaviours=dict(behaviours), cases=list(cases),
-                   runs=list(runs))
+            cases.append(CaseResult.from_json(case))
+        runs = [RunRecord.from_json(check.record(run, f"runs[{i}]", RUN_FIELDS))
+                for i, run in enumerate(check.array(data, "runs", "a list of runs",
+                                                    required=False))]
+        return cls(kernels=kernels, behaviours=behaviours, cases=cases, runs=runs)
+
+
+VERDICTS = tuple(verdict.value for verdict in Verdict)  # what a results file may say
 
 
 # What the reports read from a results file: field -> (required, the JSON types it may have,
 # what it is). Fields not listed are kept as they are and read by nobody.
-_STR, _NONE, _NUM = (str,), (type(None),), (int, float)
-_JSON = (str, int, float, bool, list, dict, type(None))
-KERNEL_FIELDS = {name: (False, _STR + _NONE, "text or null")
-                 for name in ("name", "version", "uname", "upstream", "boot", "machine", "rootfs")}
-BEHAVIOUR_FIELDS = {"title": (False, _STR + _NONE, "text"),
-                    "section": (False, _STR + _NONE, "text"),
-                    "order": (True, (int,), "the behaviour's position in the expectations file")}
-CASE_FIELDS = {
-    **{name: (True, _STR, "text") for name in ("id", "case", "file", "kernel", "verdict",
-                                                "reproduce")},
+_STR: tuple[type, ...] = (str,)
+_NONE: tuple[type, ...] = (type(None),)
+_NUM: tuple[type, ...] = (int, float)
+_JSON: tuple[type, ...] = (str, int, float, bool, list, dict, type(None))
+Fields = dict[str, tuple[bool, tuple[type, ...], str]]
+KERNEL_FIELDS: Fields = dict.fromkeys(
+    ("name", "version", "uname", "upstream", "boot", "machine", "rootfs"),
+    (False, _STR + _NONE, "text or null"))
+BEHAVIOUR_FIELDS: Fields = {
+    "title": (False, _STR + _NONE, "text"), "section": (False, _STR + _NONE, "text"),
+    "order": (True, (int,), "the behaviour's position in the expectations file")}
+CASE_FIELDS: Fields = {
+    **dict.fromkeys(("id", "case", "file", "kernel", "verdict", "reproduce"), (True, _STR, "text")),
     "behaviour": (True, _STR + _NONE, "a behaviour id or null"),
     "observed": (True, _JSON, "the observation or null"),
     "expected": (False, _JSON, "the expected outcome or null"),
     "message": (False, _STR, "text"),
-    "console": (False, (list,) + _NONE, "a list of console lines"),
-    **{name: (False, _STR + _NONE, "text or null")
-       for name in ("variant", "section", "title", "reason", "source", "kernel_version", "boot",
-                    "console_log", "known_crash")},
-    **{name: (False, _NUM + _NONE, "a number of seconds or null")
-       for name in ("duration", "guest_seconds", "boot_seconds", "agent_start_seconds")},
+    "console": (False, (list, *_NONE), "a list of console lines"),
+    **dict.fromkeys(("variant", "section", "title", "reason", "source", "kernel_version", "boot",
+                     "console_log", "known_crash"), (False, _STR + _NONE, "text or null")),
+    **dict.fromkeys(("duration", "guest_seconds", "boot_seconds", "agent_start_seconds"),
+                    (False, _NUM + _NONE, "a number of seconds or null")),
 }
-RUN_FIELDS = {"started": (False, _STR + _NONE, "a time or null"),
-              "finished": (False, _STR + _NONE, "a time or null"),
-              "complete": (False, (bool,), "true or false"),
-              "exit_status": (False, (int,) + _NONE, "pytest's exit status or null"),
-              "command": (False, _STR + _NONE, "text"), "host": (False, _STR + _NONE, "text")}
+RUN_FIELDS: Fields = {
+    "started": (False, _STR + _NONE, "a time or null"),
+    "finished": (False, _STR + _NONE, "a time or null"),
+    "complete": (False, (bool,), "true or false"),
+    "exit_status": (False, (int, *_NONE), "pytest's exit status or null"),
+    "command": (False, _STR + _NONE, "text"), "host": (False, _STR + _NONE, "text")}
 
 
 class _Checker:
@@ -154,23 +311,27 @@ class _Checker:
         return ResultsError(f"{self.origin}: damaged results file: {where}: {what}; use the "
                             "report.json a run wrote (or run the suite again)")
 
-    def table(self, data: dict, name: str, what: str) -> dict:
+    def table(self, data: JsonObject, name: str, what: str) -> dict[str, object]:
         if name not in data:
             raise self.problem(name, f"missing (it should be {what})")
-        if not isinstance(data[name], dict):
-            raise self.problem(name, f"is a {_json_type(data[name])}, not {what}")
-        return data[name]
+        value = data[name]
+        if not isinstance(value, dict):
+            raise self.problem(name, f"is a {_json_type(value)}, not {what}")
+        return value
 
-    def array(self, data: dict, name: str, what: str, required: bool = True) -> list:
+    def array(self, data: JsonObject, name: str, what: str,
+              required: bool = True) -> list[object]:
         if name not in data and not required:
             return []
         if name not in data:
             raise self.problem(name, f"missing (it should be {what})")
-        if not isinstance(data[name], list):
-            raise self.problem(name, f"is a {_json_type(data[name])}, not {what}")
-        return data[name]
+        value = data[name]
+        if not isinstance(value, list):
+            raise self.problem(name, f"is a {_json_type(value)}, not {what}")
+        return value
 
-    def record(self, record, where: str, fields: dict) -> None:
+    def record(self, record: object, where: str, fields: Fields) -> JsonObject:
+        """The record, once each of `fields` it holds has its type (and required ones are there)."""
         if not isinstance(record, dict):
             raise self.problem(where, f"is a {_json_type(record)}, not a table")
         for name, (required, types, what) in fields.items():
@@ -183,18 +344,19 @@ class _Checker:
                 raise self.problem(where, f"field {name!r} = {_short(value)} is not {what}")
             if isinstance(value, float) and not math.isfinite(value):
                 raise self.problem(where, f"field {name!r} = {value} is not a finite number")
-            if name == "console" and value is not None \
+            if name == "console" and isinstance(value, list) \
                     and not all(isinstance(line, str) for line in value):
                 raise self.problem(where, "field 'console' holds something other than lines "
                                    "of text")
+        return cast(JsonObject, record)
 
 
-def _json_type(value) -> str:
+def _json_type(value: object) -> str:
     return {dict: "table", list: "list", str: "string", bool: "boolean", int: "number",
             float: "number", type(None): "null"}.get(type(value), type(value).__name__)
 
 
-def _short(value) -> str:
+def _short(value: object) -> str:
     text = json.dumps(value) if not isinstance(value, float) else repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
@@ -229,15 +391,15 @@ def merge(parts: list[tuple[str, Results]]) -> Results:
     merged = Results()
     origin: dict[str, str] = {}
     for name, part in parts:
-        for kernel, info in part.kernels.items():
+        for kernel, record in part.kernels.items():
             if kernel in origin:
                 raise ResultsError(
                     f"kernel {kernel} is in both {origin[kernel]} and {name}; a merged grid "
                     "holds one run per kernel: leave one of the two files out")
             origin[kernel] = name
-            merged.kernels[kernel] = info
-        for bid, info in part.behaviours.items():
-            merged.behaviours.setdefault(bid, info)
+            merged.kernels[kernel] = record
+        for bid, behaviour in part.behaviours.items():
+            merged.behaviours.setdefault(bid, behaviour)
         merged.cases += part.cases
         merged.runs += part.runs
     return merged

@@ -1,0 +1,45 @@
+"""What a case came to: the one verdict type of judging, the plugin and every report.
+
+The values are the words report.json has always held, so files written before this type read
+the same. Judging produces them; reports order and group by them; neither needs the other.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from enum import StrEnum
+
+
+class Verdict(StrEnum):
+    # Declared in the order the reports list them (the Markdown and HTML totals, JUnit counts).
+    PASS = "pass"
+    EXPECTED_DIFFERENCE = "expected-difference"
+    FAIL = "fail"
+    CRASHED = "crashed"
+    SKIPPED = "skipped"
+
+    @property
+    def good(self) -> bool:
+        """The kernel does what its expectation says (an older documented outcome included)."""
+        return self in (Verdict.PASS, Verdict.EXPECTED_DIFFERENCE)
+
+    @property
+    def bad(self) -> bool:
+        return self in (Verdict.FAIL, Verdict.CRASHED)
+
+    @property
+    def severity(self) -> int:
+        """A cell holding several cases (variants of one behaviour) shows its most severe."""
+        return _SEVERITY[self]
+
+    @property
+    def label(self) -> str:
+        """The verdict as a reader sees it in a report: 'expected difference'."""
+        return self.value.replace("-", " ")
+
+
+_SEVERITY = {Verdict.SKIPPED: 0, Verdict.PASS: 1, Verdict.EXPECTED_DIFFERENCE: 2,
+             Verdict.FAIL: 3, Verdict.CRASHED: 4}
+
+
+def worst(verdicts: Iterable[Verdict]) -> Verdict:
+    return max(verdicts, key=lambda verdict: verdict.severity)
