@@ -118,7 +118,7 @@ def probe_boot(kernel: Path, accel: str, cpu: str, timeout: float) -> tuple[bool
                 if any(marker in text for marker in REACHED_ROOT_MOUNT):
                     return True, f"probe: {kernel.name} booted to its root mount under {accel}"
                 if proc.poll() is not None:
-                    err = proc.stderr.read().strip().splitlines()
+                    err = proc.stderr.read().strip().splitlines() if proc.stderr else []
                     return False, f"QEMU with {accel} exited {proc.returncode}: " + " | ".join(err[-2:])
                 time.sleep(0.1)
             return False, (f"{kernel.name} did not reach its root mount under {accel} within "

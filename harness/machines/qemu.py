@@ -99,7 +99,7 @@ def check_memory(value: str, option: str = "--guest-memory") -> str:
     return value
 
 
-def _check_word(value: str, what: str, grammar: re.Pattern, allowed: str) -> str:
+def _check_word(value: str, what: str, grammar: re.Pattern[str], allowed: str) -> str:
     if not isinstance(value, str) or not grammar.fullmatch(value):
         raise KconformError(f"{what} {value!r} would reach virtme-ng's shell unquoted; it may "
                             f"hold only {allowed}")
@@ -318,8 +318,8 @@ class QemuMachine:
                                      kernel_args=kernel_args, extra_vng=extra_vng, rootfs=rootfs)
         self.console = Console(console_log)
         self.channel = LineChannel(self.console)
-        self.proc: subprocess.Popen | None = None
-        self._reaper: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._reaper: subprocess.Popen[bytes] | None = None
         self._threads: list[threading.Thread] = []
         self.started_at: float | None = None
 
@@ -367,17 +367,22 @@ class QemuMachine:
             t.start()
 
     def send(self, line: str) -> None:
-        if not self.alive:
+        stdin = self.proc.stdin if self.proc is not None else None
+        if not self.alive or stdin is None:
             raise GuestDied("the guest is not running")
         try:
-            self.proc.stdin.write(line.encode() + b"\n")
-            self.proc.stdin.flush()
+            stdin.write(line.encode() + b"\n")
+            stdin.flush()
         except (BrokenPipeError, ValueError) as exc:
             raise GuestDied(f"the guest's channel is closed ({exc})") from exc
 
     def receive(self, timeout: float) -> str | None:
         """The next channel line; None on timeout. GuestDied when the channel ended."""
-        return self.channel.receive(timeout, lambda: f"the guest exited (status {self.proc.poll()})")
+        return self.channel.receive(timeout, self._exit_status)
+
+    def _exit_status(self) -> str:
+        status = self.proc.poll() if self.proc is not None else None
+        return f"the guest exited (status {status})"
 
     def stop(self, timeout: float = 10.0) -> None:
         """Close the channel (the agent exits, the guest powers off), then make sure."""
@@ -386,7 +391,8 @@ class QemuMachine:
         try:
             if self.proc.poll() is None:
                 try:
-                    self.proc.stdin.close()
+                    if self.proc.stdin is not None:
+                        self.proc.stdin.close()
                 except OSError:
                     pass
                 try:

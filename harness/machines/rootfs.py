@@ -17,10 +17,13 @@ import shutil
 import subprocess
 import tempfile
 import tomllib
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..cache import (
+    Manifest,
     cache_dir,
     cache_lock,
     check_manifest,
@@ -68,7 +71,7 @@ class Rootfs:
     name: str
     path: Path
     digest: str
-    packages: dict  # package -> version, as debootstrap installed them
+    packages: dict[str, str]  # package -> version, as debootstrap installed them
 
     def describe(self) -> str:
         """e.g. 'debian-bookworm@1a2b3c4d5e6f (python3 3.11.2-1+b1, libbpf1 1:1.1.0-1)'."""
@@ -89,7 +92,8 @@ def check_rootfs_name(name: str) -> None:
 
 
 class RootfsProvider:
-    def __init__(self, cache: Path | None = None, log=lambda msg: None):
+    def __init__(self, cache: Path | None = None,
+                 log: Callable[[str], None] = lambda msg: None) -> None:
         self.dir = (cache or cache_dir()) / "rootfs"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.log = log
@@ -111,14 +115,14 @@ class RootfsProvider:
             if root.exists() or root.is_symlink():
                 meta, problem = check_published(root, self.log)
                 if meta:
-                    return Rootfs(name, root, spec.digest, meta["packages"])
+                    return Rootfs(name, root, spec.digest, _recorded_packages(root, meta))
                 self.log(f"rootfs {name}: cached root {root} is damaged ({problem}); building again")
                 remove_published(root)
             self._build(spec, root)
             meta, problem = check_manifest(root)
             if not meta:
                 raise KconformError(f"rootfs {name}: freshly built root is damaged: {problem}")
-            return Rootfs(name, root, spec.digest, meta["packages"])
+            return Rootfs(name, root, spec.digest, _recorded_packages(root, meta))
 
     def _build(self, spec: RootfsSpec, root: Path) -> None:
         if not shutil.which("debootstrap"):
@@ -191,8 +195,18 @@ class RootfsProvider:
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
 
-    def _lock(self, key: str):
+    def _lock(self, key: str) -> AbstractContextManager[None]:
         return cache_lock(self.dir, key)
+
+
+def _recorded_packages(root: Path, meta: Manifest) -> dict[str, str]:
+    """The packages a root's manifest records (package -> version)."""
+    packages = meta.get("packages")
+    if not (isinstance(packages, dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in packages.items())):
+        raise KconformError(f"{root}: its manifest does not record the root's packages; remove "
+                            "that directory and kconform builds the root again")
+    return packages  # every key and value checked to be a str
 
 
 def _installed_packages(root: Path) -> dict[str, str]:
@@ -201,7 +215,8 @@ def _installed_packages(root: Path) -> dict[str, str]:
     return dict(line.split(" ", 1) for line in proc.stdout.splitlines() if " " in line)
 
 
-def _debootstrap_error(spec: RootfsSpec, mirror: str, proc, target: Path) -> str:
+def _debootstrap_error(spec: RootfsSpec, mirror: str, proc: subprocess.CompletedProcess[str],
+                       target: Path) -> str:
     log = target / "debootstrap" / "debootstrap.log"
     detail = (proc.stderr + proc.stdout).strip().splitlines()[-8:]
     if log.exists():

@@ -20,6 +20,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 import paramiko
 
@@ -94,7 +95,8 @@ class SshTarget:
     accept_any_host_key: bool = False
 
     @classmethod
-    def parse(cls, url: str, **options) -> "SshTarget":
+    def parse(cls, url: str, *, key_file: str | None = None, known_hosts: str | None = None,
+              accept_any_host_key: bool = False) -> "SshTarget":
         scheme, sep, rest = url.partition("://")
         if scheme != "ssh" or not sep:
             raise _target_error(url, "not an ssh:// URL")
@@ -132,7 +134,9 @@ class SshTarget:
                 raise _target_error(url, f"the port {port} is out of range: give one from 1 to "
                                          "65535 (sshd listens on 22 unless told otherwise)")
         shown = f"[{host}]" if ":" in host else host
-        return cls(url=f"ssh://{user}@{shown}:{port}", user=user, host=host, port=port, **options)
+        return cls(url=f"ssh://{user}@{shown}:{port}", user=user, host=host, port=port,
+                   key_file=key_file, known_hosts=known_hosts,
+                   accept_any_host_key=accept_any_host_key)
 
     @property
     def address(self) -> str:
@@ -180,10 +184,14 @@ def connect(target: SshTarget, timeout: float = 20.0) -> paramiko.SSHClient:
             or "not found in known_hosts" in str(exc)
         raise SshError(_connect_error(target, exc), transient=not refused) from None
     transport = client.get_transport()
+    if transport is None:  # connect() returned, so paramiko made one; refused like a reset
+        client.close()
+        raise SshError(f"{target.url}: the connection closed as it was made", transient=True)
     transport.set_keepalive(5)
     # Keepalives alone never notice a peer that vanished (a panicked lab box): with unacked data
     # older than 20 s the kernel drops the connection, and the running test fails at once.
-    transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 20_000)
+    if isinstance(transport.sock, socket.socket):  # a proxy command's channel has no TCP options
+        transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 20_000)
     return client
 
 
@@ -277,14 +285,23 @@ def parse_description(target: SshTarget, out: str, err: str, config_dir: Path) -
                       config_path=config_path, target=target.url)
 
 
-def description_to_dict(tree: KernelTree) -> dict:
+class TargetDescription(TypedDict):
+    """What a target's KernelTree holds, as plain data."""
+    name: str
+    release: str
+    package_version: str | None
+    config_path: str | None
+    target: str | None
+
+
+def description_to_dict(tree: KernelTree) -> TargetDescription:
     """A target's description as plain data, for xdist workers (they do not connect again)."""
     return {"name": tree.name, "release": tree.release, "package_version": tree.package_version,
             "config_path": str(tree.config_path) if tree.config_path else None,
             "target": tree.target}
 
 
-def description_from_dict(data: dict) -> KernelTree:
+def description_from_dict(data: TargetDescription) -> KernelTree:
     return KernelTree(name=data["name"], vmlinuz=None, release=data["release"],
                       package_version=data["package_version"],
                       config_path=Path(data["config_path"]) if data["config_path"] else None,
@@ -305,7 +322,7 @@ class SshMachine:
         self.channel = LineChannel(self.console)
         self.client: paramiko.SSHClient | None = None
         self.remote_dir: str | None = None
-        self._session = None
+        self._session: paramiko.Channel | None = None
         self._uploaded: dict[Path, str] = {}
         self._threads: list[threading.Thread] = []
         self.started_at: float | None = None
@@ -331,7 +348,10 @@ class SshMachine:
             self.remote_dir = out.strip()
             self._remove_left_behind()
             self._push_guest_side()
-            session = self.client.get_transport().open_session()
+            transport = self.client.get_transport()
+            if transport is None:
+                raise SshError(f"{self.target.url}: the connection closed before the agent started")
+            session = transport.open_session()
             session.exec_command(shlex.join(agent_argv("python3", self.guest_path(REPO_ROOT), boot_log=False)))
         except SSH_ERRORS as exc:
             self.kill()
@@ -350,7 +370,7 @@ class SshMachine:
             t.start()
 
     def _connect(self) -> paramiko.SSHClient:
-        deadline = self.started_at + self.connect_within
+        deadline = time.monotonic() + self.connect_within  # start() just set started_at
         while True:
             try:
                 return connect(self.target)
@@ -360,17 +380,20 @@ class SshMachine:
             time.sleep(3)
 
     def _push_guest_side(self) -> None:
+        if self.client is None or self.remote_dir is None:
+            raise SshError(f"{self.target.url}: not connected")
+        remote_dir = self.remote_dir
         sftp = self.client.open_sftp()
         try:
-            base = f"{self.remote_dir}/repo"
-            made = set()
+            base = f"{remote_dir}/repo"
+            made: set[Path] = set()
             for entry in GUEST_SIDE:
                 path = REPO_ROOT / entry
                 files = sorted(path.glob("*.py")) if path.is_dir() else [path]
                 for f in files:
                     remote = f"{base}/{f.relative_to(REPO_ROOT)}"
                     for parent in reversed(Path(remote).parents):
-                        if str(parent).startswith(self.remote_dir) and parent not in made:
+                        if str(parent).startswith(remote_dir) and parent not in made:
                             try:
                                 sftp.mkdir(str(parent), 0o700)
                             except OSError:
@@ -391,6 +414,9 @@ class SshMachine:
                for entry in GUEST_SIDE):
             return f"{self._uploaded[REPO_ROOT]}/{path.relative_to(REPO_ROOT)}"
         if path not in self._uploaded:  # not pushed at start (a BPF object, wherever it is built)
+            if self.client is None:
+                raise GuestDied(f"pushing {path.name}: the connection to {self.target.url} is "
+                                "closed")
             remote = f"{self.remote_dir}/{len(self._uploaded)}-{path.name}"
             try:
                 sftp = self.client.open_sftp()
@@ -407,6 +433,8 @@ class SshMachine:
         """Stop the agents of this target's ended sessions and remove their directories, as far
         as the connection allows (the next connection to the target tries again)."""
         left = _LEFT_BEHIND.get(self.target.url, set())
+        if self.client is None:
+            return
         for directory in sorted(left):
             # "[/]": the pattern must not match the shell that runs pkill
             script = (f"pkill -KILL -f {shlex.quote('[/]' + directory.lstrip('/') + '/')}; "
@@ -437,7 +465,7 @@ class SshMachine:
         while time.monotonic() < deadline:
             if transport is None or not transport.is_active():
                 return f"the connection to {self.target.url} was lost"
-            if self._session.exit_status_ready():
+            if self._session is not None and self._session.exit_status_ready():
                 return (f"the agent on {self.target.url} exited "
                         f"(status {self._session.recv_exit_status()})")
             time.sleep(0.05)
