@@ -24,9 +24,12 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from types import TracebackType
+from typing import Any, TypedDict
 
-from .kernels import KernelProvider, expand_kernel_args, load_specs
-from .machines.accel import choose_accel
+from .errors import KconformError
+from .kernels import KernelProvider, KernelTree, expand_kernel_args, load_specs
+from .machines.accel import Accel, choose_accel
 from .machines.qemu import build_vng_command, guest_python
 from .paths import REPO_ROOT
 
@@ -36,7 +39,7 @@ NAIVE_RATIO_TARGET = 20.0
 MATRIX_TARGET_S = 240.0
 
 # QemuMachine functions a user without kconform would script one boot each for, with their arguments.
-NAIVE_SAMPLE = [
+NAIVE_SAMPLE: list[tuple[str, dict[str, object]]] = [
     ("cases.guest.create:create_with_value_sizes", {"map_type": "sockmap"}),
     ("cases.guest.update:update_flags", {"map_type": "sockhash"}),
     ("cases.guest.redirect:redirect", {"obj": "@sockmap_progs", "kind": "skb", "helper": "map",
@@ -44,22 +47,72 @@ NAIVE_SAMPLE = [
 ]
 
 
+# report.json as the suite wrote it; reports/results owns its shape, bench reads a few fields
+Report = dict[str, Any]
+
+
+class MemoryFigures(TypedDict):
+    qemu_peak_mib: float
+    host_peak_mib: float
+    host_total_peak_mib: float
+
+
+class MatrixFigures(MemoryFigures):
+    wall_s: float
+
+
+class KernelFigures(TypedDict, total=False):
+    """One kernel's figures: the floor first, the suite's split once it ran, then the ratios."""
+    version: str
+    floor_s: float
+    floor_qemu_peak_mib: float
+    cases: int
+    suite_s: float
+    boots: int
+    boot_s: float
+    agent_start_s: float
+    work_s: float
+    expected_hangs_s: float
+    overhead_ms: float
+    verdicts: dict[str, int]
+    suite_over_floor: float
+    suite_budget_s: float
+    naive_over_suite: float
+
+
+class NaiveFigures(TypedDict):
+    kernel: str
+    sample_s: list[float]
+    per_case_s: float
+    extrapolated_suite_s: float
+
+
+class Figures(TypedDict, total=False):
+    """What bench saves as JSON (and prints as tables)."""
+    accel: str
+    kernels: dict[str, KernelFigures]
+    started: str
+    matrix: dict[str, MatrixFigures]
+    naive: NaiveFigures
+
+
 class PeakMemory:
     """Samples /proc while something runs: the highest VmHWM of each QEMU and of the host side
     (the pytest processes of this benchmark), in MiB."""
 
-    def __init__(self, marker: str, interval: float = 0.5):
+    def __init__(self, marker: str, interval: float = 0.5) -> None:
         self.marker, self.interval = marker, interval
         self.qemu: dict[int, float] = {}
         self.host: dict[int, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self):
+    def __enter__(self) -> PeakMemory:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
         self._stop.set()
         self._thread.join()
 
@@ -84,19 +137,20 @@ class PeakMemory:
                     self.host[pid] = max(hwm, self.host.get(pid, 0.0))
             self._stop.wait(self.interval)
 
-    def figures(self) -> dict:
+    def figures(self) -> MemoryFigures:
         return {"qemu_peak_mib": round(max(self.qemu.values(), default=0.0), 1),
                 "host_peak_mib": round(max(self.host.values(), default=0.0), 1),
                 "host_total_peak_mib": round(sum(self.host.values()), 1)}
 
 
-def timed(cmd: list[str], **kwargs) -> tuple[float, subprocess.CompletedProcess]:
+def timed(cmd: list[str],
+          cwd: Path | None = None) -> tuple[float, subprocess.CompletedProcess[str]]:
     start = time.monotonic()
-    proc = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd)
     return time.monotonic() - start, proc
 
 
-def floor(tree, accel) -> float:
+def floor(tree: KernelTree, accel: Accel) -> float:
     """A bare boot of the kernel with the suite's QEMU settings, doing nothing."""
     seconds, proc = timed(build_vng_command(tree, accel, "true"))
     if proc.returncode != 0:
@@ -104,7 +158,8 @@ def floor(tree, accel) -> float:
     return seconds
 
 
-def naive_case(tree, accel, fn: str, kwargs: dict, objects: dict) -> float:
+def naive_case(tree: KernelTree, accel: Accel, fn: str, kwargs: dict[str, object],
+               objects: dict[str, str]) -> float:
     """One guest function the way a shell loop would run it: its own boot, its own Python."""
     kwargs = {k: objects[v[1:]] if isinstance(v, str) and v.startswith("@") else v
               for k, v in kwargs.items()}
@@ -118,7 +173,8 @@ def naive_case(tree, accel, fn: str, kwargs: dict, objects: dict) -> float:
     return seconds
 
 
-def run_suite(names: list[str], workers: int, results: Path) -> tuple[float, dict, dict]:
+def run_suite(names: list[str], workers: int,
+              results: Path) -> tuple[float, Report, MemoryFigures]:
     """The conformance suite over `names` with -n workers; wall time, report.json, memory."""
     cmd = [sys.executable, "-m", "pytest", "cases", "-q", "-p", "no:cacheprovider",
            "--kernel", ",".join(names), "-n", str(workers), f"--results-dir={results}"]
@@ -126,11 +182,11 @@ def run_suite(names: list[str], workers: int, results: Path) -> tuple[float, dic
         seconds, proc = timed(cmd, cwd=REPO_ROOT)
     if proc.returncode not in (0, 1):
         raise RuntimeError(f"suite run failed ({proc.returncode}):\n{proc.stdout[-3000:]}")
-    report = json.loads((results / "report.json").read_text())
+    report: Report = json.loads((results / "report.json").read_text())
     return seconds, report, memory.figures()
 
 
-def split_by_kernel(report: dict, name: str) -> dict:
+def split_by_kernel(report: Report, name: str) -> KernelFigures:
     cases = [c for c in report["cases"] if c["kernel"] == name]
     # an expected hang's own time: a case that boots a replacement first carries that boot too
     hangs = sum(c["duration"] - (c.get("boot_seconds") or 0) for c in cases
@@ -164,7 +220,10 @@ def main(argv: list[str]) -> int:
     names = expand_kernel_args(args.kernel or ["all"], load_specs())
     provider = KernelProvider(log=lambda m: print(f"kconform: {m}", file=sys.stderr))
     trees = {n: provider.get(n) for n in names}
-    accel = choose_accel(trees[names[0]].vmlinuz, cache=provider.cache)
+    image = trees[names[0]].vmlinuz
+    if image is None:  # only an SSH target's kernel has none, and bench boots its own
+        raise KconformError(f"bench: {names[0]} has no kernel image to boot")
+    accel = choose_accel(image, cache=provider.cache)
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     work_dir = Path(tempfile.mkdtemp(prefix="kconform-bench-"))
@@ -172,35 +231,36 @@ def main(argv: list[str]) -> int:
     def say(message: str) -> None:
         print(f"kconform bench: {message}", file=sys.stderr, flush=True)
 
-    figures: dict = {"accel": accel.name, "kernels": {}, "started": time.strftime("%F %T")}
+    figures: Figures = {"accel": accel.name, "kernels": {}, "started": time.strftime("%F %T")}
+    kernels: dict[str, KernelFigures] = figures["kernels"]
     for name in names:
         say(f"floor: {name}")
-        with PeakMemory("vng --run") as memory:
-            figures["kernels"][name] = {"version": trees[name].exact_version,
-                                        "floor_s": round(floor(trees[name], accel), 1),
-                                        "floor_qemu_peak_mib": memory.figures()["qemu_peak_mib"]}
-    matrix = {}
+        with PeakMemory("vng --run") as floor_memory:
+            kernels[name] = {"version": trees[name].exact_version,
+                             "floor_s": round(floor(trees[name], accel), 1),
+                             "floor_qemu_peak_mib": floor_memory.figures()["qemu_peak_mib"]}
+    matrix: dict[str, MatrixFigures] = {}
     for workers in (1, 2):
         say(f"suite on {len(names)} kernels with -n {workers}")
         wall, report, memory = run_suite(names, workers, work_dir / f"n{workers}")
         matrix[f"n{workers}"] = {"wall_s": round(wall, 1), **memory}
         if workers == 1:
             for name in names:
-                figures["kernels"][name].update(split_by_kernel(report, name))
+                kernels[name].update(split_by_kernel(report, name))
     figures["matrix"] = matrix
     naive_kernel = args.naive_kernel or names[0]
     from .bpf import build
     objects = {"sockmap_progs": str(build("sockmap_progs"))}
-    samples = []
+    samples: list[float] = []
     for fn, kwargs in NAIVE_SAMPLE:
         say(f"naive: {fn} on {naive_kernel}")
         samples.append(naive_case(trees[naive_kernel], accel, fn, kwargs, objects))
     per_case = sum(samples) / len(samples)
-    k = figures["kernels"][naive_kernel]
+    k = kernels[naive_kernel]
     figures["naive"] = {"kernel": naive_kernel, "sample_s": [round(s, 1) for s in samples],
                         "per_case_s": round(per_case, 1),
                         "extrapolated_suite_s": round(per_case * k["cases"], 1)}
-    for name, k in figures["kernels"].items():
+    for k in kernels.values():
         k["suite_over_floor"] = round(k["suite_s"] / k["floor_s"], 2)
         k["suite_budget_s"] = round(FLOOR_FACTOR * k["floor_s"] + k["work_s"]
                                     + k["expected_hangs_s"], 1)
@@ -215,7 +275,7 @@ def _met(ok: bool) -> str:
     return "met" if ok else "MISSED"
 
 
-def print_tables(f: dict) -> None:
+def print_tables(f: Figures) -> None:
     print(f"accelerator: {f['accel']}")
     print(f"{'kernel':12} {'floor s':>7} {'suite s':>7} {'boots':>5} {'boot':>6} {'agent':>6} {'work':>6} "
           f"{'hangs':>6} {'cases':>5} {'ovh ms':>7} {'suite/floor':>11} {'budget s':>8} "
