@@ -4,7 +4,15 @@ import subprocess
 
 from harness.agent import libbpf as bpf
 from harness.agent.observe import outcome
-from harness.agent.sockets import closing_all, tcp_listener, tcp_pair, udp_pair, unix_pair
+from harness.agent.sockets import (
+    FAMILIES,
+    closing_all,
+    loopback,
+    tcp_listener,
+    tcp_pair,
+    udp_pair,
+    unix_pair,
+)
 
 
 def _insert(map_type, sock):
@@ -13,11 +21,10 @@ def _insert(map_type, sock):
 
 
 def tcp_states(map_type, family):
-    fam = socket.AF_INET6 if family == "ipv6" else socket.AF_INET
-    host = "::1" if fam == socket.AF_INET6 else "127.0.0.1"
+    fam = FAMILIES[family]
     new = socket.socket(fam, socket.SOCK_STREAM)
     bound = socket.socket(fam, socket.SOCK_STREAM)
-    bound.bind((host, 0))
+    bound.bind((loopback(fam), 0))
     listener = tcp_listener(fam)
     cli, srv = tcp_pair(fam)
     with closing_all(new, bound, listener, cli, srv):
@@ -27,11 +34,10 @@ def tcp_states(map_type, family):
 
 
 def udp_states(map_type, family):
-    fam = socket.AF_INET6 if family == "ipv6" else socket.AF_INET
-    host = "::1" if fam == socket.AF_INET6 else "127.0.0.1"
+    fam = FAMILIES[family]
     unbound = socket.socket(fam, socket.SOCK_DGRAM)
     bound = socket.socket(fam, socket.SOCK_DGRAM)
-    bound.bind((host, 0))
+    bound.bind((loopback(fam), 0))
     a, b = udp_pair(fam)
     with closing_all(unbound, bound, a, b):
         return {"unbound": _insert(map_type, unbound), "bound": _insert(map_type, bound),

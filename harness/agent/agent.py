@@ -104,10 +104,10 @@ def resolve(name: str) -> Callable[..., object]:
 def describe_error(exc: BaseException) -> dict[str, object]:
     info: dict[str, object] = {"type": type(exc).__name__, "message": str(exc),
             "traceback": traceback.format_exc(limit=12)}
-    for attr in ("errno_name", "verifier_log", "op"):
-        value = getattr(exc, attr, None)
-        if value:
-            info[attr] = value
+    # A BpfError's errno name is in its message already; its verifier log is not.
+    verifier_log = getattr(exc, "verifier_log", None)
+    if verifier_log:
+        info["verifier_log"] = verifier_log
     return info
 
 
@@ -116,7 +116,7 @@ def handle(request: Request, kmsg: KernelLog) -> dict[str, object]:
     if op == "ping":
         return {"ok": True, "result": "pong"}
     if op == "call":
-        before_log = kmsg.drain()
+        kmsg.drain()  # what the kernel logged since the last call is not this call's
         before_taint = tainted()
         started = time.monotonic()
         signal.signal(signal.SIGALRM, _alarm)
@@ -132,7 +132,7 @@ def handle(request: Request, kmsg: KernelLog) -> dict[str, object]:
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
         response["elapsed"] = time.monotonic() - started
-        response["health"] = {"log_before": before_log, "log_during": kmsg.drain(),
+        response["health"] = {"log_during": kmsg.drain(),
                               "taint_before": before_taint, "taint_after": tainted()}
         return response
     return {"ok": False, "error": {"type": "BadRequest", "message": f"unknown op {op!r}"}}
@@ -151,11 +151,8 @@ def main() -> None:
     clean_at_start()
     with open("/proc/uptime") as f:
         uptime = float(f.read().split()[0])
-    with open("/proc/version") as f:
-        proc_version = f.read().strip()
-    hello = {"event": "ready", "release": os.uname().release, "proc_version": proc_version,
-             "python": sys.version.split()[0], "uptime": uptime, "taint": tainted(),
-             "boot_log": kmsg.drain()}
+    hello = {"event": "ready", "release": os.uname().release, "uptime": uptime,
+             "taint": tainted(), "boot_log": kmsg.drain()}
     channel.write(json.dumps(hello) + "\n")
     stdin = sys.stdin.buffer
     while True:

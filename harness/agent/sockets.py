@@ -7,6 +7,12 @@ import socket
 from collections.abc import Iterator
 
 TIMEOUT = 2.0
+FAMILIES = {"ipv4": socket.AF_INET, "ipv6": socket.AF_INET6}  # as the cases name them
+
+
+def loopback(family: int) -> str:
+    """The loopback address of an address family (AF_INET or AF_INET6)."""
+    return "127.0.0.1" if family == socket.AF_INET else "::1"
 
 
 def _timed(first: socket.socket, second: socket.socket) -> tuple[socket.socket, socket.socket]:
@@ -16,10 +22,9 @@ def _timed(first: socket.socket, second: socket.socket) -> tuple[socket.socket, 
 
 
 def tcp_listener(family: int = socket.AF_INET, port: int = 0) -> socket.socket:
-    host = "127.0.0.1" if family == socket.AF_INET else "::1"
     srv = socket.socket(family, socket.SOCK_STREAM)
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind((host, port))
+    srv.bind((loopback(family), port))
     srv.listen(16)
     srv.settimeout(TIMEOUT)
     return srv
@@ -39,11 +44,10 @@ def tcp_pair(family: int = socket.AF_INET,
 
 
 def udp_pair(family: int = socket.AF_INET) -> tuple[socket.socket, socket.socket]:
-    host = "127.0.0.1" if family == socket.AF_INET else "::1"
     a = socket.socket(family, socket.SOCK_DGRAM)
     b = socket.socket(family, socket.SOCK_DGRAM)
-    a.bind((host, 0))
-    b.bind((host, 0))
+    a.bind((loopback(family), 0))
+    b.bind((loopback(family), 0))
     a.connect(b.getsockname()[:2])
     b.connect(a.getsockname()[:2])
     return _timed(a, b)
