@@ -15,14 +15,9 @@ from html.parser import HTMLParser
 
 import pytest
 
-from harness.reports import compare
-
-from harness.reports import grid
-
-from harness.reports import results
 from harness import versions
 from harness.judging.verdicts import worst
-from harness.reports import junit
+from harness.reports import compare, grid, junit, results
 from harness.reports.results import ResultsError
 from tests.conftest import REPO
 

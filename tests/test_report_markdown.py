@@ -12,12 +12,11 @@ import json
 import re
 from pathlib import Path
 
-from hypothesis import given, settings, strategies as st
-
-from harness.reports import grid
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from harness.judging.verdicts import Verdict
-from harness.reports import results
+from harness.reports import grid, results
 from tests.test_report import ONLY_510
 
 HOSTILE = [
