@@ -48,7 +48,6 @@ def errno_name(code: int) -> str:
 class BpfError(OSError):
     def __init__(self, code: int, op: str, verifier_log: str | None = None) -> None:
         super().__init__(code, f"{op}: {os.strerror(code)} ({errno_name(code)})")
-        self.op = op
         self.errno_name = errno_name(code)
         self.verifier_log = verifier_log
 
