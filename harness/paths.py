@@ -21,7 +21,7 @@ def caller_cwd() -> Path:
 
 
 
-def caller_path(value: str | os.PathLike) -> Path:
+def caller_path(value: str | os.PathLike[str]) -> Path:
     """A path the user typed (an option's value), taken from where it was typed, absolute."""
     path = Path(value).expanduser()
     return path if path.is_absolute() else caller_cwd() / path

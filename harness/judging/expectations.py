@@ -32,7 +32,7 @@ OUTCOME_FIELDS = ("expect", "source", "since", "until", "reason", "differs_from_
 
 
 
-def _versions(value) -> list[tuple[int, ...]]:
+def _versions(value: str | list[str] | None) -> list[tuple[int, ...]]:
     if value is None:
         return []
     return [bound_version(v) for v in ([value] if isinstance(value, str) else value)]
@@ -51,10 +51,10 @@ def has_change(version: tuple[int, ...], bounds: list[tuple[int, ...]]) -> bool:
 
 @dataclass(frozen=True)
 class Outcome:
-    expect: dict
+    expect: dict[str, object]        # observations, or per-variant tables of them
     source: str
-    since: tuple = ()
-    until: tuple = ()
+    since: tuple[tuple[int, ...], ...] = ()
+    until: tuple[tuple[int, ...], ...] = ()
     reason: str = ""
     differs_from_doc: bool = False
     # A known bug of some stable releases (since/until name that window): where it applies it
@@ -83,7 +83,7 @@ class Behaviour:
     @property
     def may_lose_the_guest(self) -> bool:
         """Some kernel is expected to hang or crash on it ({"guest": "hang"} in an outcome)."""
-        def lost(expect) -> bool:
+        def lost(expect: dict[str, object]) -> bool:
             return "guest" in expect or any(isinstance(v, dict) and lost(v)
                                             for v in expect.values())
         return any(lost(o.expect) for o in self.outcomes)
@@ -129,7 +129,7 @@ def _problem(path: Path, where: str, what: str) -> ExpectationsError:
     return ExpectationsError(f"{path}: {where}: {what}")
 
 
-def _bounds(path: Path, where: str, name: str, value) -> tuple[tuple[int, ...], ...]:
+def _bounds(path: Path, where: str, name: str, value: object) -> tuple[tuple[int, ...], ...]:
     if value is None:
         return ()
     if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -146,7 +146,7 @@ def _bounds(path: Path, where: str, name: str, value) -> tuple[tuple[int, ...], 
                        "\"6.1.72\" (that stable series on)") from None
 
 
-def _plain_data(value) -> bool:
+def _plain_data(value: object) -> bool:
     """TOML values a guest's JSON observation can equal (no dates or times)."""
     if isinstance(value, dict):
         return all(isinstance(k, str) and _plain_data(v) for k, v in value.items())
@@ -155,7 +155,7 @@ def _plain_data(value) -> bool:
     return not isinstance(value, (datetime.date, datetime.time))
 
 
-def _outcome(path: Path, where: str, data) -> Outcome:
+def _outcome(path: Path, where: str, data: object) -> Outcome:
     if not isinstance(data, dict):
         raise _problem(path, where, "is not a table; write it as [[ID.outcomes]] with expect = "
                        "{ ... } and source = \"...\"")
@@ -174,15 +174,16 @@ def _outcome(path: Path, where: str, data) -> Outcome:
     reason = data.get("reason", "")
     if not isinstance(reason, str):
         raise _problem(path, where, f"reason = {reason!r} is not a string; write reason = \"...\"")
-    flags = {}
+    flags: dict[str, bool] = {}
     for name in ("differs_from_doc", "regression"):
-        flags[name] = data.get(name, False)
-        if not isinstance(flags[name], bool):
-            raise _problem(path, where, f"{name} = {flags[name]!r} is not true or false")
+        flag = data.get(name, False)
+        if not isinstance(flag, bool):
+            raise _problem(path, where, f"{name} = {flag!r} is not true or false")
+        flags[name] = flag
     outcome = Outcome(expect=expect, source=source, since=_bounds(path, where, "since",
                                                                   data.get("since")),
                       until=_bounds(path, where, "until", data.get("until")), reason=reason,
-                      **flags)
+                      differs_from_doc=flags["differs_from_doc"], regression=flags["regression"])
     if outcome.regression and not outcome.since:
         raise _problem(path, where, "a regression outcome needs since = (its window)")
     if (outcome.until or outcome.differs_from_doc or outcome.regression) and not reason.strip():
@@ -191,7 +192,7 @@ def _outcome(path: Path, where: str, data) -> Outcome:
     return outcome
 
 
-def _behaviour(path: Path, bid: str, table) -> Behaviour:
+def _behaviour(path: Path, bid: str, table: object) -> Behaviour:
     if not isinstance(table, dict):
         raise _problem(path, bid, "is not a table; write [ID] with title, section and "
                        "[[ID.outcomes]]")
@@ -247,11 +248,11 @@ class Judgement:
     """One observation held against the outcome that applies to the kernel."""
     behaviour: Behaviour
     variant: str | None
-    expected: dict
-    observed: dict
+    expected: dict[str, object]
+    observed: dict[str, object]
     outcome: Outcome
     verdict: Verdict
-    mismatches: dict
+    mismatches: dict[str, tuple[object, object]]  # observation -> (expected, observed)
 
     def message(self, kernel: str, version: str) -> str:
         lines = [f"{self.behaviour.id} {self.behaviour.title}"
@@ -265,12 +266,13 @@ class Judgement:
         return "\n".join(lines)
 
 
-def judge(behaviour: Behaviour, version: tuple[int, ...], observed: dict,
+def judge(behaviour: Behaviour, version: tuple[int, ...], observed: dict[str, object],
           variant: str | None = None) -> Judgement:
     outcome = behaviour.outcome_for(version)
     expected = outcome.expect
-    if variant is not None and isinstance(expected.get(variant), dict):
-        expected = expected[variant]  # per-variant table, e.g. sockmap vs sockhash
+    per_variant = expected.get(variant) if variant is not None else None
+    if isinstance(per_variant, dict):
+        expected = per_variant  # per-variant table, e.g. sockmap vs sockhash
     mismatches = {k: (v, observed.get(k, "<missing>")) for k, v in expected.items()
                   if observed.get(k, "<missing>") != v}
     if mismatches:
