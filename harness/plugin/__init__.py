@@ -10,6 +10,8 @@ from __future__ import annotations
 import atexit
 import signal
 from collections.abc import Generator
+from types import FrameType
+from typing import Protocol, TypedDict
 
 import pytest
 
@@ -38,15 +40,21 @@ def pytest_configure(config: pytest.Config) -> None:
         signal.signal(signal.SIGTERM, _terminate)
 
 
+class WorkerNode(Protocol):
+    """What pytest_configure_node is given: xdist's WorkerController (xdist ships no types)."""
+    config: pytest.Config
+    workerinput: dict[str, object]
+
+
 @pytest.hookimpl(optionalhook=True)
-def pytest_configure_node(node) -> None:
+def pytest_configure_node(node: WorkerNode) -> None:
     """xdist, on the controller: hand each worker the SSH targets' descriptions."""
     run = node.config.stash[RUN_KEY]
     node.workerinput[TARGETS_KEY] = {target.url: description_to_dict(run.target_trees[name])
                                      for name, target in run.targets.items()}
 
 
-def _terminate(signum, frame):
+def _terminate(signum: int, frame: FrameType | None) -> None:
     # Turn SIGTERM into an interrupt so pytest finishes its reports and the pool shuts down.
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -76,9 +84,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # Cases some kernel is expected to hang on (a cited stable-release deadlock) go last on their
     # kernel: a replacement guest booted after the last of them serves no test, so none is booted.
     run = config.stash[RUN_KEY]
-    order = {name: i for i, name in enumerate(run.kernel_names)}
+    order: dict[str | None, int] = {name: i for i, name in enumerate(run.kernel_names)}
 
-    def may_lose_the_guest(item) -> bool:
+    def may_lose_the_guest(item: pytest.Item) -> bool:
         behaviour = run.behaviours.get(declared_behaviour(item)[0] or "")
         return bool(behaviour and behaviour.may_lose_the_guest)
 
@@ -91,9 +99,10 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
         item.config.stash[RUN_KEY].pool.release(kernel)  # its last test here: free the CPU
 
 
-def _kernel_of(item) -> str | None:
+def _kernel_of(item: pytest.Item) -> str | None:
     callspec = getattr(item, "callspec", None)
-    return callspec.params.get("kernel") if callspec else None
+    kernel = callspec.params.get("kernel") if callspec else None
+    return kernel if isinstance(kernel, str) else None
 
 
 # A test's reports (what each carries, a crash's verdict included) are the Reporter's alone:
@@ -121,8 +130,15 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
             + "".join(f"; {w}" for w in where)]
 
 
-def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
-    seen: dict[str, dict] = {}
+class KernelTally(TypedDict):
+    version: str | None
+    uname: str | None
+    verdicts: dict[str, int]
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatus: pytest.ExitCode,
+                            config: pytest.Config) -> None:
+    seen: dict[str, KernelTally] = {}
     for reports in terminalreporter.stats.values():
         for report in reports:
             props = dict(getattr(report, "user_properties", []) or [])

@@ -2,36 +2,40 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn, Protocol
 
 import pytest
 
 from ..errors import KconformError
 from ..judging import expectations
+from ..judging.health import CallHealth
 from ..judging.verdicts import Verdict
 from ..kernels import KernelTree
-from ..machines.session import GuestCallError, GuestFailure, GuestHang, GuestSession
+from ..machines.session import CallResult, GuestCallError, GuestFailure, GuestHang, GuestSession
 from .run import CASE_GUEST_KEY, CRASHED_KEY, RUN_KEY, KconformRun
 
 
-class GuestDown(dict):
+class GuestDown(dict[str, str]):
     """What a test observes when the guest did not survive its call: {"guest": "hang"} or
     {"guest": "crash"}. expect() judges it like any observation, since an old kernel can be
     expected to hang (a cited, known bug); reading anything else from it fails the test with the
     crash report."""
 
-    def __init__(self, kind: str, report: str):
+    def __init__(self, kind: str, report: str) -> None:
         super().__init__(guest=kind)
         self.report = report
 
-    def __missing__(self, key):
+    def __missing__(self, key: str) -> NoReturn:
         pytest.fail(self.report, pytrace=False)
 
 
 class CaseGuest:
     """The guest as one test sees it: guest-side calls with health checks and clear failures."""
 
-    def __init__(self, item: pytest.Item, run: KconformRun, kernel: str, session: GuestSession):
+    def __init__(self, item: pytest.Item, run: KconformRun, kernel: str,
+                 session: GuestSession) -> None:
         self.item, self.run, self.kernel, self.session = item, run, kernel, session
         self.down: GuestDown | None = None  # set when a call lost the guest
         self.guest_seconds = 0.0  # time spent inside guest functions (the case's own work)
@@ -39,10 +43,12 @@ class CaseGuest:
         stem = Path(str(item.fspath)).stem
         self.module = f"cases.guest.{stem[len('test_'):] if stem.startswith('test_') else stem}"
 
-    def call(self, fn: str, timeout: float | None = None, **kwargs):
+    def call(self, fn: str, timeout: float | None = None, **kwargs: object) -> object:
         """Run a guest-side function; a bare name is looked up in cases/guest/<topic>.py."""
         name = fn if ":" in fn else f"{self.module}:{fn}"
-        failure = raised = None
+        failure: GuestFailure | None = None
+        raised: GuestCallError | None = None
+        result: CallResult | None = None
         try:
             result = self.session.call(name, timeout=timeout or self.run.case_timeout, **kwargs)
         except GuestCallError as exc:
@@ -58,6 +64,7 @@ class CaseGuest:
             self.down = GuestDown("hang" if isinstance(failure, GuestHang) else "crash", report)
             self.item.user_properties.append(("console", json.dumps(failure.console[-80:])))
             return self.down
+        assert result is not None  # session.call returned, or one of the above was set
         self._check_health(result.health)
         self.guest_seconds += result.elapsed
         self.item.user_properties.append(("guest_seconds", round(self.guest_seconds, 4)))
@@ -68,7 +75,7 @@ class CaseGuest:
         if self.down is not None and not self.judged:
             pytest.fail(self.down.report, pytrace=False)
 
-    def _check_health(self, health: dict) -> None:
+    def _check_health(self, health: CallHealth) -> None:
         findings = self.run.health.check(health)
         if findings:
             self.item.stash[CRASHED_KEY] = True
@@ -106,19 +113,23 @@ def guest(request: pytest.FixtureRequest, kernel: str) -> CaseGuest:
                              ("uname", info.uname)]
     booted = run.pool.fresh.pop(kernel, None)
     if booted is not None:
-        item.user_properties += [("boot_seconds", round(booted.boot_seconds, 3)),
+        boot_seconds = booted.boot_seconds
+        item.user_properties += [("boot_seconds",
+                                  round(boot_seconds, 3) if boot_seconds is not None else None),
                                  ("agent_start_seconds", booted.agent_start_seconds)]
         _check_boot_health(item, run, booted)
-    item.stash[CASE_GUEST_KEY] = CaseGuest(item, run, kernel, session)
-    return item.stash[CASE_GUEST_KEY]
+    case_guest = CaseGuest(item, run, kernel, session)
+    item.stash[CASE_GUEST_KEY] = case_guest
+    return case_guest
 
 
 def _check_boot_health(item: pytest.Item, run: KconformRun, session: GuestSession) -> None:
     """A splat or taint while the kernel booted fails the first test on that guest, as crashed:
     no case ran yet, but a kernel that warned on its way up is not a healthy one to judge."""
-    boot_log = session.info.get("boot_log", [])
+    hello = session.info  # a booted session has its agent's hello
+    boot_log = hello.get("boot_log", []) if hello else []
     findings = run.health.check({"log_during": boot_log, "taint_before": 0,
-                                 "taint_after": session.info.get("taint", 0)})
+                                 "taint_after": hello.get("taint", 0) if hello else 0})
     if not findings:
         return
     item.stash[CRASHED_KEY] = True
@@ -141,7 +152,7 @@ def _skip_without_config(item: pytest.Item, kernel: str, tree: KernelTree) -> No
 
 
 @pytest.fixture(scope="session")
-def bpf_object(request: pytest.FixtureRequest):
+def bpf_object(request: pytest.FixtureRequest) -> Callable[[str], Path]:
     """bpf_object("sockmap_progs") -> host path of cases/bpf/sockmap_progs.bpf.c built (and
     cached). Given to guest.call() as a Path, it reaches the guest as the path it is seen at."""
     from ..bpf import BpfBuildError, build
@@ -158,14 +169,22 @@ def bpf_object(request: pytest.FixtureRequest):
     return get
 
 
+class Expect(Protocol):
+    """The expect fixture: judge an observation against the behaviour's data."""
+    def __call__(self, behaviour_id: str, observed: dict[str, object],
+                 variant: str | None = None) -> expectations.Judgement: ...
+
+
 @pytest.fixture
-def expect(request: pytest.FixtureRequest, kernel: str, guest: CaseGuest):
+def expect(request: pytest.FixtureRequest, kernel: str,
+           guest: CaseGuest) -> Expect:
     """expect(behaviour_id, observed, variant=None): judge an observation against the data."""
     run = request.config.stash[RUN_KEY]
     item = request.node
     tree = run.pool.trees[kernel]
 
-    def judge(behaviour_id: str, observed: dict, variant: str | None = None):
+    def judge(behaviour_id: str, observed: dict[str, object],
+              variant: str | None = None) -> expectations.Judgement:
         behaviour = run.behaviours[behaviour_id]
         if guest.down is not None:
             observed = dict(guest.down)  # only the hang or crash itself is observed

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import math
 
+import pytest
+
 
 def positive_seconds(text: str) -> float:
     """An argparse type: a number of seconds above zero (0, negative, nan and inf are refused:
@@ -18,7 +20,7 @@ def positive_seconds(text: str) -> float:
     return value
 
 
-def pytest_addoption(parser):
+def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("kconform", "kconform: documented kernel behaviour on real kernels")
     group.addoption("--kernel", action="append", default=[], metavar="NAME",
                     help="kernel to run on: a name from kernels/*.toml, 'all', 'default', 'host', "

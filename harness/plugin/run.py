@@ -1,12 +1,14 @@
 """The run's state on one process: the kernels, their trees and guests, the judging data."""
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -16,7 +18,7 @@ from ..judging import expectations
 from ..judging.crashes import crash_fingerprint
 from ..judging.health import HealthRules, KnownCrash, KnownCrashes
 from ..kernels import KernelProvider, KernelTree, expand_kernel_args, load_specs
-from ..machines.accel import choose_accel
+from ..machines.accel import Accel, choose_accel
 from ..machines.channel import Machine
 from ..machines.qemu import QemuMachine, build_vng_command, check_memory
 from ..machines.rootfs import HOST, Rootfs, RootfsProvider, check_rootfs_name
@@ -51,7 +53,7 @@ class KernelInfo:
 class GuestPool:
     """This process's guests, one per kernel; boots lazily and replaces dead ones."""
 
-    def __init__(self, run: "KconformRun"):
+    def __init__(self, run: KconformRun) -> None:
         self.run = run
         self.live: dict[str, GuestSession] = {}
         self.trees: dict[str, KernelTree] = {}
@@ -145,7 +147,7 @@ class GuestPool:
 
 
 class KconformRun:
-    def __init__(self, config: pytest.Config):
+    def __init__(self, config: pytest.Config) -> None:
         opt = config.option
         # Every option is checked before anything connects or boots. Paths are the user's,
         # taken from where the command was typed; the options keep them absolute, so xdist
@@ -172,7 +174,9 @@ class KconformRun:
             raise KconformError("--rootfs applies to the kernels kconform boots; an SSH target "
                                 "runs its own root")
         self.rootfs_name = opt.rootfs
-        self._rootfs: Rootfs | None | bool = False  # False: not built yet
+        self._rootfs_chosen = False  # whether the root was built (or found) yet
+        self._rootfs: Rootfs | None = None  # None: the host's own root
+        self._rootfs_provider: RootfsProvider | None = None
         self._rootfs_error: KconformError | None = None
         self.targets: dict[str, SshTarget] = {}
         self.target_trees: dict[str, KernelTree] = {}
@@ -197,7 +201,7 @@ class KconformRun:
         self.worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
         self._boot_timeout = opt.boot_timeout
         self._accel_choice = opt.accel
-        self._accel = None
+        self._accel: Accel | None = None
         self.provider = KernelProvider(refresh=opt.refresh_kernels, log=self._log)
         self.health = HealthRules()
         self.pool = GuestPool(self)
@@ -215,14 +219,16 @@ class KconformRun:
             else:  # an xdist worker: its stdout carries xdist's protocol, its stderr is ours
                 print(f"kconform[{self.worker}]: {message}", file=sys.stderr, flush=True)
 
-    def accel(self, tree: KernelTree):
+    def accel(self, tree: KernelTree) -> Accel:
         """Chosen once per process, probing KVM with the first kernel it boots."""
         if self._accel is None:
+            if tree.vmlinuz is None:  # only an SSH target's kernel, and it boots no QEMU
+                raise KconformError(f"{tree.name}: no kernel image to boot under QEMU")
             self._accel = choose_accel(tree.vmlinuz, self._accel_choice, cache=self.provider.cache)
             self._log(f"accelerator: {self._accel.name} ({self._accel.reason})")
         return self._accel
 
-    def boot_timeout(self, accel) -> float:
+    def boot_timeout(self, accel: Accel | None) -> float:
         """accel None: an SSH target (connect, push the files, start the agent)."""
         return self._boot_timeout or (180.0 if accel and accel.name == "tcg" else 60.0)
 
@@ -230,14 +236,15 @@ class KconformRun:
         """The guest root for this run (None: the host's), with this kernel's modules in it."""
         if self._rootfs_error:
             raise self._rootfs_error  # it failed for another kernel: do not build it again
-        if self._rootfs is False:
-            self._rootfs_provider = RootfsProvider(self.provider.cache, log=self._log)
+        if not self._rootfs_chosen:
+            provider = RootfsProvider(self.provider.cache, log=self._log)
             try:
-                self._rootfs = self._rootfs_provider.get(self.rootfs_name)
+                self._rootfs = provider.get(self.rootfs_name)
             except KconformError as exc:
                 self._rootfs_error = exc
                 raise
-        if self._rootfs is not None:
+            self._rootfs_provider, self._rootfs_chosen = provider, True
+        if self._rootfs is not None and self._rootfs_provider is not None:
             self._rootfs_provider.add_modules(self._rootfs, tree)
         return self._rootfs
 
@@ -258,12 +265,12 @@ class KconformRun:
             return None
         try:
             return shlex.join(build_vng_command(tree, self._accel, "true", memory=self.memory,
-                                                rootfs=self._rootfs or None))
+                                                rootfs=self._rootfs))
         except KconformError:
             return None  # a line that cannot be made safe: the kernel's tests already say why
 
 
-def _known_crashes(opt) -> KnownCrashes:
+def _known_crashes(opt: argparse.Namespace) -> KnownCrashes:
     if not opt.known_crashes:
         return KnownCrashes()
     opt.known_crashes = str(caller_path(opt.known_crashes).resolve())
@@ -303,6 +310,9 @@ def _safe(name: str) -> str:
 
 
 CRASHED_KEY = pytest.StashKey[bool]()
+if TYPE_CHECKING:  # fixtures imports this module
+    from .fixtures import CaseGuest
+
 CASE_GUEST_KEY = pytest.StashKey["CaseGuest"]()
 
 def _failure_text(exc: GuestFailure, info: KernelInfo | None, rules: HealthRules,
