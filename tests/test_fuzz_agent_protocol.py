@@ -12,13 +12,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from harness.judging.crashes import crash_fingerprint
 from harness.judging.health import HealthRules
 from harness.machines.session import (
     CallResult,
     GuestCallError,
     GuestFailure,
     GuestSession,
-    crash_fingerprint,
 )
 from harness.plugin.run import _failure_text
 from tests.fake_machine import CLEAN_HEALTH, DIE, FakeMachine, Reply, hello_line, response_line
