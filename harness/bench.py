@@ -126,8 +126,8 @@ class PeakMemory:
                     status = (pid_dir / "status").read_text()
                 except OSError:
                     continue
-                hwm = next((int(l.split()[1]) / 1024 for l in status.splitlines()
-                            if l.startswith("VmHWM:")), None)
+                hwm = next((int(line.split()[1]) / 1024 for line in status.splitlines()
+                            if line.startswith("VmHWM:")), None)
                 if hwm is None:
                     continue
                 pid = int(pid_dir.name)

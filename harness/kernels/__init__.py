@@ -13,8 +13,7 @@ provider.py name -> tree, fetching into the cache
 """
 from .apt import DEBIAN_KEYRING, AptArchive, apt_sandbox_user
 from .provider import KernelProvider
-from .specs import (KernelSpec, default_kernel_names, expand_kernel_args, load_specs,
-                    parse_spec)
+from .specs import KernelSpec, default_kernel_names, expand_kernel_args, load_specs, parse_spec
 from .trees import KernelTree, bzimage_release
 
 __all__ = ["DEBIAN_KEYRING", "AptArchive", "KernelProvider", "KernelSpec", "KernelTree",

@@ -60,7 +60,7 @@ def system_debian_mirror() -> str | None:
     explicit = os.environ.get("KCONFORM_DEBIAN_MIRROR")
     if explicit:  # set but empty: unset, as a CI matrix may leave it
         return check_mirror_url(explicit, "KCONFORM_DEBIAN_MIRROR").rstrip("/")
-    candidates = [Path("/etc/apt/sources.list")] + sorted(Path("/etc/apt/sources.list.d").glob("*"))
+    candidates = [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]
     for path in candidates:
         try:
             text = path.read_text()
@@ -136,7 +136,7 @@ class AptArchive:
             (root / sub).mkdir(parents=True, exist_ok=True)
         (root / "state" / "status").touch()
         (root / "etc" / "apt.conf").touch()
-        stray = [p for p in (root / "etc" / "apt.conf.d").iterdir()]
+        stray = list((root / "etc" / "apt.conf.d").iterdir())
         if stray or (root / "etc" / "apt.conf").stat().st_size:
             raise KconformError(f"kconform's private apt configuration in {root / 'etc'} has "
                                 f"been added to ({', '.join(p.name for p in stray) or 'apt.conf'}"
@@ -227,7 +227,7 @@ class AptArchive:
                               capture_output=True, env=self.environment())
 
     def _refuse_unsandboxed(self, spec: KernelSpec, proc: subprocess.CompletedProcess[str]) -> None:
-        lines = [l for l in (proc.stdout + proc.stderr).splitlines() if UNSANDBOXED in l]
+        lines = [line for line in (proc.stdout + proc.stderr).splitlines() if UNSANDBOXED in line]
         if lines:
             raise KernelUnavailable(f"{spec.name}: apt could not run its downloads as _apt, and "
                                     "kconform does not let it download as root: make TMPDIR a "
@@ -237,9 +237,9 @@ class AptArchive:
         with self.session():
             proc = self._run("apt-get", spec, ["update"])
         self._refuse_unsandboxed(spec, proc)
-        problems = [l for l in (proc.stdout + proc.stderr).splitlines()
-                    if l.startswith(("E:", "W: Failed", "W: GPG", "Err:"))
-                    or "NO_PUBKEY" in l or "not signed" in l]
+        problems = [line for line in (proc.stdout + proc.stderr).splitlines()
+                    if line.startswith(("E:", "W: Failed", "W: GPG", "Err:"))
+                    or "NO_PUBKEY" in line or "not signed" in line]
         if proc.returncode != 0 or problems:
             detail = "\n".join(problems[-6:]) or proc.stderr.strip()[-800:]
             if "not signed" in detail:

@@ -155,7 +155,8 @@ class KernelProvider:
                                   "suites": list(spec.suites)})
             os.rename(tree, root)  # the publish step: a tree is complete or absent
         except OSError as exc:
-            raise KernelUnavailable(_unpack_error(spec.name, "the kernel packages", str(exc), staging))
+            raise KernelUnavailable(_unpack_error(spec.name, "the kernel packages", str(exc),
+                                                  staging)) from None
 
     def _tree_from(self, name: str, root: Path, meta: Manifest) -> KernelTree:
         release, version = meta.get("release"), meta.get("package_version")

@@ -11,8 +11,9 @@ import collections
 import queue
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Protocol
+from typing import Protocol
 
 PANIC_MARKERS = ("Kernel panic - not syncing", "---[ end Kernel panic")
 
@@ -153,7 +154,7 @@ class LineChannel:
             except queue.Empty:
                 if self.console.panicked.is_set():
                     self.console.ended.wait(0.5)  # let the rest of the panic reach the log
-                    raise GuestDied("kernel panic")
+                    raise GuestDied("kernel panic") from None
                 continue
             if line is None:
                 self._lines.put(None)

@@ -33,7 +33,7 @@ from .accel import Accel
 from .channel import Console, GuestDied, LineChannel
 from .rootfs import GUEST_BPF, GUEST_REPO, Rootfs
 
-_LIVE: "weakref.WeakSet[QemuMachine]" = weakref.WeakSet()
+_LIVE: weakref.WeakSet[QemuMachine] = weakref.WeakSet()
 
 
 def pinned_root_mounts() -> tuple[tuple[Path, str], ...]:
@@ -233,7 +233,7 @@ def _virtiofsd_virtme_picks(search_path: str) -> str | None:
     return None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def virtiofs_keeps_root_readonly(search_path: str) -> bool:
     """Whether vng may use virtiofs: only when the virtiofsd it would start can both export a
     directory (--shared-dir; QEMU's old C virtiofsd on Debian 12 cannot, and virtme-ng waits
@@ -340,7 +340,8 @@ class QemuMachine:
 
     def failure_hint(self) -> str:
         """A fix worth naming when this guest failed to boot."""
-        if self.accel.name == "kvm" and any("KVM internal error" in l for l in self.console.lines):
+        if self.accel.name == "kvm" and any("KVM internal error" in line
+                                            for line in self.console.lines):
             return "; KVM failed to run this kernel: rerun with --accel tcg"
         return ""
 
@@ -395,10 +396,8 @@ class QemuMachine:
                         self.proc.stdin.close()
                 except OSError:
                     pass
-                try:
+                with contextlib.suppress(subprocess.TimeoutExpired):
                     self.proc.wait(timeout=timeout)
-                except subprocess.TimeoutExpired:
-                    pass
         finally:
             self.kill()
 
@@ -410,14 +409,10 @@ class QemuMachine:
             self._reaper.kill()
             self._reaper.wait()
             self._reaper = None
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
         for t in self._threads:
             t.join(timeout=2)
         _LIVE.discard(self)

@@ -57,7 +57,7 @@ class RootfsSpec:
     digest: str  # of the recipe's text: a changed recipe is a different root
 
     @classmethod
-    def load(cls, path: Path) -> "RootfsSpec":
+    def load(cls, path: Path) -> RootfsSpec:
         text = path.read_text()
         data = tomllib.loads(text)
         return cls(name=path.stem, suite=data["suite"], packages=tuple(data["packages"]),

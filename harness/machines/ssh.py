@@ -12,6 +12,7 @@ Host keys are checked against ~/.ssh/known_hosts and --ssh-known-hosts; only
 """
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import re
 import shlex
@@ -96,7 +97,7 @@ class SshTarget:
 
     @classmethod
     def parse(cls, url: str, *, key_file: str | None = None, known_hosts: str | None = None,
-              accept_any_host_key: bool = False) -> "SshTarget":
+              accept_any_host_key: bool = False) -> SshTarget:
         scheme, sep, rest = url.partition("://")
         if scheme != "ssh" or not sep:
             raise _target_error(url, "not an ssh:// URL")
@@ -394,10 +395,8 @@ class SshMachine:
                     remote = f"{base}/{f.relative_to(REPO_ROOT)}"
                     for parent in reversed(Path(remote).parents):
                         if str(parent).startswith(remote_dir) and parent not in made:
-                            try:
+                            with contextlib.suppress(OSError):  # it exists
                                 sftp.mkdir(str(parent), 0o700)
-                            except OSError:
-                                pass  # it exists
                             made.add(parent)
                     sftp.put(str(f), remote)
             self._uploaded[REPO_ROOT] = base

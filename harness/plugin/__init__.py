@@ -159,4 +159,4 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatu
 
 
 # The hooks above, the options and the fixtures make the plugin pytest registers (conftest.py).
-__all__ = ["pytest_addoption", "bpf_object", "expect", "guest"]
+__all__ = ["bpf_object", "expect", "guest", "pytest_addoption"]

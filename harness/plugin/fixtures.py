@@ -80,7 +80,7 @@ class CaseGuest:
         if findings:
             self.item.stash[CRASHED_KEY] = True
             lines = "\n".join(f"  {f}" for f in findings)
-            log = "\n".join(f"  | {l}" for l in health.get("log_during", [])[-60:])
+            log = "\n".join(f"  | {line}" for line in health.get("log_during", [])[-60:])
             pytest.fail(f"the kernel reported a problem during this test:\n{lines}\n"
                         f"kernel log during the test:\n{log}", pytrace=False)
 

@@ -313,7 +313,7 @@ CRASHED_KEY = pytest.StashKey[bool]()
 if TYPE_CHECKING:  # fixtures imports this module
     from .fixtures import CaseGuest
 
-CASE_GUEST_KEY = pytest.StashKey["CaseGuest"]()
+CASE_GUEST_KEY: pytest.StashKey[CaseGuest] = pytest.StashKey()
 
 def _failure_text(exc: GuestFailure, info: KernelInfo | None, rules: HealthRules,
                   known: KnownCrash | None) -> str:
