@@ -83,8 +83,12 @@ def test_manifest_catches_truncated_and_changed_files(tmp_path):
     os.truncate(tmp_path / "lib/modules/1.0/a.ko", 10)
     assert "a.ko" in check_manifest(tmp_path)[1]
     _tree(tmp_path / "again")
-    (tmp_path / "again/boot/vmlinuz-1.0").write_bytes(b"KERNEL" * 100)  # same size, other bytes
-    assert "sha256" in check_manifest(tmp_path / "again")[1]
+    image = tmp_path / "again/boot/vmlinuz-1.0"
+    published = image.stat()
+    image.write_bytes(b"KERNEL" * 100)  # same size, other bytes
+    assert "modified after the tree was published" in check_manifest(tmp_path / "again")[1]
+    os.utime(image, ns=(published.st_atime_ns, published.st_mtime_ns))  # even with its old mtime,
+    assert "sha256" in check_manifest(tmp_path / "again")[1]           # the image is hashed
 
 
 def test_a_damaged_cached_kernel_is_fetched_again(tmp_path, monkeypatch):
