@@ -38,7 +38,7 @@ FLOOR_FACTOR = 1.3
 NAIVE_RATIO_TARGET = 20.0
 MATRIX_TARGET_S = 240.0
 
-# QemuMachine functions a user without kconform would script one boot each for, with their arguments.
+# Guest functions a user without kconform would script one boot each for, with their arguments.
 NAIVE_SAMPLE: list[tuple[str, dict[str, object]]] = [
     ("cases.guest.create:create_with_value_sizes", {"map_type": "sockmap"}),
     ("cases.guest.update:update_flags", {"map_type": "sockhash"}),
@@ -277,11 +277,13 @@ def _met(ok: bool) -> str:
 
 def print_tables(f: Figures) -> None:
     print(f"accelerator: {f['accel']}")
-    print(f"{'kernel':12} {'floor s':>7} {'suite s':>7} {'boots':>5} {'boot':>6} {'agent':>6} {'work':>6} "
+    print(f"{'kernel':12} {'floor s':>7} {'suite s':>7} {'boots':>5} {'boot':>6} {'agent':>6} "
+          f"{'work':>6} "
           f"{'hangs':>6} {'cases':>5} {'ovh ms':>7} {'suite/floor':>11} {'budget s':>8} "
           f"{'naive/suite':>11} {'qemu MiB':>8}")
     for name, k in f["kernels"].items():
-        print(f"{name:12} {k['floor_s']:7.1f} {k['suite_s']:7.1f} {k.get('boots', 1):5d} {k['boot_s']:6.1f} "
+        print(f"{name:12} {k['floor_s']:7.1f} {k['suite_s']:7.1f} {k.get('boots', 1):5d} "
+              f"{k['boot_s']:6.1f} "
               f"{k['agent_start_s']:6.1f} {k['work_s']:6.1f} {k['expected_hangs_s']:6.1f} "
               f"{k['cases']:5d} {k['overhead_ms']:7.1f} {k['suite_over_floor']:11.2f} "
               f"{k['suite_budget_s']:8.1f} {k['naive_over_suite']:11.1f} "

@@ -15,7 +15,7 @@ USAGE = """\
 ./kconform suite --compare BASE NEW [pytest args]          run two kernels, report what differs
 ./kconform test [pytest args]                              kconform's own tests (tests/)
 ./kconform merge RESULTS... [-o DIR]                       one grid from several runs' report.json
-./kconform compare RESULTS [RESULTS] [--base K --new K]    differing behaviours, exit 1 on regression
+./kconform compare RESULTS [RESULTS] [--base K --new K]    what differs; exit 1 on a regression
 ./kconform kernels                                         list the known kernel names
 ./kconform cache verify                                    re-hash the cached kernels and roots
 ./kconform bench [--kernel NAME]                           floor, suite, naive loop, matrix, memory
@@ -115,7 +115,8 @@ def merge_main(argv: list[str]) -> int:
         print(f"kconform merge: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # the directory stopped taking files while the reports were written
-        print(f"kconform merge: -o {args.output}: cannot write the reports ({exc.strerror or exc}); "
+        print(f"kconform merge: -o {args.output}: cannot write the reports "
+              f"({exc.strerror or exc}); "
               "give -o a directory you can write", file=sys.stderr)
         return 2
     return 0

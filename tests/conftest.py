@@ -48,4 +48,4 @@ def verdicts_of(results_dir: Path, kernel: str) -> dict:
 def leftover_guests(pid: int) -> list[str]:
     """Processes a run with this pid started and left behind (guests are named kconform-<pid>)."""
     out = subprocess.run(["pgrep", "-af", f"kconform-{pid}"], capture_output=True, text=True)
-    return [l for l in out.stdout.splitlines() if "pgrep" not in l]
+    return [line for line in out.stdout.splitlines() if "pgrep" not in line]

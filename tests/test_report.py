@@ -105,7 +105,7 @@ def check_reports_agree(directory):
     for kernel in res.kernel_order():
         counts = res.counts(kernel)
         assert page.totals[kernel] == counts
-        row = next(l for l in md.splitlines() if l.startswith(f"| {kernel} |"))
+        row = next(line for line in md.splitlines() if line.startswith(f"| {kernel} |"))
         assert row.endswith(" | ".join(str(counts[v]) for v in results.VERDICTS) + " |")
     return res, md, page
 
@@ -147,7 +147,7 @@ def test_the_html_page_needs_no_network(tmp_path):
 
 
 def test_failures_carry_reproduction_lines_and_console(tmp_path):
-    res, md, page = check_reports_agree_from(REGRESSION, tmp_path)
+    res, md, _page = check_reports_agree_from(REGRESSION, tmp_path)
     failed = [c for c in res.cases if c.verdict in ("fail", "crashed")]
     assert {c.verdict for c in failed} == {"fail", "crashed"}
     # The run judged with its own expectations file: rerunning a case must judge with it too.
@@ -269,7 +269,7 @@ def test_a_run_records_every_case_including_those_without_a_verdict(run_pytest):
     proc = run_pytest("tests/reportcases/fake.py", "--kernel", "debian-5.10,debian-7.2",
                       "-n", "2")
     assert proc.returncode == 1
-    res, md, page = check_reports_agree(proc.results)
+    res, _md, _page = check_reports_agree(proc.results)
     verdicts = {(c.case, c.kernel): (c.behaviour, c.verdict) for c in res.cases}
     assert verdicts == {
         ("test_a_pass", "debian-5.10"): ("U1", "pass"),
@@ -326,7 +326,8 @@ def test_the_reproduction_line_reruns_just_that_case(run_pytest, tmp_path):
         case.reproduce)[1:], f"--results-dir={tmp_path / 'rerun'}", "-p", "no:cacheprovider"],
         cwd=REPO, capture_output=True, text=True, timeout=120)
     assert rerun.returncode == 1
-    assert re.search(r"\b1 failed\b", rerun.stdout) and "passed" not in rerun.stdout.splitlines()[-1]
+    assert re.search(r"\b1 failed\b", rerun.stdout)
+    assert "passed" not in rerun.stdout.splitlines()[-1]
     (only,) = results.load(tmp_path / "rerun").cases
     assert (only.id, only.kernel) == (case.id, "debian-7.2")
 
@@ -351,7 +352,8 @@ def test_junit_is_one_suite_per_kernel_with_kernel_properties():
     root = ET.fromstring(junit.junit_text(results.load(BOTH)).encode())
     assert [s.get("name") for s in root] == ["kconform debian-5.10", "kconform debian-7.2"]
     tc = next(root.iter("testcase"))
-    assert tc.get("classname").startswith("debian-5.10.") and re.match(r"[A-Z]\d+\w* test_", tc.get("name"))
+    assert tc.get("classname").startswith("debian-5.10.")
+    assert re.match(r"[A-Z]\d+\w* test_", tc.get("name"))
 
 
 def test_costly_rewrites_are_spaced_out_and_what_they_skip_is_written_soon(tmp_path, monkeypatch):

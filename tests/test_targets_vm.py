@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from harness.reports import results
-from harness.machines.accel import choose_accel
 from harness.kernels import KernelProvider
-from harness.machines.ssh import SshError, SshTarget, connect, run
+from harness.machines.accel import choose_accel
 from harness.machines.qemu import QemuMachine
+from harness.machines.ssh import SshError, SshTarget, connect, run
+from harness.reports import results
 from tests.conftest import verdicts_of
 
 pytestmark = pytest.mark.vm
@@ -26,7 +26,8 @@ VNG_SSH = Path.home() / ".cache" / "virtme-ng" / ".ssh"  # where vng --ssh keeps
 # with --verbose, now and then without). So the guest gives its one NIC the address QEMU's user
 # network forwards to, whatever it is called; where DHCP did it already, `ip` just says so.
 CONFIGURE_NETWORK = ("for nic in /sys/class/net/*; do n=${nic##*/}; [ \"$n\" = lo ] && continue; "
-                     "ip link set \"$n\" up; ip addr add 10.0.2.15/24 dev \"$n\"; done 2>/dev/null; "
+                     "ip link set \"$n\" up; ip addr add 10.0.2.15/24 dev \"$n\"; "
+                     "done 2>/dev/null; "
                      "ip route add default via 10.0.2.2 2>/dev/null; ")
 
 
@@ -53,8 +54,9 @@ def ssh_target(tmp_path_factory):
     tree = provider.get("debian-6.1")
     port = _free_port()
     accel = choose_accel(tree.vmlinuz, cache=provider.cache)  # the run's probe answer, if cached
-    guest = QemuMachine(tree, accel, tmp / "console.log", command=CONFIGURE_NETWORK + "cat >/dev/null",
-                  extra_vng=("--ssh", str(port), "--ssh-tcp"))
+    guest = QemuMachine(tree, accel, tmp / "console.log",
+                        command=CONFIGURE_NETWORK + "cat >/dev/null",
+                        extra_vng=("--ssh", str(port), "--ssh-tcp"))
     guest.start()
     try:
         key = VNG_SSH / "id_virtme"
@@ -72,7 +74,7 @@ def ssh_target(tmp_path_factory):
             except SshError:
                 if time.monotonic() > deadline or not guest.alive:
                     raise AssertionError("the SSH target never answered; its console:\n"
-                                         + "\n".join(guest.console.tail(40)))
+                                         + "\n".join(guest.console.tail(40))) from None
                 time.sleep(2)
         yield target
     finally:

@@ -12,10 +12,9 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from harness.reports import results
+from harness.cache import cache_dir, check_manifest
 from harness.kernels import KernelProvider
-from harness.cache import check_manifest
-from harness.cache import cache_dir
+from harness.reports import results
 from tests.conftest import REPO, leftover_guests
 
 pytestmark = pytest.mark.vm
@@ -26,18 +25,21 @@ def test_suite_passes_on_5_10_and_6_1_with_one_boot_per_kernel(reference_run):
     assert proc.returncode == 0
     assert re.search(r"\b\d{3} passed\b", proc.stdout) and "failed" not in proc.stdout
     # 5.10 predates unix sockets in sockmap and skb_verdict: the differences are asserted
-    assert re.search(r"debian-5.10: 5\.10\.\S+ \(uname [^)]+\): \d+ expected-difference", proc.stdout)
-    assert re.search(r"debian-6.1: 6\.1\.\S+ \(uname [^)]+\): (\d+ expected-difference, )?\d+ pass$",
-                     proc.stdout, re.M)
+    assert re.search(r"debian-5.10: 5\.10\.\S+ \(uname [^)]+\): \d+ expected-difference",
+                     proc.stdout)
+    assert re.search(r"debian-6.1: 6\.1\.\S+ \(uname [^)]+\): "
+                     r"(\d+ expected-difference, )?\d+ pass$", proc.stdout, re.M)
     logs = sorted(p.name for p in (proc.results / "console").iterdir())
     # One guest per kernel, on one worker each: loadgroup kept each kernel together. 5.10.223
     # deadlocks on the doc's SK_PASS examples (E1, E3: an expected, cited hang). Those run last,
     # so it boots one replacement (between the two hangs), none after the last.
-    by_kernel = {k: [l for l in logs if l.startswith(k + "-")] for k in ("debian-5.10", "debian-6.1")}
+    by_kernel = {k: [log for log in logs if log.startswith(k + "-")]
+                 for k in ("debian-5.10", "debian-6.1")}
     assert len(by_kernel["debian-6.1"]) == 1 and len(by_kernel["debian-5.10"]) == 2, logs
-    assert len({l.split("-")[2] for l in by_kernel["debian-5.10"]}) == 1, logs  # one worker
+    assert len({log.split("-")[2] for log in by_kernel["debian-5.10"]}) == 1, logs  # one worker
     text = proc.junit.read_text()
-    assert 'name="kernel_version" value="5.10.' in text and 'name="kernel_version" value="6.1.' in text
+    assert 'name="kernel_version" value="5.10.' in text
+    assert 'name="kernel_version" value="6.1.' in text
 
 
 def test_a_wrong_expectation_makes_the_case_fail(run_pytest, tmp_path):
@@ -70,7 +72,8 @@ def test_injected_faults_fail_only_their_test_and_the_run_goes_on(run_pytest, tm
     sections = _failure_sections(out)
     assert "Kernel panic - not syncing: sysrq triggered crash" in sections["test_2_panic"]
     assert "crash fingerprint: sysrq_handle_crash|__handle_sysrq" in sections["test_2_panic"]
-    assert "known crash: sysrq-trigger crash injected by kconform's tests" in sections["test_2_panic"]
+    assert ("known crash: sysrq-trigger crash injected by kconform's tests"
+            in sections["test_2_panic"])
     assert "ran past 3" in sections["test_2_hang"]
     assert "WARNING: CPU: 0 PID:" in sections["test_2_warning"]
     assert "the guest died during" in sections["test_2_agent_dies"]
