@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -36,6 +37,7 @@ from ..cache import (
 from ..errors import KconformError
 from ..kernels import KernelTree
 from ..kernels.apt import DEBIAN_KEYRING, require_debian_mirror
+from ..kernels.specs import DEBIAN_PACKAGE, DEBIAN_SUITE
 from ..paths import REPO_ROOT
 
 IMAGES_DIR = REPO_ROOT / "images"
@@ -44,6 +46,46 @@ HOST = "host"
 # the mount points are made when the root is built.
 GUEST_REPO = "/kconform/repo"
 GUEST_BPF = "/kconform/bpf"
+
+
+# What images/*.toml may hold. suite and packages reach debootstrap's command line, after
+# --force-check-gpg: a value that starts with "-" would be read as an option (debootstrap takes
+# no "--" to end them), so each is checked against the grammar of what it names.
+RECIPE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+DEBOOTSTRAP_VARIANTS = ("minbase", "buildd", "fakechroot")
+RECIPE_FIELDS = {
+    "suite": 'the Debian suite, e.g. suite = "bookworm"',
+    "packages": 'a list of Debian packages, e.g. packages = ["python3", "libbpf1"]',
+    "variant": f"one of debootstrap's variants ({', '.join(DEBOOTSTRAP_VARIANTS)}), e.g. "
+               'variant = "minbase"',
+    "description": 'one line saying what the root is, e.g. description = "Debian 12 bookworm"',
+}
+REQUIRED_RECIPE_FIELDS = ("suite", "packages")
+
+
+def _recipe_problem(path: Path, field: str, value: object, what: str) -> KconformError:
+    return KconformError(f"{path}: {field} = {value!r} is not {what}; write "
+                         f"{RECIPE_FIELDS[field]}")
+
+
+def _recipe_string(path: Path, data: dict[str, object], field: str, valid: Callable[[str], bool],
+                   what: str, default: str) -> str:
+    value = data.get(field, default)
+    if not isinstance(value, str) or not valid(value):
+        raise _recipe_problem(path, field, value, what)
+    return value
+
+
+def _recipe_packages(path: Path, data: dict[str, object]) -> tuple[str, ...]:
+    value = data["packages"]
+    if not isinstance(value, list) or not value:
+        raise _recipe_problem(path, "packages", value,
+                              "a non-empty list (a single string is not a list)")
+    for item in value:
+        if not isinstance(item, str) or not DEBIAN_PACKAGE.fullmatch(item):
+            raise _recipe_problem(path, "packages", value,
+                                  f"a list of Debian package names ({item!r} is not one)")
+    return tuple(value)
 
 
 @dataclass(frozen=True)
@@ -58,11 +100,47 @@ class RootfsSpec:
 
     @classmethod
     def load(cls, path: Path) -> RootfsSpec:
-        text = path.read_text()
-        data = tomllib.loads(text)
-        return cls(name=path.stem, suite=data["suite"], packages=tuple(data["packages"]),
-                   variant=data.get("variant", "minbase"), description=data.get("description", ""),
-                   digest=hashlib.sha256(text.encode()).hexdigest()[:12])
+        """One recipe, every field checked: a KconformError names the file, the field and the
+        fix."""
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise KconformError(f"{path}: cannot read this root filesystem recipe ({exc}); make "
+                                "it a readable UTF-8 file or remove it") from None
+        return cls.parse(path, text)
+
+    @classmethod
+    def parse(cls, path: Path, text: str) -> RootfsSpec:
+        name = path.stem
+        if not RECIPE_NAME.fullmatch(name) or name == HOST:
+            raise KconformError(f"{path}: {name!r} cannot be a root filesystem name (it becomes "
+                                "a directory name): rename the file to letters, digits and "
+                                f". _ + - only, not {HOST!r}, e.g. images/debian-bookworm.toml")
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise KconformError(f"{path}: not valid TOML ({exc}); fix the file, e.g. "
+                                'suite = "bookworm"') from None
+        unknown = sorted(set(data) - set(RECIPE_FIELDS))
+        if unknown:
+            raise KconformError(f"{path}: unknown field {unknown[0]!r}; a root filesystem recipe "
+                                f"has {', '.join(RECIPE_FIELDS)}")
+        missing = [f for f in REQUIRED_RECIPE_FIELDS if f not in data]
+        if missing:
+            raise KconformError(f"{path}: missing field {missing[0]!r}; add "
+                                f"{RECIPE_FIELDS[missing[0]]}")
+        return cls(
+            name=name,
+            suite=_recipe_string(path, data, "suite", lambda v: bool(DEBIAN_SUITE.fullmatch(v)),
+                                 "a Debian suite name", default=""),
+            packages=_recipe_packages(path, data),
+            variant=_recipe_string(path, data, "variant", DEBOOTSTRAP_VARIANTS.__contains__,
+                                   f"one of {', '.join(DEBOOTSTRAP_VARIANTS)}",
+                                   default="minbase"),
+            description=_recipe_string(path, data, "description",
+                                       lambda v: not re.search(r"[\x00-\x1f\x7f]", v),
+                                       "one line of text", default=""),
+            digest=hashlib.sha256(text.encode()).hexdigest()[:12])
 
 
 @dataclass(frozen=True)
@@ -80,15 +158,32 @@ class Rootfs:
         return f"{self.name}@{self.digest}" + (f" ({key})" if key else "")
 
 
+def recipe_names(directory: Path = IMAGES_DIR) -> list[str]:
+    """The recipes' names (their files' stems), none of them read."""
+    return [p.stem for p in sorted(directory.glob("*.toml"))]
+
+
+def load_recipe(name: str, directory: Path = IMAGES_DIR) -> RootfsSpec:
+    """The recipe `name` (one of recipe_names), checked; the other recipes are not read, so a
+    broken one stops only runs that choose it."""
+    return RootfsSpec.load(directory / f"{name}.toml")
+
+
 def load_recipes(directory: Path = IMAGES_DIR) -> dict[str, RootfsSpec]:
-    return {p.stem: RootfsSpec.load(p) for p in sorted(directory.glob("*.toml"))}
+    return {name: load_recipe(name, directory) for name in recipe_names(directory)}
 
 
-def check_rootfs_name(name: str) -> None:
-    if name != HOST and name not in load_recipes():
+def check_rootfs_name(name: str, directory: Path = IMAGES_DIR) -> None:
+    """A --rootfs value: 'host' or a recipe whose every field is valid (checked before any
+    boot)."""
+    if name == HOST:
+        return
+    known = recipe_names(directory)
+    if name not in known:
         raise KconformError(f"unknown root filesystem {name!r}. Known: {HOST} (the host's own "
-                            f"root, the default), {', '.join(load_recipes()) or 'none'} "
+                            f"root, the default), {', '.join(known) or 'none'} "
                             "(images/*.toml defines them)")
+    load_recipe(name, directory)
 
 
 class RootfsProvider:
@@ -109,14 +204,15 @@ class RootfsProvider:
             raise KconformError(f"rootfs {name}: {exc}") from None
 
     def _get(self, name: str) -> Rootfs:
-        spec = load_recipes()[name]
+        spec = load_recipe(name)
         root = self.dir / f"{name}-{spec.digest}"
         with self._lock(root.name):
             if root.exists() or root.is_symlink():
                 meta, problem = check_published(root, self.log)
                 if meta:
                     return Rootfs(name, root, spec.digest, _recorded_packages(root, meta))
-                self.log(f"rootfs {name}: cached root {root} is damaged ({problem}); building again")
+                self.log(f"rootfs {name}: cached root {root} is damaged ({problem}); "
+                         "building again")
                 remove_published(root)
             self._build(spec, root)
             meta, problem = check_manifest(root)
@@ -211,7 +307,8 @@ def _recorded_packages(root: Path, meta: Manifest) -> dict[str, str]:
 
 def _installed_packages(root: Path) -> dict[str, str]:
     proc = subprocess.run(["dpkg-query", f"--admindir={root}/var/lib/dpkg", "-W",
-                           "-f=${Package} ${Version}\n"], capture_output=True, text=True, check=True)
+                           "-f=${Package} ${Version}\n"],
+                          capture_output=True, text=True, check=True)
     return dict(line.split(" ", 1) for line in proc.stdout.splitlines() if " " in line)
 
 
