@@ -28,6 +28,7 @@ import paramiko
 from ..errors import KconformError
 from ..kernels import KernelTree
 from ..paths import REPO_ROOT, agent_argv
+from ..versions import upstream_version
 from .channel import Console, GuestDied, LineChannel
 
 # The repo's files the guest side imports: the agent and what the cases' guest functions use.
@@ -277,6 +278,12 @@ def parse_description(target: SshTarget, out: str, err: str, config_dir: Path) -
     elif len(lines) > 3 and lines[3].startswith("Ubuntu ") and lines[3].split():
         match = _UBUNTU_VERSION.fullmatch(lines[3].split()[-1])
         version = match.group() if match else None
+    try:  # the expectations are chosen by this version: a kernel without one cannot be judged
+        upstream_version(version or release)
+    except ValueError:
+        raise SshError(f"{target.url}: its kernel release {release!r} names no version (like "
+                       "6.1.0-50-amd64), so no expectations apply to it; run a kernel whose "
+                       "`uname -r` starts with its version") from None
     config_path = None
     if config.strip():
         config_dir.mkdir(parents=True, exist_ok=True)
