@@ -274,3 +274,53 @@ def test_a_virtiofsd_that_cannot_export_a_directory_is_not_used(tmp_path, monkey
     (bin_dir / "virtiofsd").write_text("#!/bin/sh\necho 'usage: virtiofsd -o source=PATH'\n")
     (bin_dir / "virtiofsd").chmod(0o755)
     assert not virtiofs_keeps_root_readonly(f"{bin_dir}:/nonexistent")
+
+
+# -- review finding 1: what virtme-ng pastes into virtiofsd's os.system line
+
+
+def test_a_hostile_tmpdir_never_reaches_virtiofsds_shell_line(tmp_path, monkeypatch,
+                                                               private_cache):
+    """Before: virtme-run made virtiofsd's socket with tempfile.mkstemp in $TMPDIR and pasted its
+    path into the os.system line that starts virtiofsd, so TMPDIR ran a command."""
+    log = stand_in_virtiofsd(tmp_path / "bin", readonly=True)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    hostile = tmp_path / "t$(touch pwned-by-tmpdir)"
+    hostile.mkdir()
+    monkeypatch.setenv("TMPDIR", str(hostile))
+    cmd = build_vng_command(tree_for(fake_image(tmp_path / "bzImage")), TCG, "true")
+    assert "--force-9p" not in cmd  # virtiofs is used: the line under test is built
+    line = qemu_line(dry_run(cmd, tmp_path / "cwd"))
+    assert not (tmp_path / "cwd" / "pwned-by-tmpdir").exists(), "TMPDIR ran a command"
+    assert "vhost-user-fs" in line
+    sockets = re.findall(r"--socket-path (\S+)", log.read_text())
+    assert sockets and all(s.startswith(f"{private_cache}/tmp/") for s in sockets), sockets
+    tmp = private_cache / "tmp"
+    assert tmp.stat().st_mode & 0o777 == 0o700
+
+
+def test_a_tmpdir_someone_else_could_write_is_not_used(tmp_path, private_cache):
+    (private_cache / "tmp").mkdir(parents=True)
+    os.chmod(private_cache / "tmp", 0o777)
+    with pytest.raises(KconformError, match="tmp is not a directory only you can write to"):
+        vm.vng_environment()
+
+
+def test_a_virtiofsd_whose_path_a_shell_would_read_is_not_used(tmp_path, monkeypatch):
+    """virtme-ng pastes virtiofsd's path into its os.system line: such a one means 9p."""
+    bin_dir = tmp_path / "bin;touch pwned-by-virtiofsd;"
+    stand_in_virtiofsd(bin_dir, readonly=True)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    cmd = build_vng_command(tree_for(fake_image(tmp_path / "bzImage")), TCG, "true")
+    assert "--force-9p" in cmd
+    qemu_line(dry_run(cmd, tmp_path / "cwd"))
+    assert not (tmp_path / "cwd" / "pwned-by-virtiofsd").exists()
+
+
+def test_guest_tools_in_a_venv_whose_path_a_shell_would_read_mean_9p(tmp_path, monkeypatch):
+    """virtiofsd's --shared-dir names virtme-ng's guest tools, inside its venv."""
+    stand_in_virtiofsd(tmp_path / "bin", readonly=True)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    monkeypatch.setattr(vm, "_guest_tools", lambda: "/home/me/venv $(id)/virtme/guest")
+    cmd = build_vng_command(tree_for(fake_image(tmp_path / "bzImage")), TCG, "true")
+    assert "--force-9p" in cmd

@@ -1,4 +1,5 @@
-"""VM runner: one QemuMachine object owns one virtme-ng guest's life (start, exchange lines, stop, logs).
+"""VM runner: one QemuMachine object owns one virtme-ng guest's life (start, exchange lines,
+stop, logs).
 
 The agent channel is virtme-ng's own script I/O: the guest command's stdin/stdout travel over
 virtio-serial ports, separate from the kernel console, which virtme-ng sends to stderr (--verbose).
@@ -121,23 +122,36 @@ def _require_plain_path(path: str, what: str, fix: str) -> str:
     return path
 
 
-def _alias_dir() -> Path:
-    """Where kconform keeps its plain-named links to paths vng cannot be given as they are."""
+def _private_dir(name: str) -> Path:
+    """<cache>/name, a directory only this user can write, with a plain path (QEMU and virtiofsd
+    follow links kept there, and virtme-ng pastes paths made there into its shell lines)."""
     cache = cache_dir().absolute()
     _require_plain_path(str(cache), "kconform's cache",
                         "set KCONFORM_CACHE to a directory with a plain path")
-    links = cache / "vng-paths"
+    directory = cache / name
     try:
-        links.mkdir(mode=0o700, exist_ok=True)
-        st = links.lstat()
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = directory.lstat()
     except OSError as exc:
-        raise KconformError(f"cannot create {links} ({exc.strerror}): make {cache} writable, "
+        raise KconformError(f"cannot create {directory} ({exc.strerror}): make {cache} writable, "
                             "or set KCONFORM_CACHE to a directory you own") from None
-    # A link there is followed by QEMU and virtiofsd: never one someone else could replace.
-    if not links.is_dir() or links.is_symlink() or st.st_uid != os.getuid() or st.st_mode & 0o022:
-        raise KconformError(f"{links} is not a directory only you can write to: remove it "
+    if (not directory.is_dir() or directory.is_symlink() or st.st_uid != os.getuid()
+            or st.st_mode & 0o022):
+        raise KconformError(f"{directory} is not a directory only you can write to: remove it "
                             "(kconform recreates it)")
-    return links
+    return directory
+
+
+def _alias_dir() -> Path:
+    """Where kconform keeps its plain-named links to paths vng cannot be given as they are."""
+    return _private_dir("vng-paths")
+
+
+def vng_tmpdir() -> str:
+    """The TMPDIR vng runs with: virtme-run makes virtiofsd's socket with tempfile.mkstemp and
+    pastes its path into the os.system line that starts virtiofsd, so the user's TMPDIR (which
+    may hold anything) never reaches it."""
+    return str(_private_dir("tmp"))
 
 
 def _plain_alias(target: Path) -> Path:
@@ -187,7 +201,7 @@ def vng_kernel_path(path: Path | str) -> str:
         for parent in path.parents:
             if parent == Path("/"):
                 break
-            if (parent / "lib" / "modules").exists() or (parent / "usr" / "lib" / "modules").exists():
+            if any((parent / modules).exists() for modules in ("lib/modules", "usr/lib/modules")):
                 anchor = parent
                 break
     if anchor is not None:
@@ -208,18 +222,25 @@ def vng_environment(base: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ if base is None else base)
     # vng runs virtme-run from PATH: make it the one installed beside this Python.
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}:/usr/sbin:/sbin"
+    env["TMPDIR"] = vng_tmpdir()
     return env
+
+
+def _guest_tools() -> str | None:
+    """virtme-ng's guest tools directory (inside its installation, so inside a venv)."""
+    try:
+        from virtme import resources
+        tools = resources.find_guest_tools()
+    except Exception:  # virtme-ng missing or changed: then no guest tools of its own to find
+        return None
+    return tools if isinstance(tools, str) else None
 
 
 def _virtiofsd_virtme_picks(search_path: str) -> str | None:
     """The virtiofsd virtme-run would start, found as it finds it (virtme/commands/run.py,
     VirtioFS._get_virtiofsd_path): the first of its guest tools' own, PATH's, then fixed paths,
     that exists, is executable and answers --version with status 0."""
-    try:
-        from virtme import resources
-        tools = resources.find_guest_tools()
-    except Exception:  # virtme-ng missing or changed: then no guest tools of its own to find
-        tools = None
+    tools = _guest_tools()
     candidates = (f"{tools}/bin/virtiofsd" if tools else None,
                   shutil.which("virtiofsd", path=search_path), *_VIRTIOFSD_PATHS)
     for path in candidates:
@@ -239,9 +260,15 @@ def virtiofs_keeps_root_readonly(search_path: str) -> bool:
     directory (--shared-dir; QEMU's old C virtiofsd on Debian 12 cannot, and virtme-ng waits
     3.1 s per exported directory before falling back to 9p) and export it read-only
     (--readonly, virtiofsd 1.13+; virtme-ng silently shares the host's root writable with one
-    that lacks it, and the guest runs as root). Otherwise --force-9p: 9p passes readonly=on."""
+    that lacks it, and the guest runs as root). Otherwise --force-9p: 9p passes readonly=on.
+    virtme-ng starts virtiofsd with os.system, pasting in virtiofsd's own path and the guest
+    tools directory it shares: virtiofs is used only when both are plain too (9p hands them to
+    QEMU as arguments, no shell between)."""
     path = _virtiofsd_virtme_picks(search_path)
-    if path is None:
+    if path is None or _unsafe_char(path) is not None:
+        return False
+    tools = _guest_tools()
+    if tools is not None and _unsafe_char(tools) is not None:
         return False
     try:
         # virtme-ng reads --help with stderr folded in and requires status 0 for --readonly
