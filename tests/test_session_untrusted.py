@@ -5,6 +5,7 @@ Sessions, channels, consoles and the guest pool driven by a FakeMachine replayin
 """
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 from harness.judging.crashes import crash_fingerprint
 from harness.judging.health import HealthRules
 from harness.machines import channel
-from harness.machines.channel import Console, LineChannel
+from harness.machines.channel import ChannelOverflow, Console, LineChannel
 from harness.machines.session import (
     BootFailure,
     BootProtocolError,
@@ -337,4 +338,53 @@ def test_lines_nobody_asked_for_are_not_hoarded(tmp_path):
     line_channel = LineChannel(Console(tmp_path / "console.log"))
     line_channel.pump(f"{i}\n".encode() for i in range(channel.MAX_PENDING_LINES + 1000))
     assert line_channel.dropped == 1000
-    assert line_channel._lines.qsize() == channel.MAX_PENDING_LINES + 1  # and the EOF
+    queued = list(line_channel._lines.queue)
+    assert len(queued) == channel.MAX_PENDING_LINES + 1 + 1  # the overflow, and the EOF
+    assert isinstance(queued[-2], ChannelOverflow) and queued[-1] is None
+
+
+def test_a_chatty_guest_cannot_make_the_host_hold_its_lines(tmp_path):
+    """Review finding 3. Before: only the number of waiting lines was capped (256, of up to
+    16 MiB each, ~4 GiB), and the response after them was dropped without a trace."""
+    line_channel = LineChannel(Console(tmp_path / "console.log"))
+    chatter = (b"x" * 100_000 + b"\n" for _ in range(300))
+    line_channel.pump(itertools.chain(chatter, [good({"id": 1}).encode() + b"\n"]))
+    queued = list(line_channel._lines.queue)
+    held = sum(len(line) for line in queued if line is not None)
+    assert held <= channel.MAX_PENDING_BYTES + 1000, f"{held} bytes of lines held unread"
+    assert isinstance(queued[-2], ChannelOverflow), "the lines past the cap vanished unnoticed"
+    assert queued[-2].size >= 100_000 and queued[-1] is None
+
+
+def test_the_bytes_read_are_counted_off_the_cap(tmp_path, monkeypatch):
+    monkeypatch.setattr(channel, "MAX_PENDING_BYTES", 250)
+    line_channel = LineChannel(Console(tmp_path / "console.log"))
+    for line in ("a" * 100, "b" * 100):  # as pump() queues them, without its EOF
+        line_channel._queue(line)
+    assert line_channel.receive(1, lambda: "ended") == "a" * 100
+    line_channel._queue("c" * 100)  # 200 bytes unread again, not 300
+    assert line_channel.receive(1, lambda: "ended") == "b" * 100
+    assert line_channel.receive(1, lambda: "ended") == "c" * 100
+
+
+def test_lines_past_the_cap_are_a_protocol_error_never_a_lost_response(tmp_path, monkeypatch):
+    monkeypatch.setattr(channel, "MAX_PENDING_BYTES", 100_000)
+    session, machine = started(tmp_path, replies=lambda request: ["y" * 120_000, good(request)])
+    with pytest.raises(GuestProtocolError, match="nobody asked for") as broke:
+        session.call(FN, timeout=1)
+    assert "bytes dropped" in str(broke.value)
+    assert not machine.alive
+
+
+@pytest.mark.parametrize("stamp", ["1.2.3", ".", "..", "1.", "9" * 400 + ".0"])
+def test_a_console_stamp_that_is_no_time_gives_no_agent_start_time(tmp_path, stamp):
+    """Review finding 6. Before: float("1.2.3") raised ValueError in the guest fixture."""
+    session, machine = started(tmp_path)
+    machine.console.pump([f"[ {stamp}] virtme-ng-init: starting script\n".encode()])
+    assert session.agent_start_seconds is None
+
+
+def test_the_agent_start_time_is_the_hello_uptime_less_the_scripts_start(tmp_path):
+    session, machine = started(tmp_path)  # the hello says uptime 16.5
+    machine.console.pump([b"[    4.250000] virtme-ng-init: starting script\n"])
+    assert session.agent_start_seconds == pytest.approx(12.25)

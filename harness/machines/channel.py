@@ -23,6 +23,8 @@ MAX_CONSOLE_LINE = 64 * 1024      # a longer console "line" is kept as several
 MAX_CHANNEL_LINE = 16 * 1024 * 1024
 # The agent sends one line per request; more waiting than this were never asked for.
 MAX_PENDING_LINES = 256
+# Nor may the lines waiting hold more than this: room for one response of the longest kind.
+MAX_PENDING_BYTES = MAX_CHANNEL_LINE + 1024 * 1024
 
 
 class GuestDied(Exception):
@@ -108,12 +110,25 @@ class OversizedLine(str):
     size: int
 
 
+class ChannelOverflow(str):
+    """Queued in place of the lines that came past the pending caps: the machine sent more than
+    it was asked for, which is a protocol error (its response may be among them)."""
+    size: int  # bytes dropped so far
+
+
 class LineChannel:
-    """The agent's protocol lines, read by a thread into a queue; EOF is queued as None."""
+    """The agent's protocol lines, read by a thread into a queue; EOF is queued as None.
+
+    Lines nobody has read yet are bounded in number and in bytes: past either cap, later lines
+    are dropped and a ChannelOverflow takes their place, so the reader sees a protocol error,
+    never a response that silently went missing."""
 
     def __init__(self, console: Console):
         self.console = console
-        self.dropped = 0  # lines past MAX_PENDING_LINES, never read
+        self.dropped = 0  # lines past the caps, never read
+        self.queued_bytes = 0  # of the lines in the queue
+        self._overflow: ChannelOverflow | None = None
+        self._lock = threading.Lock()  # queued_bytes and the overflow change with the queue
         self._lines: queue.Queue[str | None] = queue.Queue()
 
     def pump(self, stream: Iterable[bytes]) -> None:
@@ -136,10 +151,23 @@ class LineChannel:
         self._lines.put(None)
 
     def _queue(self, line: str) -> None:
-        if self._lines.qsize() >= MAX_PENDING_LINES:
-            self.dropped += 1
-            return
-        self._lines.put(line)
+        size = line.size if isinstance(line, OversizedLine) else len(line)
+        with self._lock:
+            if self._overflow is not None:
+                self.dropped += 1
+                self._overflow.size += size
+                return
+            if (self._lines.qsize() >= MAX_PENDING_LINES
+                    or self.queued_bytes + len(line) > MAX_PENDING_BYTES):
+                self.dropped += 1
+                self._overflow = ChannelOverflow(
+                    f"more lines than were asked for (over {MAX_PENDING_LINES} lines or "
+                    f"{MAX_PENDING_BYTES} bytes waiting unread)")
+                self._overflow.size = size
+                self._lines.put(self._overflow)
+                return
+            self.queued_bytes += len(line)
+            self._lines.put(line)
 
     def receive(self, timeout: float, ended: Callable[[], str]) -> str | None:
         """The next line; None on timeout. GuestDied when the channel ended (`ended()` says why)
@@ -159,6 +187,9 @@ class LineChannel:
             if line is None:
                 self._lines.put(None)
                 raise GuestDied("kernel panic" if self.console.panicked.is_set() else ended())
+            if not isinstance(line, ChannelOverflow):
+                with self._lock:
+                    self.queued_bytes -= len(line)
             return line
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn, NotRequired, TypedDict
 
-from .channel import GuestDied, Machine, OversizedLine
+from .channel import ChannelOverflow, GuestDied, Machine, OversizedLine
 
 HOST_GRACE = 5.0  # the agent's own alarm fires first; past this the guest is hung
 # Lines that are not JSON before the agent's hello: what a target's login shell may print.
@@ -129,6 +129,8 @@ class Response:
 
 def excerpt(line: str, head: int = 200, tail: int = 80) -> str:
     """The line as it came, control characters shown, shortened in the middle when long."""
+    if isinstance(line, ChannelOverflow):
+        return f"{line} ({line.size} bytes dropped)"
     size = line.size if isinstance(line, OversizedLine) else len(line.encode(errors="replace"))
     if isinstance(line, OversizedLine) or len(line) > head + tail + 20:
         shown = repr(line[:head]) + " ... " + ("" if isinstance(line, OversizedLine)
@@ -138,6 +140,8 @@ def excerpt(line: str, head: int = 200, tail: int = 80) -> str:
 
 
 def _decode_object(line: str) -> dict[str, object]:
+    if isinstance(line, ChannelOverflow):
+        raise Malformed("it sent lines nobody asked for until kconform stopped keeping them")
     if isinstance(line, OversizedLine):
         raise Malformed(f"a line of {line.size} bytes, longer than any response may be")
     try:
@@ -287,7 +291,8 @@ class GuestSession:
         except GuestDied as exc:
             self.machine.kill()
             raise BootFailure(f"{self.name}: {self.machine.noun} died while starting ({exc})"
-                              f"{self.machine.failure_hint()}", self.machine.console.tail()) from None
+                              f"{self.machine.failure_hint()}",
+                              self.machine.console.tail()) from None
         except BaseException:
             self.machine.kill()
             raise
@@ -302,7 +307,8 @@ class GuestSession:
                 raise BootFailure(f"{self.name}: no agent within {self.boot_timeout:.0f}s of "
                                   f"starting {self.machine.noun} (boot hang?)"
                                   f"{self.machine.failure_hint()}", self.machine.console.tail())
-            if not line.startswith("{") and len(preamble) < MAX_PREAMBLE_LINES:
+            if (not line.startswith("{") and len(preamble) < MAX_PREAMBLE_LINES
+                    and not isinstance(line, ChannelOverflow)):
                 preamble.append(line)  # not the agent yet (a login shell's greeting)
                 continue
             try:
@@ -317,9 +323,11 @@ class GuestSession:
         """From virtme-ng-init starting our command to the agent's hello, by the guest's clock:
         the part of a boot that is Python starting and importing the agent."""
         for line in list(self.machine.console.lines):
-            m = re.match(r"\[\s*([\d.]+)\] virtme-ng-init: starting script", line)
+            # The console is the guest's to write: "[ 1.2.3]" is no time, 400 digits no finite one.
+            m = re.match(r"\[\s*(\d+\.\d+)\] virtme-ng-init: starting script", line)
             if m and self.info and "uptime" in self.info:
-                return self.info["uptime"] - float(m.group(1))
+                seconds = self.info["uptime"] - float(m.group(1))
+                return seconds if math.isfinite(seconds) else None
         return None
 
     def call(self, fn: str, *, timeout: float, **kwargs: object) -> CallResult:
