@@ -168,7 +168,7 @@ class FakeMachine:
     def receive(self, timeout: float) -> str | None:
         return self.channel.receive(timeout, lambda: "the fake guest exited")
 
-    def guest_path(self, path: Path) -> str:
+    def guest_path(self, path: Path, within: float | None = None) -> str:
         return str(path)
 
     def command_line(self) -> str:

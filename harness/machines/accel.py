@@ -119,7 +119,8 @@ def probe_boot(kernel: Path, accel: str, cpu: str, timeout: float) -> tuple[bool
                     return True, f"probe: {kernel.name} booted to its root mount under {accel}"
                 if proc.poll() is not None:
                     err = proc.stderr.read().strip().splitlines() if proc.stderr else []
-                    return False, f"QEMU with {accel} exited {proc.returncode}: " + " | ".join(err[-2:])
+                    return False, (f"QEMU with {accel} exited {proc.returncode}: "
+                                   + " | ".join(err[-2:]))
                 time.sleep(0.1)
             return False, (f"{kernel.name} did not reach its root mount under {accel} within "
                            f"{timeout:.0f}s (emulation failure or hang)")

@@ -353,8 +353,9 @@ class QemuMachine:
     def command_line(self) -> str:
         return shlex.join(self.cmd)
 
-    def guest_path(self, path: Path) -> str:
-        """Where the guest sees a host file of the repo or the BPF cache."""
+    def guest_path(self, path: Path, within: float | None = None) -> str:
+        """Where the guest sees a host file of the repo or the BPF cache (mounted: nothing is
+        copied, so `within` bounds nothing)."""
         path = Path(path).resolve()
         if self.rootfs is None:
             return str(path)  # the host's root is the guest's

@@ -341,8 +341,8 @@ class GuestSession:
         mark = self.machine.console.count
         deadline = time.monotonic() + timeout + self.host_grace
         try:
-            kwargs = {k: self.machine.guest_path(Path(v)) if isinstance(v, os.PathLike) else v
-                      for k, v in kwargs.items()}
+            kwargs = {k: self.machine.guest_path(Path(v), within=deadline - time.monotonic())
+                      if isinstance(v, os.PathLike) else v for k, v in kwargs.items()}
             self.machine.send(json.dumps({"id": request_id, "op": "call", "fn": fn,
                                           "kwargs": kwargs, "timeout": timeout}))
             line = self.machine.receive(timeout=max(0.0, deadline - time.monotonic()))

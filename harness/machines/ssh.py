@@ -1,11 +1,11 @@
 """SSH targets: the same cases on an already-running machine (real hardware, a lab box, a VM
 someone else booted), through paramiko.
 
-An SshMachine plays the part a QemuMachine plays for a QEMU guest: it connects, pushes the guest-side
-files over SFTP into a private temporary directory, starts the agent over one exec channel and
-exchanges the same JSON lines with it; the agent's stderr is its console. stop() removes the
-directory. A lost connection ends the session like a dead guest: the running test fails, and the
-pool opens a new connection for the tests after it.
+An SshMachine plays the part a QemuMachine plays for a QEMU guest: it connects, pushes the
+guest-side files over SFTP into a private temporary directory, starts the agent over one exec
+channel and exchanges the same JSON lines with it; the agent's stderr is its console. stop()
+removes the directory. A lost connection ends the session like a dead guest: the running test
+fails, and the pool opens a new connection for the tests after it.
 
 Host keys are checked against ~/.ssh/known_hosts and --ssh-known-hosts; only
 --ssh-accept-any-host-key (for throwaway VMs) skips the check.
@@ -45,6 +45,12 @@ class SshError(KconformError):
 # What paramiko and the socket under it raise when a connection fails or goes away
 # (socket.timeout is an OSError).
 SSH_ERRORS = (OSError, EOFError, paramiko.SSHException)
+
+# What `mktemp -d` makes on the target (its output, later given to rm -rf and pkill: checked).
+REMOTE_DIR_TEMPLATE = "/tmp/kconform.XXXXXXXX"
+_REMOTE_DIR = re.compile(r"/tmp/kconform\.[A-Za-z0-9]{8}")
+# How long one file push may take when no call's deadline bounds it.
+TRANSFER_TIMEOUT = 60.0
 
 # Remote directories of ended sessions that could not be removed yet, by target URL.
 _LEFT_BEHIND: dict[str, set[str]] = {}
@@ -182,8 +188,9 @@ def connect(target: SshTarget, timeout: float = 20.0) -> paramiko.SSHClient:
                        auth_timeout=timeout, look_for_keys=target.key_file is None)
     except Exception as exc:  # paramiko also raises EOFError and others of its own
         client.close()
-        refused = isinstance(exc, (paramiko.BadHostKeyException, paramiko.AuthenticationException)) \
-            or "not found in known_hosts" in str(exc)
+        refused = (isinstance(exc, (paramiko.BadHostKeyException,
+                                    paramiko.AuthenticationException))
+                   or "not found in known_hosts" in str(exc))
         raise SshError(_connect_error(target, exc), transient=not refused) from None
     transport = client.get_transport()
     if transport is None:  # connect() returned, so paramiko made one; refused like a reset
@@ -316,16 +323,45 @@ def description_from_dict(data: TargetDescription) -> KernelTree:
                       target=data["target"])
 
 
+def check_remote_dir(target: SshTarget, out: str) -> str:
+    """The directory `mktemp -d` made, as the target said it: it is later removed with rm -rf
+    and its agents matched with pkill, so it must be what the template makes."""
+    remote_dir = out.strip()
+    if not _REMOTE_DIR.fullmatch(remote_dir):
+        raise SshError(f"{target.url}: `mktemp -d {REMOTE_DIR_TEMPLATE}` printed "
+                       f"{_printable(remote_dir, 80)!r}, not a directory of that form")
+    return remote_dir
+
+
+def _remaining(deadline: float, target: SshTarget, doing: str) -> float:
+    remaining = deadline - time.monotonic()
+    if not remaining > 0:
+        raise SshError(f"{target.url}: out of time {doing} (the start may take "
+                       "--boot-timeout seconds)")
+    return remaining
+
+
+def _bound(channel: paramiko.Channel | None, deadline: float, target: SshTarget,
+           doing: str) -> None:
+    """The SFTP channel's reads time out at the deadline (socket.timeout, an OSError)."""
+    remaining = _remaining(deadline, target, doing)
+    if channel is not None:
+        channel.settimeout(remaining)
+
+
 class SshMachine:
     """The agent on an SSH target, over one connection."""
 
     noun = "the SSH session"  # in failure messages
 
-    def __init__(self, target: SshTarget, console_log: Path, connect_within: float = 30.0):
+    def __init__(self, target: SshTarget, console_log: Path, connect_within: float = 30.0,
+                 start_within: float = 60.0):
         """connect_within: how long to keep trying a machine that does not answer (a lab box
-        rebooting after a crash) before its session fails."""
+        rebooting after a crash) before its session fails; start_within: how long the whole
+        start (connect, push the files, start the agent) may take."""
         self.target = target
         self.connect_within = connect_within
+        self.start_within = start_within
         self.console = Console(console_log)
         self.channel = LineChannel(self.console)
         self.client: paramiko.SSHClient | None = None
@@ -349,18 +385,22 @@ class SshMachine:
     def start(self) -> None:
         self.started_at = time.monotonic()
         try:
+            deadline = self.started_at + self.start_within
             self.client = self._connect()
-            status, out, err = run(self.client, "mktemp -d /tmp/kconform.XXXXXXXX")
+            status, out, err = run(self.client, f"mktemp -d {REMOTE_DIR_TEMPLATE}",
+                                   timeout=_remaining(deadline, self.target, "mktemp"))
             if status != 0:
                 raise SshError(f"{self.target.url}: mktemp failed: {err.strip()}")
-            self.remote_dir = out.strip()
+            self.remote_dir = check_remote_dir(self.target, out)
             self._remove_left_behind()
-            self._push_guest_side()
+            self._push_guest_side(deadline)
             transport = self.client.get_transport()
             if transport is None:
-                raise SshError(f"{self.target.url}: the connection closed before the agent started")
+                raise SshError(f"{self.target.url}: the connection closed before the agent "
+                               "started")
             session = transport.open_session()
-            session.exec_command(shlex.join(agent_argv("python3", self.guest_path(REPO_ROOT), boot_log=False)))
+            session.exec_command(shlex.join(agent_argv("python3", self.guest_path(REPO_ROOT),
+                                                       boot_log=False)))
         except SSH_ERRORS as exc:
             self.kill()
             raise GuestDied(f"{self.target.url}: {exc}") from None
@@ -387,11 +427,14 @@ class SshMachine:
                     raise
             time.sleep(3)
 
-    def _push_guest_side(self) -> None:
+    def _push_guest_side(self, deadline: float) -> None:
+        """Push the repo's guest side, all of it by the deadline (socket.timeout past it: a
+        target whose writes block must not hold the run past --boot-timeout)."""
         if self.client is None or self.remote_dir is None:
             raise SshError(f"{self.target.url}: not connected")
         remote_dir = self.remote_dir
         sftp = self.client.open_sftp()
+        channel = sftp.get_channel()
         try:
             base = f"{remote_dir}/repo"
             made: set[Path] = set()
@@ -402,17 +445,20 @@ class SshMachine:
                     remote = f"{base}/{f.relative_to(REPO_ROOT)}"
                     for parent in reversed(Path(remote).parents):
                         if str(parent).startswith(remote_dir) and parent not in made:
+                            _bound(channel, deadline, self.target, "pushing the guest side")
                             with contextlib.suppress(OSError):  # it exists
                                 sftp.mkdir(str(parent), 0o700)
                             made.add(parent)
+                    _bound(channel, deadline, self.target, "pushing the guest side")
                     sftp.put(str(f), remote)
             self._uploaded[REPO_ROOT] = base
         finally:
             sftp.close()
 
-    def guest_path(self, path: Path) -> str:
+    def guest_path(self, path: Path, within: float | None = None) -> str:
         """The target's copy of a host file: the repo's guest side was pushed at start; another
-        file (a BPF object) is pushed on first use."""
+        file (a BPF object) is pushed on first use, within `within` seconds (GuestDied past
+        them)."""
         path = Path(path).resolve()
         if path == REPO_ROOT:
             return self._uploaded[REPO_ROOT]
@@ -424,14 +470,19 @@ class SshMachine:
                 raise GuestDied(f"pushing {path.name}: the connection to {self.target.url} is "
                                 "closed")
             remote = f"{self.remote_dir}/{len(self._uploaded)}-{path.name}"
+            deadline = time.monotonic() + (TRANSFER_TIMEOUT if within is None else within)
             try:
                 sftp = self.client.open_sftp()
                 try:
+                    _bound(sftp.get_channel(), deadline, self.target, f"pushing {path.name}")
                     sftp.put(str(path), remote)
                 finally:
                     sftp.close()
             except SSH_ERRORS as exc:
-                raise GuestDied(f"pushing {path.name} to {self.target.url} failed ({exc})") from None
+                raise GuestDied(f"pushing {path.name} to {self.target.url} failed "
+                                f"({exc or type(exc).__name__})") from None
+            except SshError as exc:
+                raise GuestDied(str(exc)) from None
             self._uploaded[path] = remote
         return self._uploaded[path]
 

@@ -111,8 +111,9 @@ class GuestPool:
         """A machine for this kernel, not started yet, and how long its boot may take."""
         if tree.target:
             boot_timeout = self.run.boot_timeout(None)
-            return (SshMachine(self.run.targets[name], log, connect_within=boot_timeout / 2),
-                    boot_timeout)
+            machine = SshMachine(self.run.targets[name], log, connect_within=boot_timeout / 2,
+                                 start_within=boot_timeout)
+            return machine, boot_timeout
         accel = self.run.accel(tree)
         try:  # a root or a command line that cannot be made fails every test of this kernel
             rootfs = self.run.rootfs(tree)
