@@ -36,8 +36,6 @@ from ..reports.results import writable_directory
 MAX_REPLACEMENTS = 3  # a kernel whose guest dies this often gets its remaining tests failed fast
 
 
-
-
 @dataclass
 class KernelInfo:
     """What every result records about the kernel that produced it."""
@@ -179,14 +177,20 @@ class KconformRun:
         self._rootfs: Rootfs | None = None  # None: the host's own root
         self._rootfs_provider: RootfsProvider | None = None
         self._rootfs_error: KconformError | None = None
+        self.memory = check_memory(opt.guest_memory)
+        self.health = HealthRules()
+        # Every target URL is checked before the first target is connected to.
+        parsed_targets = [
+            SshTarget.parse(url, key_file=opt.ssh_key, known_hosts=opt.ssh_known_hosts,
+                            accept_any_host_key=opt.ssh_accept_any_host_key)
+            for url in opt.target]
         self.targets: dict[str, SshTarget] = {}
         self.target_trees: dict[str, KernelTree] = {}
         # The controller connects to each target once to describe it; xdist workers get the
         # descriptions from it (pytest_configure_node), so their test ids cannot differ.
+        # Nothing after this loop may refuse an option: it would have connected for nothing.
         described = getattr(config, "workerinput", {}).get(TARGETS_KEY)
-        for url in opt.target:
-            target = SshTarget.parse(url, key_file=opt.ssh_key, known_hosts=opt.ssh_known_hosts,
-                                     accept_any_host_key=opt.ssh_accept_any_host_key)
+        for target in parsed_targets:
             if described is not None:
                 tree = description_from_dict(described[target.url])
                 name = tree.name
@@ -198,13 +202,11 @@ class KconformRun:
             self.targets[name], self.target_trees[name] = target, tree
             self.kernel_names.append(name)
         self.case_timeout = opt.case_timeout
-        self.memory = check_memory(opt.guest_memory)  # before anything boots
         self.worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
         self._boot_timeout = opt.boot_timeout
         self._accel_choice = opt.accel
         self._accel: Accel | None = None
         self.provider = KernelProvider(refresh=opt.refresh_kernels, log=self._log)
-        self.health = HealthRules()
         self.pool = GuestPool(self)
         self.kernels: dict[str, KernelInfo] = {}
         self.config = config
