@@ -10,11 +10,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from harness.reports import results
 from harness.errors import KconformError
 from harness.machines.ssh import SshTarget, parse_description, target_kernel_name
+from harness.reports import results
 from tests.test_targets_vm import _target_args, ssh_target  # noqa: F401  (ssh_target: a fixture)
 
 DEBIAN = ("Linux version 6.1.0-50-amd64 (debian-kernel@lists.debian.org) (gcc-12 (Debian "
@@ -152,7 +153,7 @@ def test_any_target_url_parses_or_is_refused_with_kconforms_error(url):
 
 @pytest.mark.vm
 def test_sock_ops_programs_stay_in_kconforms_cgroups_and_a_dead_agents_are_removed(run_pytest,
-                                                                                 ssh_target):
+                                                                                 ssh_target):  # noqa: F811  (the fixture)
     """On an SSH target (a machine that outlives its connections): a case's program sees the
     case's sockets only, never the root cgroup's; an agent's start removes only dead agents'
     groups; and an agent killed mid-case leaves a group with its program attached that the
