@@ -11,9 +11,9 @@ from pathlib import Path
 
 from ..errors import KconformError
 from ..paths import REPO_ROOT
+from .trees import bzimage_release
 
 KERNELS_DIR = REPO_ROOT / "kernels"
-
 
 
 # What kernels/*.toml may hold. Values reach apt's sources and command lines and become test ids
@@ -183,7 +183,29 @@ def _kernel_path(name: str, specs: dict[str, KernelSpec], cwd: Path | None) -> s
         raise KconformError(f"--kernel {name}: {path} does not exist; give the path of a "
                             "bzImage or of a built kernel tree (relative to where you ran the "
                             "command)")
+    _check_local_kernel(name, path)
     return str(path.resolve())
+
+
+def _check_local_kernel(name: str, path: Path) -> None:
+    """What the provider boots from a path, checked now: a bzImage, or a built tree holding one
+    (else each case would fail on its own, after the run started)."""
+    image = path / "arch" / "x86" / "boot" / "bzImage" if path.is_dir() else path
+    if path.is_dir() and not image.is_file():
+        raise KconformError(f"--kernel {name}: {path} is a directory but not a built kernel tree "
+                            "(no arch/x86/boot/bzImage): build it (make bzImage), or give the "
+                            "path of a bzImage")
+    if not image.is_file():  # reading a FIFO or a device would hang or never end
+        raise KconformError(f"--kernel {name}: {path} is not a regular file; give the path of a "
+                            "bzImage or of a built kernel tree")
+    try:
+        bzimage_release(image)
+    except KconformError as exc:
+        raise KconformError(f"--kernel {name}: {exc}; give the path of a bzImage (e.g. "
+                            "arch/x86/boot/bzImage) or of a built kernel tree") from None
+    except OSError as exc:
+        raise KconformError(f"--kernel {name}: cannot read {image} ({exc.strerror}); give a "
+                            "readable bzImage or built kernel tree") from None
 
 
 def _looks_like_path(name: str) -> bool:
