@@ -25,7 +25,12 @@ class KernelTree:
     @property
     def version(self) -> tuple[int, ...]:
         """Upstream version (major, minor, patch) used to pick expectations."""
-        return upstream_version(self.package_version or self.release)
+        try:
+            return upstream_version(self.exact_version)
+        except ValueError:
+            raise KconformError(f"kernel {self.name}: its release {self.exact_version!r} names no "
+                                "version (like 6.1.0-50-amd64), so no expectations apply to it; "
+                                "boot a kernel whose release starts with its version") from None
 
     @property
     def exact_version(self) -> str:

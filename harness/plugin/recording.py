@@ -194,8 +194,9 @@ class Reporter:
             value = props.get(prop)
             if isinstance(value, str) and value and not getattr(entry, key):
                 setattr(entry, key, value)
-        if entry.version:
-            entry.upstream = dotted(upstream_version(entry.version))
+        upstream = _upstream_of(entry.version)
+        if upstream:
+            entry.upstream = upstream
         elif kernel in self.run.specs:
             entry.upstream = self.run.specs[kernel].series
 
@@ -358,6 +359,15 @@ def case_id(item: pytest.Item, kernel: str) -> str:
 
 # What an argument of expect() is: ("literal", "U8"), ("param", "map_type"), or None.
 ExpectArgument = tuple[str, str] | None
+
+
+def _upstream_of(version: str | None) -> str | None:
+    """'6.1.176-1' -> '6.1.176'; None for a version that names none (a target's custom uname is
+    refused earlier, but a report must never stop the run)."""
+    try:
+        return dotted(upstream_version(version)) if version else None
+    except ValueError:
+        return None
 
 
 def declared_behaviour(item: pytest.Item) -> tuple[str | None, str | None]:
