@@ -82,9 +82,12 @@ class KernelProvider:
     # -- Debian
 
     def _debian(self, spec: KernelSpec) -> KernelTree:
-        with self._lock(f"debian-{spec.name}"):
+        with self._lock(f"debian-{spec.name}"):  # the spec's resolution file
             abi, version = self._resolve(spec)
-            root = self.trees_dir / f"{abi}_{version}"
+        root = self.trees_dir / f"{abi}_{version}"
+        # Two specs can resolve to one tree (the same suite under two names): its check, fetch
+        # and publish are serialised on the tree itself, not on the name that asked for it.
+        with self._lock(f"tree-{root.name}"):
             if root.exists() or root.is_symlink():
                 meta, problem = check_published(root, self.log)
                 if meta:
@@ -144,9 +147,11 @@ class KernelProvider:
                 proc = subprocess.run(["dpkg-deb", "-x", str(deb), str(tree)],
                                       capture_output=True, text=True)
                 if proc.returncode != 0:
-                    raise KernelUnavailable(_unpack_error(spec.name, deb.name, proc.stderr, staging))
+                    raise KernelUnavailable(_unpack_error(spec.name, deb.name, proc.stderr,
+                                                          staging))
             release = _normalise_layout(tree)
-            proc = subprocess.run(["depmod", "-b", str(tree), release], capture_output=True, text=True)
+            proc = subprocess.run(["depmod", "-b", str(tree), release],
+                                  capture_output=True, text=True)
             if proc.returncode != 0:
                 raise KernelUnavailable(f"{spec.name}: depmod failed: {proc.stderr.strip()} "
                                         "(install kmod)")
@@ -204,8 +209,10 @@ def _normalise_layout(tree: Path) -> str:
     if usr_modules.is_dir():
         for moddir in usr_modules.iterdir():
             release = moddir.name
-            for src, dst in (("vmlinuz.unsigned", f"vmlinuz-{release}"), ("vmlinuz", f"vmlinuz-{release}"),
-                             ("config", f"config-{release}"), ("System.map", f"System.map-{release}")):
+            for src, dst in (("vmlinuz.unsigned", f"vmlinuz-{release}"),
+                             ("vmlinuz", f"vmlinuz-{release}"),
+                             ("config", f"config-{release}"),
+                             ("System.map", f"System.map-{release}")):
                 if (moddir / src).exists():
                     os.rename(moddir / src, tree / "boot" / dst)
             os.rename(moddir, tree / "lib" / "modules" / release)
@@ -218,6 +225,6 @@ def _normalise_layout(tree: Path) -> str:
 
 def _unpack_error(name: str, what: str, detail: str, staging: Path) -> str:
     if disk_full(staging, detail):
-        return (f"{name}: no space left on the device while unpacking {what} into {staging.parent}: "
-                "free some space, or point KCONFORM_CACHE at a larger disk")
+        return (f"{name}: no space left on the device while unpacking {what} into "
+                f"{staging.parent}: free some space, or point KCONFORM_CACHE at a larger disk")
     return f"{name}: unpacking {what} failed: {detail.strip()[-800:]}"
