@@ -69,7 +69,8 @@ class HealthRules:
         return findings
 
     def first_splat(self, lines: list[str]) -> int | None:
-        """Index of the first line that matches a splat pattern (allowed or not): evidence starts there."""
+        """Index of the first line that matches a splat pattern (allowed or not): evidence
+        starts there."""
         for i, line in enumerate(lines):
             if any(regex.search(line) for _, regex in self.patterns):
                 return i

@@ -173,7 +173,8 @@ class AptArchive:
 
     def sources_file(self, spec: KernelSpec) -> Path:
         path = self.root / "sources" / f"{spec.name}.list"
-        lines = [f"deb [signed-by={self.keyring}] {self.mirror} {suite} main" for suite in spec.suites]
+        lines = [f"deb [signed-by={self.keyring}] {self.mirror} {suite} main"
+                 for suite in spec.suites]
         text = "\n".join(lines) + "\n"
         if not path.exists() or read_regular_file(path) != text:
             write_atomic(path, text)
@@ -265,13 +266,15 @@ class AptArchive:
             raise KernelUnavailable(f"{spec.name}: {spec.meta} is not in {', '.join(spec.suites)} "
                                     f"({proc.stderr.strip()})")
         fields = dict(re.findall(r"^(Version|Depends): (.*)$", proc.stdout, re.M))
-        match = re.search(r"linux-image-(\S+?)(?:-unsigned)?\s*\(= ([^)]+)\)", fields.get("Depends", ""))
+        match = re.search(r"linux-image-(\S+?)(?:-unsigned)?\s*\(= ([^)]+)\)",
+                          fields.get("Depends", ""))
         if not match:
             raise KernelUnavailable(f"{spec.name}: cannot find the image in {spec.meta}'s "
                                     f"dependencies: {fields.get('Depends')!r}")
         return match.group(1), match.group(2)
 
-    def download(self, spec: KernelSpec, packages: list[str], version: str, dest: Path) -> list[Path]:
+    def download(self, spec: KernelSpec, packages: list[str], version: str,
+                 dest: Path) -> list[Path]:
         with self.session():
             into = dest
             # _apt writes the .debs, so into a directory of its own (a session has a work
@@ -287,7 +290,8 @@ class AptArchive:
         self._refuse_unsandboxed(spec, proc)
         if proc.returncode != 0:
             raise KernelUnavailable(f"{spec.name}: apt-get download failed (apt checks the "
-                                    f"archive's signatures and hashes):\n{proc.stderr.strip()[-1500:]}")
+                                    "archive's signatures and hashes):\n"
+                                    f"{proc.stderr.strip()[-1500:]}")
         debs = sorted(dest.glob("*.deb"))
         if len(debs) != len(packages):
             raise KernelUnavailable(f"{spec.name}: expected {len(packages)} packages, got "
