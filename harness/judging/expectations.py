@@ -167,6 +167,15 @@ def _outcome(path: Path, where: str, data: object) -> Outcome:
     if not isinstance(expect, dict) or not _plain_data(expect):
         raise _problem(path, where, f"expect = {expect!r} is not a table of observations; write "
                        "expect = { update = \"OK\" } (no dates or times)")
+    # An empty table asks nothing of the kernel: every observation would pass it.
+    if not expect:
+        raise _problem(path, where, "expect = {} checks nothing, so every kernel would pass; "
+                       "write the observations, e.g. expect = { update = \"OK\" }")
+    empty = sorted(k for k, v in expect.items() if isinstance(v, dict) and not v)
+    if empty:
+        raise _problem(path, where, f"expect.{empty[0]} = {{}} checks nothing, so that variant "
+                       f"would always pass; write its observations, e.g. {empty[0]} = "
+                       "{ update = \"OK\" }")
     source = data.get("source")
     if not isinstance(source, str) or not source.strip():
         raise _problem(path, where, "every outcome needs a source: add source = \"...\" saying "
