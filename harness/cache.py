@@ -1,6 +1,6 @@
-"""The cache: where kconform keeps things outside the repo (kernels, BPF objects, probes), and how it keeps
-them its own: a private cache directory, locks that never follow a planted symlink, files replaced
-in one rename, and staging directories whose builder holds a lock on them."""
+"""The cache: where kconform keeps things outside the repo (kernels, BPF objects, probes), and how
+it keeps them its own: a private cache directory, locks that never follow a planted symlink, files
+replaced in one rename, and staging directories whose builder holds a lock on them."""
 from __future__ import annotations
 
 import contextlib
@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .errors import KconformError
+from .paths import caller_path
 
 # Inside a staging directory: held (flock) by the process building it, for as long as it builds.
 BUILDING_LOCK = ".kconform-building"
@@ -28,12 +29,14 @@ def cache_dir() -> Path:
     """$KCONFORM_CACHE, else $XDG_CACHE_HOME/kconform, else ~/.cache/kconform; created 0700, and
     refused unless it is the caller's own and nobody else can write it: kernels and roots from
     the cache are booted, and its locks and manifests are trusted."""
+    # A relative value is the user's, from where they typed the command (./kconform runs from
+    # the repo), not a directory inside the repo.
     explicit = os.environ.get("KCONFORM_CACHE")
     if explicit:
-        path, variable = Path(explicit).expanduser(), "KCONFORM_CACHE"
+        path, variable = caller_path(explicit), "KCONFORM_CACHE"
     else:
         xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        path, variable = Path(xdg) / "kconform", "KCONFORM_CACHE (or XDG_CACHE_HOME)"
+        path, variable = caller_path(xdg) / "kconform", "KCONFORM_CACHE (or XDG_CACHE_HOME)"
     check_private_dir(path, variable)
     return path
 
