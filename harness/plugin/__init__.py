@@ -16,6 +16,7 @@ from typing import Protocol, TypedDict
 import pytest
 
 from ..errors import KconformError
+from ..judging import expectations
 from ..machines.qemu import kill_all_guests
 from ..machines.rootfs import HOST
 from ..machines.ssh import (
@@ -70,7 +71,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "kernel" not in metafunc.fixturenames:
         return
     run = metafunc.config.stash[RUN_KEY]
-    # Session scope makes pytest order tests by kernel; the xdist group keeps a kernel on one worker.
+    # Session scope makes pytest order tests by kernel; the xdist group keeps a kernel on one
+    # worker.
     params = [pytest.param(name, id=name, marks=pytest.mark.xdist_group(name))
               for name in run.kernel_names]
     metafunc.parametrize("kernel", params, scope="session")
@@ -84,6 +86,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # Cases some kernel is expected to hang on (a cited stable-release deadlock) go last on their
     # kernel: a replacement guest booted after the last of them serves no test, so none is booted.
     run = config.stash[RUN_KEY]
+    _check_behaviours_declared(config, run, items)
     order: dict[str | None, int] = {name: i for i, name in enumerate(run.kernel_names)}
 
     def may_lose_the_guest(item: pytest.Item) -> bool:
@@ -91,6 +94,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return bool(behaviour and behaviour.may_lose_the_guest)
 
     items.sort(key=lambda item: (order.get(_kernel_of(item), -1), may_lose_the_guest(item)))
+
+
+def _check_behaviours_declared(config: pytest.Config, run: KconformRun,
+                               items: list[pytest.Item]) -> None:
+    """Every behaviour a collected kernel case checks is in the expectations file, or the run
+    stops here, before anything boots (expect() would otherwise fail each case after the boot)."""
+    missing: dict[str, str] = {}
+    for item in items:
+        if _kernel_of(item) is None:
+            continue
+        bid = declared_behaviour(item)[0]
+        if bid and bid not in run.behaviours:
+            missing.setdefault(bid, item.nodeid)
+    if missing:
+        cases = ", ".join(f"{bid} ({nodeid})" for bid, nodeid in missing.items())
+        path = config.option.expectations or expectations.DEFAULT_FILE
+        raise pytest.UsageError(f"{path}: no expectations for the behaviours "
+                                f"{cases}; add a [ID] table with [[ID.outcomes]] for each, or "
+                                "deselect those cases")
 
 
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
@@ -153,7 +175,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatu
     terminalreporter.section("kconform kernels")
     for name, entry in seen.items():
         counts = ", ".join(f"{n} {v}" for v, n in sorted(entry["verdicts"].items()))
-        terminalreporter.write_line(f"{name}: {entry['version']} (uname {entry['uname']}): {counts}")
+        terminalreporter.write_line(f"{name}: {entry['version']} (uname {entry['uname']}): "
+                                    f"{counts}")
 
 
 
