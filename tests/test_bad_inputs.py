@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from harness.judging import expectations
-
-from harness.reports import results
 from harness.errors import KconformError
+from harness.judging import expectations
 from harness.kernels import default_kernel_names, expand_kernel_args, load_specs
+from harness.reports import results
 from tests.conftest import REPO
+from tests.test_kernels import _fake_bzimage
 
 USAGE_ERROR = 4  # pytest.ExitCode.USAGE_ERROR
 DATA = REPO / "tests" / "data" / "results"
@@ -366,8 +366,9 @@ def test_a_valid_timeout_is_taken():
 
 def test_a_relative_kernel_path_is_taken_from_where_the_user_typed_it(tmp_path):
     image = tmp_path / "bzImage"
-    image.write_bytes(b"not really a kernel")
-    proc = collect("--kernel", "./bzImage", "-k", "u32", env={"KCONFORM_CALLER_CWD": str(tmp_path)})
+    _fake_bzimage(image, "6.13.0-kconform-test")
+    proc = collect("--kernel", "./bzImage", "-k", "u32",
+                   env={"KCONFORM_CALLER_CWD": str(tmp_path)})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"[{image}-sockmap]" in proc.stdout, proc.stdout
 
@@ -404,7 +405,8 @@ def test_suite_compare_refuses_a_kernel_it_cannot_name_before_running(tmp_path):
 
 
 def test_expand_kernel_args_makes_a_relative_path_absolute(tmp_path):
-    (tmp_path / "linux").mkdir()
+    (tmp_path / "linux/arch/x86/boot").mkdir(parents=True)
+    _fake_bzimage(tmp_path / "linux/arch/x86/boot/bzImage", "6.13.0-kconform-test")
     names = expand_kernel_args(["debian-6.1,linux/"], load_specs(), cwd=tmp_path)
     assert names == ["debian-6.1", str(tmp_path / "linux")]
 
@@ -444,3 +446,172 @@ def test_a_kernel_older_than_every_outcome_is_told_so(tmp_path):
     with pytest.raises(KconformError, match=r"0 outcomes apply to 5.10.0: the expectations "
                                             r"start at 6.1.72"):
         expectations.judge(behaviour, (5, 10, 0), {"errno": "OK"})
+
+
+# ----------------------------------------------------------------------------- review F2
+# (the second read of the hardening change: findings 2, 5, 7, 8, 10)
+
+def test_a_kernel_path_that_is_not_a_kernel_is_a_usage_error_before_anything_boots(tmp_path):
+    """--kernel /etc/passwd was taken, and every case failed on its own later."""
+    assert_usage_error(collect("--kernel", "/etc/passwd"), "/etc/passwd", "not a bzImage")
+    (tmp_path / "linux").mkdir()
+    assert_usage_error(collect("--kernel", str(tmp_path / "linux")),
+                       str(tmp_path / "linux"), "not a built kernel tree", "arch/x86/boot/bzImage")
+
+
+def test_a_kernel_path_to_a_bzimage_or_a_built_tree_is_taken(tmp_path):
+    _fake_bzimage(tmp_path / "bzImage", "6.13.0-kconform-test")
+    (tmp_path / "tree/arch/x86/boot").mkdir(parents=True)
+    _fake_bzimage(tmp_path / "tree/arch/x86/boot/bzImage", "6.13.0-kconform-test")
+    names = expand_kernel_args([f"{tmp_path}/bzImage,{tmp_path}/tree"], load_specs())
+    assert names == [str(tmp_path / "bzImage"), str(tmp_path / "tree")]
+    os.mkfifo(tmp_path / "fifo")  # reading it for a boot header would wait forever
+    with pytest.raises(KconformError, match="not a regular file"):
+        expand_kernel_args([str(tmp_path / "fifo")], load_specs())
+
+
+@pytest.mark.parametrize("expect, words", [
+    ("expect = {}", ["X1 outcome 2", "expect = {} checks nothing"]),
+    ("expect = { sockmap = {}, sockhash = { errno = \"OK\" } }",
+     ["X1 outcome 2", "expect.sockmap = {} checks nothing"]),
+])
+def test_an_outcome_that_checks_nothing_is_refused(tmp_path, expect, words):
+    """expect = {} passed every kernel, whatever it did."""
+    path = tmp_path / "expectations.toml"
+    path.write_text(BEHAVIOUR.replace('expect = { errno = "OK" }', expect))
+    with pytest.raises(KconformError) as raised:
+        expectations.load(path)
+    for word in words:
+        assert word in str(raised.value), (word, str(raised.value))
+
+
+def _without_behaviour(text: str, bid: str) -> str:
+    """The expectations text with behaviour `bid`'s table and outcomes left out."""
+    kept, skipping = [], False
+    for line in text.splitlines(keepends=True):
+        if line.startswith("[") and not line.startswith("[["):
+            skipping = line.strip() == f"[{bid}]"
+        elif line.startswith("[["):
+            skipping = line.strip() == f"[[{bid}.outcomes]]"
+        if not skipping:
+            kept.append(line)
+    return "".join(kept)
+
+
+def test_a_behaviour_the_cases_check_but_the_expectations_lack_is_a_usage_error(tmp_path):
+    """It failed with KeyError in expect(), after the boot, in every case of that behaviour."""
+    path = tmp_path / "expectations.toml"
+    path.write_text(_without_behaviour((REPO / "cases" / "expectations.toml").read_text(), "C1"))
+    assert "C1" not in expectations.load(path)
+    proc = collect("--kernel", "debian-6.1", "--expectations", str(path))
+    assert_usage_error(proc, str(path), "no expectations for the behaviours C1 (cases/")
+
+
+def test_a_target_whose_release_names_no_version_is_refused_when_described(tmp_path):
+    """uname -r 'custom': every expect() raised ValueError, and the report an INTERNALERROR."""
+    from harness.machines.ssh import SshError, SshTarget, parse_description
+    target = SshTarget.parse("ssh://root@lab1:2222")
+    with pytest.raises(SshError, match=r"ssh://root@lab1:2222: its kernel release 'custom' "
+                                       "names no version"):
+        parse_description(target, "custom\n0\nLinux version custom #1 SMP\n", "", tmp_path)
+
+
+def test_a_kernel_without_a_version_is_a_kconform_error_not_a_value_error():
+    from harness.kernels import KernelTree
+    with pytest.raises(KconformError, match="kernel mine: its release 'custom' names no version"):
+        _ = KernelTree(name="mine", vmlinuz=None, release="custom").version
+
+
+def test_the_report_of_a_kernel_without_a_version_is_written_not_an_internal_error():
+    from types import SimpleNamespace
+
+    from harness.plugin.recording import Reporter
+    reporter = object.__new__(Reporter)  # only what _note_kernel reads
+    reporter.results = results.Results()
+    reporter.run = SimpleNamespace(specs={})
+    report = SimpleNamespace(user_properties=[("kernel_version", "custom"), ("uname", "custom")])
+    reporter._note_kernel("mine", [report])
+    entry = reporter.results.kernels["mine"]
+    assert (entry.version, entry.uname, entry.upstream) == ("custom", "custom", None)
+
+
+# ----------------------------------------------------------------------------- images/*.toml
+
+GOOD_RECIPE = textwrap.dedent("""\
+    description = "Debian 12 bookworm"
+    suite = "bookworm"
+    variant = "minbase"
+    packages = ["python3", "libbpf1"]
+    """)
+
+
+@pytest.mark.parametrize("text, words", [
+    (GOOD_RECIPE.replace('["python3", "libbpf1"]', '"python3"'),
+     ["packages = 'python3'", "a single string is not a list"]),
+    ('suite = "bookworm"\npackages = ["python3"\n', ["not valid TOML"]),
+    ('packages = ["python3"]\n', ["missing field 'suite'", 'suite = "bookworm"']),
+    (GOOD_RECIPE.replace('"bookworm"', '"--keyring=/x.gpg"'),
+     ["suite = '--keyring=/x.gpg'", "not a Debian suite name"]),
+    (GOOD_RECIPE.replace('"bookworm"', '"--no-check-gpg"'), ["suite = '--no-check-gpg'"]),
+    (GOOD_RECIPE.replace('"libbpf1"', '"--no-check-gpg"'),
+     ["packages", "'--no-check-gpg' is not one"]),
+    (GOOD_RECIPE.replace('"libbpf1"', '"a,b"'), ["packages", "'a,b' is not one"]),
+    (GOOD_RECIPE.replace("packages = [", "packages = []\n#["), ["packages = []", "non-empty"]),
+    (GOOD_RECIPE.replace('"minbase"', '"--print-debs"'), ["variant = '--print-debs'", "minbase"]),
+    (GOOD_RECIPE.replace('"Debian 12 bookworm"', '"two\\nlines"'), ["description"]),
+    (GOOD_RECIPE + 'include = ["x"]\n', ["unknown field 'include'"]),
+])
+def test_a_malformed_rootfs_recipe_names_its_file_and_field(tmp_path, text, words):
+    """A bad recipe was a TOMLDecodeError or KeyError traceback, or reached debootstrap: a suite
+    '--no-check-gpg' came after --force-check-gpg and turned the signature check off."""
+    from harness.machines.rootfs import RootfsSpec
+    path = tmp_path / "debian-bookworm.toml"
+    path.write_text(text)
+    with pytest.raises(KconformError) as raised:
+        RootfsSpec.load(path)
+    message = str(raised.value)
+    assert message.startswith(f"{path}: "), message
+    for word in words:
+        assert word in message, (word, message)
+
+
+def test_the_suite_s_own_rootfs_recipes_are_valid():
+    from harness.machines.rootfs import load_recipes
+    recipes = load_recipes()
+    assert "debian-bookworm" in recipes and "python3" in recipes["debian-bookworm"].packages
+
+
+def test_only_the_chosen_rootfs_recipe_is_read(tmp_path):
+    """A broken recipe stops the runs that choose it, with its file named, and no other run."""
+    from harness.machines.rootfs import check_rootfs_name
+    (tmp_path / "good.toml").write_text(GOOD_RECIPE)
+    (tmp_path / "broken.toml").write_text("suite = [\n")
+    check_rootfs_name("good", tmp_path)
+    check_rootfs_name("host", tmp_path)
+    with pytest.raises(KconformError, match=r"broken\.toml: not valid TOML"):
+        check_rootfs_name("broken", tmp_path)
+    with pytest.raises(KconformError, match="unknown root filesystem 'other'.*broken, good"):
+        check_rootfs_name("other", tmp_path)
+
+
+def test_the_debootstrap_command_holds_no_option_from_the_recipe(tmp_path, monkeypatch):
+    """Everything after the options is a recipe value, the target or the mirror: none starts
+    with '-', so debootstrap (which takes no '--') reads none of them as an option."""
+    from harness.machines import rootfs
+    path = tmp_path / "good.toml"
+    path.write_text(GOOD_RECIPE)
+    spec = rootfs.RootfsSpec.load(path)
+    commands = []
+
+    def fake_run(cmd, **kwargs):
+        commands.append(cmd)
+        return subprocess.CompletedProcess(cmd, 1, "", "failed")
+    monkeypatch.setattr(rootfs.subprocess, "run", fake_run)
+    provider = rootfs.RootfsProvider(cache=tmp_path / "cache")
+    with pytest.raises(KconformError):
+        provider._debootstrap(spec, "http://deb.debian.org/debian", tmp_path, tmp_path / "root")
+    [cmd] = commands
+    options = cmd[:cmd.index("--force-check-gpg") + 1]
+    assert options[-2:] == [f"--keyring={rootfs.DEBIAN_KEYRING}", "--force-check-gpg"]
+    assert cmd[len(options):] == ["bookworm", str(tmp_path / "root"),
+                                  "http://deb.debian.org/debian"]

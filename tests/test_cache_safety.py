@@ -46,6 +46,22 @@ def test_a_new_cache_is_private(tmp_path, monkeypatch):
     assert stat.S_IMODE(path.stat().st_mode) == 0o700
 
 
+@pytest.mark.parametrize("variable, relative, expected", [
+    ("KCONFORM_CACHE", "mycache", "mycache"),
+    ("XDG_CACHE_HOME", "xdg", "xdg/kconform"),
+])
+def test_a_relative_cache_is_taken_from_where_the_user_typed_the_command(
+        tmp_path, monkeypatch, variable, relative, expected):
+    """./kconform runs from the repo: a relative KCONFORM_CACHE made a cache inside the repo."""
+    monkeypatch.delenv("KCONFORM_CACHE", raising=False)
+    monkeypatch.setenv(variable, relative)
+    monkeypatch.setenv("KCONFORM_CALLER_CWD", str(tmp_path / "caller"))
+    (tmp_path / "repo").mkdir()
+    monkeypatch.chdir(tmp_path / "repo")  # where the process runs, as the repo is for ./kconform
+    assert cache_dir() == tmp_path / "caller" / expected
+    assert (tmp_path / "caller" / expected).is_dir() and not any((tmp_path / "repo").iterdir())
+
+
 def test_a_cache_others_can_write_is_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("KCONFORM_CACHE", str(tmp_path / "cache"))
     (tmp_path / "cache").mkdir()

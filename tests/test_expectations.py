@@ -28,7 +28,8 @@ def _behaviour(*outcomes):
     return ex.Behaviour("X1", "title", "section", tuple(outcomes))
 
 
-OLD = ex.Outcome({"errno": "EOPNOTSUPP"}, "old source", until=((5, 15, 0),), reason="unix added 5.15")
+OLD = ex.Outcome({"errno": "EOPNOTSUPP"}, "old source", until=((5, 15, 0),),
+                 reason="unix added 5.15")
 NEW = ex.Outcome({"errno": "OK"}, "new source", since=((5, 15, 0),))
 
 
@@ -57,8 +58,9 @@ def test_overlapping_or_missing_bounds_are_rejected():
 
 def test_variant_tables_pick_the_map_type():
     both = ex.Outcome({"sockmap": {"e": "EINVAL"}, "sockhash": {"e": "ENOENT"}}, "s")
-    assert ex.judge(_behaviour(both), (6, 1, 0), {"e": "ENOENT"}, "sockhash").verdict == ex.Verdict.PASS
-    assert ex.judge(_behaviour(both), (6, 1, 0), {"e": "ENOENT"}, "sockmap").verdict == ex.Verdict.FAIL
+    observed = {"e": "ENOENT"}
+    assert ex.judge(_behaviour(both), (6, 1, 0), observed, "sockhash").verdict == ex.Verdict.PASS
+    assert ex.judge(_behaviour(both), (6, 1, 0), observed, "sockmap").verdict == ex.Verdict.FAIL
 
 
 def test_suite_data_covers_every_kernel_series_the_suite_defines():
@@ -112,7 +114,8 @@ def test_an_older_outcome_that_says_what_the_doc_says_is_a_pass():
     last = ex.Outcome({"unbound": "EOPNOTSUPP"}, "s", since=((7, 2, 0),))
     behaviour = _behaviour(first, middle, last)
     assert ex.judge(behaviour, (5, 10, 223), {"unbound": "EOPNOTSUPP"}).verdict == ex.Verdict.PASS
-    assert ex.judge(behaviour, (6, 1, 176), {"unbound": "OK"}).verdict == ex.Verdict.EXPECTED_DIFFERENCE
+    assert ex.judge(behaviour, (6, 1, 176), {"unbound": "OK"}).verdict == \
+        ex.Verdict.EXPECTED_DIFFERENCE
 
 
 def test_an_outcome_marked_as_differing_from_the_doc_is_never_a_plain_pass():
@@ -131,7 +134,8 @@ def test_a_regression_window_overrides_the_other_outcomes_only_inside_it():
     assert behaviour.outcome_for((6, 1, 100)) is window
     for outside in [(5, 10, 222), (5, 10, 233), (6, 1, 120), (6, 6, 10), (7, 3, 4)]:
         assert behaviour.outcome_for(outside) is normal
-    assert ex.judge(behaviour, (5, 10, 223), {"guest": "hang"}).verdict == ex.Verdict.EXPECTED_DIFFERENCE
+    assert ex.judge(behaviour, (5, 10, 223), {"guest": "hang"}).verdict == \
+        ex.Verdict.EXPECTED_DIFFERENCE
 
 
 def test_behaviours_a_kernel_may_hang_on_are_known_before_any_boot():

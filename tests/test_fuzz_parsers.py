@@ -103,6 +103,71 @@ def mutated(text: str):
     return strategy()
 
 
+# ----------------------------------------------------------------------------- rootfs recipes
+
+RECIPE_TEXT = (REPO / "images" / "debian-bookworm.toml").read_text()
+plausible_recipe_values = {
+    "suite": mostly(st.sampled_from(["bookworm", "sid", "--no-check-gpg", "--keyring=/x.gpg",
+                                     "a b", "", "-"])),
+    "packages": mostly(st.one_of(
+        st.lists(st.sampled_from(["python3", "libbpf1", "--no-check-gpg", "a,b", "", "x y",
+                                  "-x"]), max_size=3),
+        st.sampled_from(["python3", "--include=x"]))),
+    "variant": mostly(st.sampled_from(["minbase", "buildd", "--print-debs", "", "Minbase"])),
+    "description": mostly(st.text(max_size=20)),
+}
+
+
+@st.composite
+def recipe_tables(draw) -> dict:
+    table = {}
+    for name, strategy in plausible_recipe_values.items():
+        if draw(st.integers(0, 5)):
+            table[name] = draw(strategy)
+    table.update(draw(st.dictionaries(st.text(max_size=6), values, max_size=2)))
+    return table
+
+
+def check_recipe(text: str, name: str = "fuzz") -> None:
+    """A recipe is refused with a KconformError, or every value that reaches debootstrap's
+    command line is a word of its grammar: none can be read as an option."""
+    from harness.kernels.specs import DEBIAN_PACKAGE, DEBIAN_SUITE
+    from harness.machines.rootfs import DEBOOTSTRAP_VARIANTS, RootfsSpec
+    try:
+        spec = RootfsSpec.parse(Path(f"images/{name}.toml"), text)
+    except KconformError:
+        return
+    assert DEBIAN_SUITE.fullmatch(spec.suite) and not spec.suite.startswith("-")
+    assert spec.packages and all(DEBIAN_PACKAGE.fullmatch(p) and "," not in p
+                                 for p in spec.packages)
+    assert spec.variant in DEBOOTSTRAP_VARIANTS and "\n" not in spec.description
+
+
+@FUZZ
+@given(recipe_tables())
+def test_fuzz_rootfs_recipes_from_generated_tables(table):
+    check_recipe(toml_document(table))
+
+
+@FUZZ
+@given(mutated(RECIPE_TEXT))
+def test_fuzz_rootfs_recipes_from_damaged_text(text):
+    check_recipe(text)
+
+
+@settings(max_examples=60, deadline=None, database=None)
+@given(st.binary(max_size=200), st.text(max_size=12))
+def test_fuzz_rootfs_recipe_files(data, name):
+    from harness.machines.rootfs import check_rootfs_name
+    if "/" in name or name in ("", ".", "..") or "\x00" in name:
+        name = "fuzz"
+    with tempfile.TemporaryDirectory() as directory:
+        with contextlib.suppress(OSError):  # a name the filesystem refuses
+            (Path(directory) / f"{name}.toml").write_bytes(data)
+        with contextlib.suppress(KconformError):
+            check_rootfs_name(name, Path(directory))
+
+
 # ----------------------------------------------------------------------------- kernel definitions
 
 SPEC_TEXT = (KERNELS / "debian-7.2.toml").read_text()

@@ -1,4 +1,5 @@
 """Kernel names, version bounds and cached trees, without booting anything."""
+import dataclasses
 import json
 import os
 import struct
@@ -104,6 +105,44 @@ def test_a_damaged_cached_kernel_is_fetched_again(tmp_path, monkeypatch):
                                                                            _tree(dest)))
     tree = provider.get("debian-6.1")
     assert fetched == ["1.0-1"] and tree.package_version == "1.0-1" and spec.name == tree.name
+
+
+def test_two_names_for_one_kernel_fetch_it_once_not_at_the_same_time(tmp_path, monkeypatch):
+    """Two specs resolving to one tree locked on their own names: both found the tree missing
+    and both fetched it into one place (the second publish failed, or removed the first's)."""
+    import threading
+    import time
+
+    specs = load_specs()
+    specs["same-6.1"] = dataclasses.replace(specs["debian-6.1"], name="same-6.1")
+    fetching, overlapped, fetched = [], [], []
+
+    def slow_fetch(spec, abi, version, dest):
+        fetching.append(spec)
+        overlapped.append(len(fetching) > 1)
+        time.sleep(0.3)  # a download: long enough for the other name to arrive meanwhile
+        _tree(dest)
+        fetched.append(spec)
+        fetching.remove(spec)
+
+    trees, errors = {}, []
+
+    def get(name):
+        provider = KernelProvider(cache=tmp_path, specs=specs)
+        monkeypatch.setattr(provider, "_resolve", lambda s: ("1.0", "1.0-1"))
+        monkeypatch.setattr(provider, "_fetch", slow_fetch)
+        try:
+            trees[name] = provider.get(name)
+        except Exception as exc:  # the thread's failure is the test's
+            errors.append(exc)
+
+    threads = [threading.Thread(target=get, args=(n,)) for n in ("debian-6.1", "same-6.1")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and not any(overlapped) and len(fetched) == 1, (errors, overlapped)
+    assert trees["debian-6.1"].root == trees["same-6.1"].root == tmp_path / "trees/1.0_1.0-1"
 
 
 def test_offline_resolution_falls_back_to_the_cached_kernel(tmp_path, monkeypatch):
