@@ -1,4 +1,8 @@
 """SSH targets without a machine: URLs, and what a target's description says about its kernel."""
+import contextlib
+import socket
+import threading
+
 import pytest
 
 from harness.errors import KconformError
@@ -106,3 +110,27 @@ def test_a_description_survives_the_trip_to_an_xdist_worker(tmp_path):
     again = description_from_dict(description_to_dict(tree))
     assert (again.name, again.release, again.exact_version, again.target, again.config()) == \
         (tree.name, tree.release, "6.1.176-1", "ssh://root@lab1:2222", {"CONFIG_BPF_SYSCALL": "y"})
+
+
+def test_a_target_that_hangs_up_is_a_usage_error_without_paramikos_traceback(run_pytest):
+    """paramiko's transport thread logs a failed handshake with a traceback; only kconform's own
+    message may reach the user."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    port = listener.getsockname()[1]
+
+    def hang_up() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = listener.accept()
+                conn.close()
+
+    threading.Thread(target=hang_up, daemon=True).start()
+    try:
+        proc = run_pytest("cases", "--target", f"ssh://root@127.0.0.1:{port}", "--collect-only")
+    finally:
+        listener.close()
+    assert proc.returncode == 4
+    assert f"ssh://root@127.0.0.1:{port}" in proc.stderr
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout, proc.stderr

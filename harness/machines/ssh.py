@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import logging
 import re
 import shlex
 import socket
@@ -30,6 +31,11 @@ from ..kernels import KernelTree
 from ..paths import REPO_ROOT, agent_argv
 from ..versions import upstream_version
 from .channel import Console, GuestDied, LineChannel
+
+# paramiko's transport thread logs a failed handshake with its traceback; with no handler of
+# its own, Python's last-resort handler prints it to stderr before kconform's own error says
+# what happened. The error kconform raises carries the reason.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 # The repo's files the guest side imports: the agent and what the cases' guest functions use.
 GUEST_SIDE = ("harness/__init__.py", "harness/agent", "cases/__init__.py", "cases/guest",
