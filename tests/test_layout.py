@@ -12,8 +12,8 @@ HARNESS = REPO_ROOT / "harness"
 # What each stage may import (besides the standard library, third-party packages and itself).
 ALLOWED = {
     "agent": set(),
-    "kernels": {"errors", "cache", "paths", "versions"},
-    "machines": {"errors", "cache", "paths", "versions", "kernels"},
+    "kernels": {"errors", "cache", "paths", "versions", "datafiles"},
+    "machines": {"errors", "cache", "paths", "versions", "kernels", "datafiles"},
     "judging": {"errors", "paths", "versions"},
     "reports": {"errors", "paths", "versions", "judging"},
     "plugin": {"errors", "cache", "paths", "versions", "kernels", "machines", "judging",

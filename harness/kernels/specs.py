@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..datafiles import read_table
 from ..errors import KconformError
 from ..paths import REPO_ROOT
 from .trees import bzimage_release
@@ -85,18 +85,8 @@ def parse_spec(path: Path, text: str) -> KernelSpec:
         raise KconformError(f"{path}: {name!r} cannot be a kernel name (it becomes test ids and "
                             "file names): rename the file to letters, digits and . _ + - only, "
                             f"not {', '.join(RESERVED_KERNEL_NAMES)}, e.g. kernels/debian-6.1.toml")
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise KconformError(f"{path}: not valid TOML ({exc}); fix the file, e.g. "
-                            'suites = ["bookworm"]') from None
-    unknown = sorted(set(data) - set(SPEC_FIELDS))
-    if unknown:
-        raise KconformError(f"{path}: unknown field {unknown[0]!r}; a kernel definition has "
-                            f"{', '.join(SPEC_FIELDS)}")
-    missing = [f for f in REQUIRED_SPEC_FIELDS if f not in data]
-    if missing:
-        raise KconformError(f"{path}: missing field {missing[0]!r}; add {SPEC_FIELDS[missing[0]]}")
+    data = read_table(path, text, fields=SPEC_FIELDS, required=REQUIRED_SPEC_FIELDS,
+                      kind="a kernel definition", example='suites = ["bookworm"]')
     return KernelSpec(
         name=name,
         series=_spec_string(path, data, "series", SERIES, "a series like \"6.1\""),

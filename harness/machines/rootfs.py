@@ -17,7 +17,6 @@ import re
 import shutil
 import subprocess
 import tempfile
-import tomllib
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from ..cache import (
     staging_dir,
     write_manifest,
 )
+from ..datafiles import read_table
 from ..errors import KconformError
 from ..kernels import KernelTree
 from ..kernels.apt import DEBIAN_KEYRING, require_debian_mirror
@@ -116,19 +116,8 @@ class RootfsSpec:
             raise KconformError(f"{path}: {name!r} cannot be a root filesystem name (it becomes "
                                 "a directory name): rename the file to letters, digits and "
                                 f". _ + - only, not {HOST!r}, e.g. images/debian-bookworm.toml")
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise KconformError(f"{path}: not valid TOML ({exc}); fix the file, e.g. "
-                                'suite = "bookworm"') from None
-        unknown = sorted(set(data) - set(RECIPE_FIELDS))
-        if unknown:
-            raise KconformError(f"{path}: unknown field {unknown[0]!r}; a root filesystem recipe "
-                                f"has {', '.join(RECIPE_FIELDS)}")
-        missing = [f for f in REQUIRED_RECIPE_FIELDS if f not in data]
-        if missing:
-            raise KconformError(f"{path}: missing field {missing[0]!r}; add "
-                                f"{RECIPE_FIELDS[missing[0]]}")
+        data = read_table(path, text, fields=RECIPE_FIELDS, required=REQUIRED_RECIPE_FIELDS,
+                          kind="a root filesystem recipe", example='suite = "bookworm"')
         return cls(
             name=name,
             suite=_recipe_string(path, data, "suite", lambda v: bool(DEBIAN_SUITE.fullmatch(v)),

@@ -28,16 +28,13 @@ class Hello(TypedDict):
     """The agent's ready event, its types checked."""
     event: str                    # "ready"
     release: str                  # `uname -r` in the guest
-    proc_version: NotRequired[str]
-    python: NotRequired[str]
     uptime: NotRequired[float]    # seconds since the guest booted, by its clock
     taint: NotRequired[int]       # /proc/sys/kernel/tainted once booted
     boot_log: NotRequired[list[str]]  # the kernel log of the boot, up to the agent
 
 
 class Health(TypedDict):
-    """What the agent saw around one call: kernel log records and taint, before and during."""
-    log_before: list[str]
+    """What the agent saw during one call: kernel log records and taint around it."""
     log_during: list[str]
     taint_before: int
     taint_after: int
@@ -49,12 +46,11 @@ class GuestError(TypedDict):
     message: str
     traceback: NotRequired[str | None]
     verifier_log: NotRequired[str | None]
-    errno_name: NotRequired[str | None]
 
 
 def no_health() -> Health:
     """The health of a call the guest sent none for: no lines, no taint."""
-    return {"log_before": [], "log_during": [], "taint_before": 0, "taint_after": 0}
+    return {"log_during": [], "taint_before": 0, "taint_after": 0}
 
 
 class GuestFailure(Exception):
@@ -201,10 +197,6 @@ def parse_hello(line: str) -> Hello:
     if value.get("event") != "ready":
         raise Malformed(f"expected the agent's ready event, got event {value.get('event')!r}")
     hello: Hello = {"event": "ready", "release": _text(value.get("release"), "release")}
-    if "proc_version" in value:
-        hello["proc_version"] = _text(value["proc_version"], "proc_version")
-    if "python" in value:
-        hello["python"] = _text(value["python"], "python")
     if "uptime" in value:
         hello["uptime"] = _number(value["uptime"], "uptime")
     if "taint" in value:
@@ -218,8 +210,7 @@ def parse_health(value: object) -> Health:
     """A call's health report, every field present (0 taint and no lines when not sent)."""
     if not isinstance(value, dict):
         raise Malformed(f"health is {_shape(value)}, not an object")
-    return {"log_before": _lines(value.get("log_before", []), "health.log_before"),
-            "log_during": _lines(value.get("log_during", []), "health.log_during"),
+    return {"log_during": _lines(value.get("log_during", []), "health.log_during"),
             "taint_before": _int(value.get("taint_before", 0), "health.taint_before"),
             "taint_after": _int(value.get("taint_after", 0), "health.taint_after")}
 
@@ -238,8 +229,6 @@ def parse_error(value: object) -> GuestError:
         error["traceback"] = _optional_text(value["traceback"], "error.traceback")
     if "verifier_log" in value:
         error["verifier_log"] = _optional_text(value["verifier_log"], "error.verifier_log")
-    if "errno_name" in value:
-        error["errno_name"] = _optional_text(value["errno_name"], "error.errno_name")
     return error
 
 
