@@ -1,4 +1,4 @@
-"""A stand-in for a booted kernel: a Machine (harness/channel.py) that replays saved lines.
+"""A stand-in for a booted kernel: a Machine (harness/machines/channel.py) that replays saved lines.
 
 It gives the session, channel and crash paths fast tests on real saved console logs, without QEMU.
 A FakeMachine is told what to do when it starts (console lines such as
@@ -8,7 +8,7 @@ lines, then channel lines, and may end with the machine dying (both streams end,
 exits) or hanging (it stays up and says nothing more). Past the last scripted Reply it answers
 like a healthy agent.
 
-The console and channel go through harness.channel's own Console and LineChannel, so what a test
+The console and channel go through harness.machines.channel's own Console and LineChannel, so what a test
 sees is what a session on a real guest would see. A LiveCount shared by several machines counts
 how many run at once.
 """

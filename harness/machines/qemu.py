@@ -6,7 +6,7 @@ virtio-serial ports, separate from the kernel console, which virtme-ng sends to 
 So the console can be kept whole in a log while the channel carries only protocol lines.
 
 The guest's root is the host's own (read-only, as virtme-ng does), or a pinned root filesystem
-(harness/rootfs.py); then the repo and the BPF objects are mounted into it read-only, and
+(machines/rootfs.py); then the repo and the BPF objects are mounted into it read-only, and
 guest_path() says where a host file is seen inside.
 """
 from __future__ import annotations

@@ -42,7 +42,7 @@ from ..paths import REPO_ROOT
 
 IMAGES_DIR = REPO_ROOT / "images"
 HOST = "host"
-# Where a guest on a pinned root sees the repo and the BPF objects (harness/vm.py mounts them);
+# Where a guest on a pinned root sees the repo and the BPF objects (machines/qemu.py mounts them);
 # the mount points are made when the root is built.
 GUEST_REPO = "/kconform/repo"
 GUEST_BPF = "/kconform/bpf"
