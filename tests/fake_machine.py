@@ -8,9 +8,9 @@ lines, then channel lines, and may end with the machine dying (both streams end,
 exits) or hanging (it stays up and says nothing more). Past the last scripted Reply it answers
 like a healthy agent.
 
-The console and channel go through harness.machines.channel's own Console and LineChannel, so what a test
-sees is what a session on a real guest would see. A LiveCount shared by several machines counts
-how many run at once.
+The console and channel go through harness.machines.channel's own Console and LineChannel, so
+what a test sees is what a session on a real guest would see. A LiveCount shared by several
+machines counts how many run at once.
 """
 from __future__ import annotations
 

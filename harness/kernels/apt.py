@@ -167,7 +167,7 @@ class AptArchive:
             "Acquire::Retries": "2", "Acquire::http::Timeout": "30",
             **APT_VERIFICATION,
         }
-        lines = ["// Written by kconform; apt reads nothing else (harness/kernels/apt.py AptArchive)."]
+        lines = ["// Written by kconform; apt reads nothing else (kernels/apt.py AptArchive)."]
         lines += [f'{key} "{value}";' for key, value in opts.items()]
         return "\n".join(lines) + "\n"
 

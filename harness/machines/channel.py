@@ -194,7 +194,8 @@ class LineChannel:
 
 
 class Machine(Protocol):
-    """What a GuestSession drives: a QemuMachine (machines/qemu.py) or an SshMachine (machines/ssh.py)."""
+    """What a GuestSession drives: a QemuMachine (machines/qemu.py) or an SshMachine
+    (machines/ssh.py)."""
     noun: str                   # "the guest", "the SSH session": for failure messages
     console: Console
     started_at: float | None
