@@ -190,6 +190,13 @@ Manifest = dict[str, object]
 
 
 
+def publish(built: Path, dest: Path, meta: Manifest) -> None:
+    """The publish step of a cache entry built in a staging directory: its manifest, then one
+    rename, so the entry is complete or absent, whoever looks."""
+    write_manifest(built, meta)
+    os.rename(built, dest)
+
+
 def write_manifest(root: Path, meta: Manifest, only: set[str] | None = None) -> None:
     """Record every regular file under root (or only those in `only`, relative paths)."""
     files: dict[str, dict[str, int | str]] = {}

@@ -19,11 +19,11 @@ from ..cache import (
     check_manifest,
     check_published,
     disk_full,
+    publish,
     read_regular_file,
     remove_published,
     staging_dir,
     write_atomic,
-    write_manifest,
 )
 from ..errors import KconformError, KernelUnavailable
 from .apt import AptArchive, require_debian_mirror
@@ -155,10 +155,9 @@ class KernelProvider:
             if proc.returncode != 0:
                 raise KernelUnavailable(f"{spec.name}: depmod failed: {proc.stderr.strip()} "
                                         "(install kmod)")
-            write_manifest(tree, {"name": spec.name, "release": release, "abi": abi,
-                                  "package_version": version, "packages": packages,
-                                  "suites": list(spec.suites)})
-            os.rename(tree, root)  # the publish step: a tree is complete or absent
+            publish(tree, root, {"name": spec.name, "release": release, "abi": abi,
+                                 "package_version": version, "packages": packages,
+                                 "suites": list(spec.suites)})
         except OSError as exc:
             raise KernelUnavailable(_unpack_error(spec.name, "the kernel packages", str(exc),
                                                   staging)) from None

@@ -29,9 +29,9 @@ from ..cache import (
     check_manifest,
     check_published,
     disk_full,
+    publish,
     remove_published,
     staging_dir,
-    write_manifest,
 )
 from ..datafiles import read_table
 from ..errors import KconformError
@@ -237,10 +237,9 @@ class RootfsProvider:
             # The downloaded .debs are not part of the root.
             for deb in (target / "var/cache/apt/archives").glob("*.deb"):
                 deb.unlink()
-            write_manifest(target, {"name": spec.name, "suite": spec.suite, "mirror": mirror,
-                                    "recipe_digest": spec.digest,
-                                    "packages": _installed_packages(target)})
-            os.rename(target, root)  # the publish step: a root is complete or absent
+            publish(target, root, {"name": spec.name, "suite": spec.suite, "mirror": mirror,
+                                   "recipe_digest": spec.digest,
+                                   "packages": _installed_packages(target)})
         except OSError as exc:
             detail = str(exc)
             if disk_full(staging, detail):
