@@ -23,7 +23,6 @@ def test_closed_socket_leaves_the_map(guest, expect, map_type):
     expect("D3", guest.call("closed_socket_leaves_map", map_type=map_type), map_type)
 
 
-
 @EACH_MAP_TYPE
 def test_listener_disconnected_with_connect_af_unspec_stays_until_close(guest, expect, map_type):
     expect("D3b", guest.call("listener_after_connect_unspec", map_type=map_type), map_type)

@@ -79,7 +79,6 @@ def bpf_cache_dir() -> Path:
     return path
 
 
-
 def open_lock_file(path: Path) -> int:
     """An fd to flock: created 0600 if missing, never truncated, and never through a symlink
     (a planted `.lock-apt -> somefile` must not let kconform open, let alone empty, its target)."""
@@ -179,7 +178,6 @@ def read_regular_file(path: Path) -> str:
 MANIFEST = "kconform-tree.json"
 
 
-
 # Format 2 records each file's size, mtime and sha256. A run checks size and mtime (a warm start
 # stays fast); `./kconform cache verify` re-hashes everything.
 MANIFEST_FORMAT = 2
@@ -187,7 +185,6 @@ MANIFEST_FORMAT = 2
 # A manifest as JSON: "files", "format" and "vmlinuz_sha256" are the cache's; the other fields
 # are the publisher's (a kernel tree's release, a root's packages), read and checked by it.
 Manifest = dict[str, object]
-
 
 
 def publish(built: Path, dest: Path, meta: Manifest) -> None:
@@ -217,7 +214,6 @@ def write_manifest(root: Path, meta: Manifest, only: set[str] | None = None) -> 
     write_atomic(root / MANIFEST, json.dumps(meta, indent=1, sort_keys=True))
 
 
-
 def _read_manifest(root: Path) -> tuple[Manifest | None, str | None]:
     if root.is_symlink() or not root.is_dir():
         return None, f"{root} is not a directory kconform published (a symlink, or a file)"
@@ -228,7 +224,6 @@ def _read_manifest(root: Path) -> tuple[Manifest | None, str | None]:
     if not isinstance(meta, dict) or not isinstance(meta.get("files"), dict):
         return None, "its manifest lists no files"
     return meta, None
-
 
 
 def manifest_files(meta: Manifest) -> dict[str, object]:
@@ -256,7 +251,6 @@ def _file_problem(root: Path, rel: str, recorded: object, full: bool) -> str | N
     if full and "sha256" in recorded and _sha256(root / rel) != recorded["sha256"]:
         return f"{rel} does not match its recorded sha256"
     return None
-
 
 
 def check_manifest(root: Path, full: bool = False) -> tuple[Manifest | None, str | None]:
@@ -296,7 +290,6 @@ def check_published(root: Path, log: Callable[[str], None] = lambda msg: None
     return meta, problem
 
 
-
 def verify_cache(cache: Path) -> tuple[list[str], list[str]]:
     """(damaged, unverifiable): every published kernel tree and root re-hashed. damaged holds
     'path: what is wrong'; unverifiable the entries whose manifest predates hashes."""
@@ -311,7 +304,6 @@ def verify_cache(cache: Path) -> tuple[list[str], list[str]]:
             unverifiable.append(f"{entry}: its manifest predates file hashes (the next run "
                                 "that uses it records them)")
     return damaged, unverifiable
-
 
 
 def _sha256(path: Path) -> str:
@@ -329,7 +321,6 @@ def remove_published(path: Path) -> None:
             path.unlink()
     else:
         shutil.rmtree(path, ignore_errors=True)
-
 
 
 def disk_full(path: Path, detail: str) -> bool:

@@ -20,7 +20,6 @@ def caller_cwd() -> Path:
     return Path(os.environ.get("KCONFORM_CALLER_CWD") or os.getcwd())
 
 
-
 def caller_path(value: str | os.PathLike[str]) -> Path:
     """A path the user typed (an option's value), taken from where it was typed, absolute."""
     path = Path(value).expanduser()

@@ -27,7 +27,7 @@ DATA = Path(__file__).parent / "data"
 
 SERVE, HANG, DIE = "serve", "hang", "die"  # what a machine does after a Reply
 
-CLEAN_HEALTH = {"log_before": [], "log_during": [], "taint_before": 0, "taint_after": 0}
+CLEAN_HEALTH = {"log_during": [], "taint_before": 0, "taint_after": 0}
 
 
 def saved_console(name: str) -> list[str]:
@@ -37,8 +37,7 @@ def saved_console(name: str) -> list[str]:
 
 def hello_line(release: str = "6.1.0-50-amd64", **fields) -> str:
     """The agent's ready event, as harness/agent/agent.py sends it."""
-    hello = {"event": "ready", "release": release, "proc_version": f"Linux version {release}",
-             "python": "3.11.2", "uptime": 16.5, "taint": 0, "boot_log": []}
+    hello = {"event": "ready", "release": release, "uptime": 16.5, "taint": 0, "boot_log": []}
     return json.dumps({**hello, **fields})
 
 

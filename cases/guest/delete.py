@@ -30,7 +30,6 @@ def closed_socket_leaves_map(map_type):
         return {"lookup_before_close": before, "lookup_after_close": lookup_within(fd, bpf.u32(0))}
 
 
-
 def _connect_unspec(sock):
     """connect() with an AF_UNSPEC address: disconnects (for a listener: stops listening)."""
     libc = ctypes.CDLL(None, use_errno=True)

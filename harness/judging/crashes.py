@@ -7,12 +7,10 @@ import re
 _FRAME = re.compile(r"^\s*(?:\[[ \d.]+\]\s*)?([A-Za-z_][\w.]*)\+0x[0-9a-f]+/0x[0-9a-f]+")
 
 
-
 # Frames of the reporting machinery, not of the fault: a fingerprint starts after them.
 _REPORTING = re.compile(r"^(dump_stack\w*|show_stack|panic|_printk|printk|vpanic|__warn\w*|"
                         r"warn_slowpath\w*|report_bug|handle_bug|exc_invalid_op|asm_exc_\w+|"
                         r"die\w*|oops_\w+|__die\w*)$")
-
 
 
 def crash_fingerprint(lines: list[str], frames: int = 4) -> str | None:

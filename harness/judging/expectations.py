@@ -31,7 +31,6 @@ BEHAVIOUR_FIELDS = ("title", "section", "outcomes")
 OUTCOME_FIELDS = ("expect", "source", "since", "until", "reason", "differs_from_doc", "regression")
 
 
-
 def _versions(value: str | list[str] | None) -> list[tuple[int, ...]]:
     if value is None:
         return []

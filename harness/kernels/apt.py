@@ -20,7 +20,6 @@ from .specs import KernelSpec
 DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 
 
-
 MIRROR_SCHEMES = ("http", "https", "file")
 # What a mirror URL may hold: it becomes a word of an apt sources line and debootstrap's argument,
 # so no whitespace (a newline wrote a second `deb [trusted=yes] ...` line), no [ ] (source

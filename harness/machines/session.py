@@ -61,7 +61,6 @@ class GuestFailure(Exception):
         self.console = console or []
 
 
-
 class BootFailure(GuestFailure):
     pass
 

@@ -25,7 +25,7 @@ from ..machines.ssh import (
 from .fixtures import bpf_object, expect, guest
 from .options import pytest_addoption
 from .recording import Reporter, declared_behaviour, mark_console_start
-from .run import CASE_GUEST_KEY, RUN_KEY, TARGETS_KEY, KconformRun
+from .run import CASE_GUEST_KEY, RUN_KEY, TARGETS_KEY, KconformRun, kernel_of
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -93,7 +93,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         behaviour = run.behaviours.get(declared_behaviour(item)[0] or "")
         return bool(behaviour and behaviour.may_lose_the_guest)
 
-    items.sort(key=lambda item: (order.get(_kernel_of(item), -1), may_lose_the_guest(item)))
+    items.sort(key=lambda item: (order.get(kernel_of(item), -1), may_lose_the_guest(item)))
 
 
 def _check_behaviours_declared(config: pytest.Config, run: KconformRun,
@@ -102,7 +102,7 @@ def _check_behaviours_declared(config: pytest.Config, run: KconformRun,
     stops here, before anything boots (expect() would otherwise fail each case after the boot)."""
     missing: dict[str, str] = {}
     for item in items:
-        if _kernel_of(item) is None:
+        if kernel_of(item) is None:
             continue
         bid = declared_behaviour(item)[0]
         if bid and bid not in run.behaviours:
@@ -116,15 +116,9 @@ def _check_behaviours_declared(config: pytest.Config, run: KconformRun,
 
 
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
-    kernel = _kernel_of(item)
-    if kernel and (nextitem is None or _kernel_of(nextitem) != kernel):
+    kernel = kernel_of(item)
+    if kernel and (nextitem is None or kernel_of(nextitem) != kernel):
         item.config.stash[RUN_KEY].pool.release(kernel)  # its last test here: free the CPU
-
-
-def _kernel_of(item: pytest.Item) -> str | None:
-    callspec = getattr(item, "callspec", None)
-    kernel = callspec.params.get("kernel") if callspec else None
-    return kernel if isinstance(kernel, str) else None
 
 
 # A test's reports (what each carries, a crash's verdict included) are the Reporter's alone:
@@ -140,8 +134,6 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
     if case_guest is not None:
         case_guest.fail_if_down_unjudged()
     return result
-
-
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -164,7 +156,10 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatu
     for reports in terminalreporter.stats.values():
         for report in reports:
             props = dict(getattr(report, "user_properties", []) or [])
-            if "kernel" not in props or getattr(report, "when", None) != "call":
+            when = getattr(report, "when", None)
+            # a case is counted by its call, or by its setup when that failed (a guest that never
+            # booted, a splat while it booted): report.json counts those too
+            if "kernel" not in props or not (when == "call" or (when == "setup" and report.failed)):
                 continue
             entry = seen.setdefault(props["kernel"], {"version": props.get("kernel_version"),
                                                       "uname": props.get("uname"), "verdicts": {}})
@@ -177,8 +172,6 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatu
         counts = ", ".join(f"{n} {v}" for v, n in sorted(entry["verdicts"].items()))
         terminalreporter.write_line(f"{name}: {entry['version']} (uname {entry['uname']}): "
                                     f"{counts}")
-
-
 
 
 # The hooks above, the options and the fixtures make the plugin pytest registers (conftest.py).

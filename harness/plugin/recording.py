@@ -49,7 +49,7 @@ from ..reports.results import (
     write_json,
 )
 from ..versions import dotted, upstream_version
-from .run import CASE_GUEST_KEY, CRASHED_KEY
+from .run import CASE_GUEST_KEY, CRASHED_KEY, kernel_of
 
 if TYPE_CHECKING:
     from .run import KconformRun
@@ -98,7 +98,7 @@ class Reporter:
                                   call: pytest.CallInfo[None]) -> Generator[None, Result[Any]]:
         outcome = yield
         report: pytest.TestReport = outcome.get_result()
-        kernel = _kernel_param(item)
+        kernel = kernel_of(item)
         if kernel is None:
             return
         props = dict(report.user_properties)
@@ -340,12 +340,6 @@ def _seconds(props: dict[str, object], name: str) -> float | None:
 
 def _json(text: object) -> object:
     return json.loads(text) if isinstance(text, str) and text else None
-
-
-def _kernel_param(item: pytest.Item) -> str | None:
-    callspec = getattr(item, "callspec", None)
-    kernel = callspec.params.get("kernel") if callspec else None
-    return kernel if isinstance(kernel, str) else None
 
 
 def case_id(item: pytest.Item, kernel: str) -> str:

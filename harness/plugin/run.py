@@ -339,3 +339,10 @@ def _failure_text(exc: GuestFailure, info: KernelInfo | None, rules: HealthRules
         text.append(f"console log: {info.console_log}")
         text.append(f"{info.by_hand}: {info.vng_command}")
     return "\n".join(text)
+
+
+def kernel_of(item: pytest.Item) -> str | None:
+    """The kernel a test item runs on (its session-scoped `kernel` parameter), if it has one."""
+    callspec = getattr(item, "callspec", None)
+    kernel = callspec.params.get("kernel") if callspec else None
+    return kernel if isinstance(kernel, str) else None

@@ -21,7 +21,7 @@ TREE = KernelTree(name="debian-6.1", vmlinuz=None, release="6.1.0-50-amd64",
 def pytest_configure(config: pytest.Config) -> None:
     stem = os.environ["KCONFORM_REPLAY_BOOT"]
     hello = (DATA / f"{stem}.hello.json").read_text().strip()
-    console = saved_console(f"{stem}.log")
+    console = saved_console(os.environ.get("KCONFORM_REPLAY_CONSOLE", f"{stem}.log"))
     pool = config.stash[RUN_KEY].pool
 
     def new_machine(self: GuestPool, name: str, tree: KernelTree, log: Path):
