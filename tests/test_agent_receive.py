@@ -1,6 +1,9 @@
 """The guest side's one set of receive helpers (harness/agent/sockets.py), on real host sockets:
 the redirect, sk_msg and doc-example cases judge what arrived by them."""
 import socket
+import struct
+
+import pytest
 
 from harness.agent.sockets import arrivals, closing_all, drained, received, tcp_pair, unix_pair
 
@@ -38,3 +41,14 @@ def test_drained_reads_until_quiet():
         for part in (b"one", b"two", b"three"):
             a.send(part)
         assert drained(b, wait=0.05) == b"onetwothree"
+
+
+def test_drained_raises_when_the_connection_is_reset():
+    """A reset is an observation, not silence: msg_helpers' cases must see it fail."""
+    a, b = tcp_pair()
+    with closing_all(a, b):
+        b.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        a.sendall(b"x")
+        b.close()  # unread data and linger 0: the peer sends RST
+        with pytest.raises(ConnectionResetError):
+            drained(a, 0.5)
