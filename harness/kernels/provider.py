@@ -28,7 +28,7 @@ from ..cache import (
 from ..errors import KconformError, KernelUnavailable
 from .apt import AptArchive, require_debian_mirror
 from .specs import KernelSpec, _looks_like_path, load_specs
-from .trees import KernelTree, bzimage_release
+from .trees import KernelTree, bzimage_release, local_kernel_image
 
 LISTS_MAX_AGE = 12 * 3600  # how long a resolution is trusted before apt asks the archive again
 
@@ -179,15 +179,10 @@ class KernelProvider:
 
     def _local(self, path: Path) -> KernelTree:
         path = path.expanduser().resolve()
-        if path.is_dir():
-            image = path / "arch" / "x86" / "boot" / "bzImage"
-            if not image.exists():
-                raise KconformError(f"{path} is a directory but not a built kernel tree "
-                                    "(no arch/x86/boot/bzImage): build it, or pass the bzImage")
+        image = local_kernel_image(path)
+        if path.is_dir():  # a built tree: vng boots it with its modules
             return KernelTree(name=str(path), vmlinuz=image, release=bzimage_release(image),
                               root=None, config_path=path / ".config", run_target=path)
-        if not path.exists():
-            raise KconformError(f"kernel path {path} does not exist")
         return KernelTree(name=str(path), vmlinuz=path, release=bzimage_release(path))
 
     def _host(self) -> KernelTree:

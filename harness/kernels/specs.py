@@ -11,7 +11,7 @@ from pathlib import Path
 from ..datafiles import read_table
 from ..errors import KconformError
 from ..paths import REPO_ROOT
-from .trees import bzimage_release
+from .trees import bzimage_release, local_kernel_image
 
 KERNELS_DIR = REPO_ROOT / "kernels"
 
@@ -180,21 +180,13 @@ def _kernel_path(name: str, specs: dict[str, KernelSpec], cwd: Path | None) -> s
 def _check_local_kernel(name: str, path: Path) -> None:
     """What the provider boots from a path, checked now: a bzImage, or a built tree holding one
     (else each case would fail on its own, after the run started)."""
-    image = path / "arch" / "x86" / "boot" / "bzImage" if path.is_dir() else path
-    if path.is_dir() and not image.is_file():
-        raise KconformError(f"--kernel {name}: {path} is a directory but not a built kernel tree "
-                            "(no arch/x86/boot/bzImage): build it (make bzImage), or give the "
-                            "path of a bzImage")
-    if not image.is_file():  # reading a FIFO or a device would hang or never end
-        raise KconformError(f"--kernel {name}: {path} is not a regular file; give the path of a "
-                            "bzImage or of a built kernel tree")
     try:
+        image = local_kernel_image(path)
         bzimage_release(image)
     except KconformError as exc:
-        raise KconformError(f"--kernel {name}: {exc}; give the path of a bzImage (e.g. "
-                            "arch/x86/boot/bzImage) or of a built kernel tree") from None
+        raise KconformError(f"--kernel {name}: {exc}") from None
     except OSError as exc:
-        raise KconformError(f"--kernel {name}: cannot read {image} ({exc.strerror}); give a "
+        raise KconformError(f"--kernel {name}: cannot read {path} ({exc.strerror}); give a "
                             "readable bzImage or built kernel tree") from None
 
 

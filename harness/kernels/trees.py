@@ -53,12 +53,31 @@ def parse_kconfig(text: str) -> dict[str, str]:
     return config
 
 
+def local_kernel_image(path: Path) -> Path:
+    """The bzImage a kernel path names: the path itself, or a built tree's arch/x86/boot/bzImage.
+    KconformError when there is none to read."""
+    if not path.exists():
+        raise KconformError(f"{path} does not exist; give the path of a bzImage or of a built "
+                            "kernel tree")
+    image = path / "arch" / "x86" / "boot" / "bzImage" if path.is_dir() else path
+    if path.is_dir() and not image.is_file():
+        raise KconformError(f"{path} is a directory but not a built kernel tree (no "
+                            "arch/x86/boot/bzImage): build it (make bzImage), or give the path "
+                            "of a bzImage")
+    if not image.is_file():  # reading a FIFO or a device would hang or never end
+        raise KconformError(f"{path} is not a regular file; give the path of a bzImage or of a "
+                            "built kernel tree")
+    return image
+
+
 def bzimage_release(path: Path) -> str:
     """The release string stored in a bzImage header (what `file` prints as 'version')."""
     with open(path, "rb") as f:
         head = f.read(0x400)
         if len(head) < 0x210 or head[0x202:0x206] != b"HdrS":
-            raise KconformError(f"{path} is not a bzImage (no 'HdrS' boot header)")
+            raise KconformError(f"{path} is not a bzImage (no 'HdrS' boot header); give the "
+                                "path of a bzImage (e.g. arch/x86/boot/bzImage) or of a built "
+                                "kernel tree")
         offset = int.from_bytes(head[0x20E:0x210], "little") + 0x200
         f.seek(offset)
         raw = f.read(256)
