@@ -35,6 +35,7 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[RUN_KEY] = KconformRun(config)
     except KconformError as exc:
         raise pytest.UsageError(str(exc)) from None
+    selected_behaviours(config, config.stash[RUN_KEY])  # an unknown id: a usage error now
     config.pluginmanager.register(Reporter(config, config.stash[RUN_KEY]), "kconform-report")
     atexit.register(kill_all_guests)
     if hasattr(signal, "SIGTERM"):
@@ -86,6 +87,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # Cases some kernel is expected to hang on (a cited stable-release deadlock) go last on their
     # kernel: a replacement guest booted after the last of them serves no test, so none is booted.
     run = config.stash[RUN_KEY]
+    _deselect_other_behaviours(config, run, items)
     _check_behaviours_declared(config, run, items)
     order: dict[str | None, int] = {name: i for i, name in enumerate(run.kernel_names)}
 
@@ -94,6 +96,32 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return bool(behaviour and behaviour.may_lose_the_guest)
 
     items.sort(key=lambda item: (order.get(kernel_of(item), -1), may_lose_the_guest(item)))
+
+
+def selected_behaviours(config: pytest.Config, run: KconformRun) -> list[str]:
+    """The ids --behaviour names, each checked against the expectations file ([] = all)."""
+    ids = [part.strip() for value in config.option.behaviour for part in value.split(",")]
+    if any(not bid for bid in ids):
+        raise pytest.UsageError(f"--behaviour {','.join(config.option.behaviour)!r} has an empty "
+                                "id in its comma list; write e.g. --behaviour U10,E1")
+    unknown = [bid for bid in ids if bid not in run.behaviours]
+    if unknown:
+        path = config.option.expectations or expectations.DEFAULT_FILE
+        raise pytest.UsageError(f"--behaviour: unknown behaviour {', '.join(unknown)}; the ids "
+                                f"are the [ID] tables of {path}: {', '.join(run.behaviours)}")
+    return ids
+
+
+def _deselect_other_behaviours(config: pytest.Config, run: KconformRun,
+                               items: list[pytest.Item]) -> None:
+    """--behaviour: the cases checking other behaviours are deselected, as -k deselects."""
+    wanted = set(selected_behaviours(config, run))
+    if not wanted:
+        return
+    deselected = [item for item in items if declared_behaviour(item)[0] not in wanted]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if declared_behaviour(item)[0] in wanted]
 
 
 def _check_behaviours_declared(config: pytest.Config, run: KconformRun,

@@ -26,6 +26,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="kernel to run on: a name from kernels/*.toml, 'all', 'default', 'host', "
                          "or a path to a bzImage or built kernel tree. Repeatable; comma lists "
                          "allowed. Default: the set in kernels/default.txt.")
+    group.addoption("--behaviour", action="append", default=[], metavar="ID[,ID...]",
+                    help="run only the cases that check these behaviours (the [ID] tables of "
+                         "cases/expectations.toml, e.g. U10,E1); the others are deselected, as "
+                         "-k deselects. Repeatable; comma lists allowed.")
     group.addoption("--accel", choices=("auto", "kvm", "tcg"), default="auto",
                     help="QEMU accelerator. auto (default) uses KVM only if a probe boot works.")
     group.addoption("--boot-timeout", type=positive_seconds, default=None, metavar="S",
