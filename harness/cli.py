@@ -16,6 +16,7 @@ USAGE = """\
 ./kconform test [pytest args]                              kconform's own tests (tests/)
 ./kconform merge RESULTS... [-o DIR]                       one grid from several runs' report.json
 ./kconform compare RESULTS [RESULTS] [--base K --new K]    what differs; exit 1 on a regression
+./kconform bisect ID... [-k EXPR] --kernel RANGE          the version whose outcome changed
 ./kconform kernels                                         list the known kernel names
 ./kconform cache verify                                    re-hash the cached kernels and roots
 ./kconform bench [--kernel NAME]                           floor, suite, naive loop, matrix, memory
@@ -146,6 +147,12 @@ def compare_main(argv: list[str]) -> int:
     return 1 if result.regressions else 0
 
 
+def bisect_main(argv: list[str]) -> int:
+    """`bisect`: boots versions of a range in child runs of the suite (harness/bisect.py)."""
+    from .bisect import main as bisect
+    return bisect(argv)
+
+
 def cache_main(argv: list[str]) -> int:
     """`cache verify`: every cached kernel tree and root re-hashed against its manifest (a run
     checks only sizes and mtimes). Exit 1 when something is damaged."""
@@ -196,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         return bench(rest)
     elif command == "cache":
         return cache_main(rest)
+    elif command == "bisect":
+        return bisect_main(rest)
     elif command == "kernels":
         from .errors import KconformError
         from .kernels import default_kernel_names, load_specs
