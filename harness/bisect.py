@@ -25,7 +25,7 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -266,53 +266,17 @@ def search(kernels: list[str], probe: Prober,
 
 # ---------------------------------------------------------------------- the changelog
 
-_ENTRY = re.compile(r"^linux(?:-signed-amd64)? \(([^)\s]+)\)")
 _STABLE = re.compile(r"/ChangeLog-(\d+\.\d+(?:\.\d+)?)\b")
 
 
-def changelog_entries(text: str) -> Iterator[tuple[str, list[str]]]:
-    """(package version, the upstream ChangeLog-X versions it names) per entry, newest first."""
-    version: str | None = None
-    stable: list[str] = []
-    for line in text.splitlines():
-        entry = _ENTRY.match(line)
-        if entry:
-            if version is not None:
-                yield version, stable
-            version, stable = entry.group(1), []
-        elif version is not None:
-            stable += _STABLE.findall(line)
-    if version is not None:
-        yield version, stable
-
-
-def _upstream(version: str) -> tuple[int, ...] | None:
-    try:
-        return upstream_version(version)
-    except ValueError:
-        return None
-
-
-def stable_versions_between(text: str, older: str, newer: str) -> list[str]:
-    """The upstream stable versions the changelog's entries after `older` up to `newer` name
-    (package versions), oldest first: what came into the newer package since the older one.
-    Entries are read from `newer`'s down to `older`'s, or to the first entry of an older upstream
-    version (a range across series, whose older end is not in the newer package's history)."""
-    low, high = _upstream(older), _upstream(newer)
-    found: list[str] = []
-    started = False
-    for version, stable in changelog_entries(text):
-        started = started or version == newer
-        if not started:
-            continue
-        this = _upstream(version)
-        if version == older or (low is not None and this is not None and this < low):
-            break
-        found += stable
-    keys = {v: _upstream(v) for v in found}
-    between = {v for v, k in keys.items()
-               if k is not None and (low is None or k > low) and (high is None or k <= high)}
-    return sorted(between, key=lambda v: keys[v] or ())
+def stable_versions_between(changelog: str, older: str, newer: str) -> list[str]:
+    """The upstream stable versions the newer package's changelog names (its entries'
+    .../ChangeLog-X lines) after the older package's upstream version, up to the newer's, oldest
+    first. Read from the newer package alone: across series (or to a 7.3 package whose history
+    holds 7.2 uploads and release candidates) the older package's entry need not be in it."""
+    low, high = upstream_version(older), upstream_version(newer)
+    named = {v: upstream_version(v) for v in _STABLE.findall(changelog)}
+    return sorted((v for v, k in named.items() if low < k <= high), key=lambda v: named[v])
 
 
 def read_changelog(root: Path | None) -> tuple[Path, str] | None:
@@ -402,7 +366,7 @@ def render(result: Bisection, selection: list[str],
     within = ("within" if booted <= bound else "over") + f" the bound of {bound} for {n} versions"
     if result.skipped:
         within += " (the bound assumes none is skipped)"
-    lines.append(f"versions booted, in the order booted: {booted} of {n}, {within}; "
+    lines.append(f"versions booted: {booted} of {n}, {within}; "
                  f"{result.replacements} replacement boot(s) after a lost guest (an expected "
                  "hang) besides")
     width = max(len(p.kernel) for p in result.probes)
@@ -498,7 +462,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str], prober: Prober | None = None,
-         changelog: ChangelogReader = tree_changelog, out: TextIO = sys.stdout) -> int:
+         changelog: ChangelogReader = tree_changelog, out: TextIO | None = None) -> int:
     args = parse_args(argv)
 
     def say(probe: Probe, n: int) -> None:
@@ -527,5 +491,5 @@ def main(argv: list[str], prober: Prober | None = None,
     except KeyboardInterrupt:
         print("kconform bisect: interrupted", file=sys.stderr)
         return 2
-    print(render(result, suite.selection(), changelog), file=out)
+    print(render(result, suite.selection(), changelog), file=out or sys.stdout)
     return 0 if result.found else 1
