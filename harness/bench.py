@@ -10,8 +10,10 @@ In one run, on the kernels given (default: all):
   naive    a sample of the same guest functions, each in its own `vng --exec` boot, extrapolated
   matrix   wall time of all kernels with -n 1 and with -n 2
   memory   peak RSS of the host-side processes and of each QEMU
+  bisect   boots and wall time of `./kconform bisect U10` over the seven bookworm versions
 Targets (issue #6): suite <= 1.3 x floor + case work; overhead <= 50 ms/case; naive/suite >= 20;
-the full matrix with -n 2 <= 4 minutes.
+the full matrix with -n 2 <= 4 minutes. Issue #11: a bisect over N versions boots at most
+ceil(log2(N - 1)) + 2 kernels (5 for the seven bookworm versions).
 """
 from __future__ import annotations
 
@@ -37,6 +39,9 @@ OVERHEAD_TARGET_MS = 50.0
 FLOOR_FACTOR = 1.3
 NAIVE_RATIO_TARGET = 20.0
 MATRIX_TARGET_S = 240.0
+# The bisect row: U10 (unbound UDP) changed inside bookworm's point releases, at 6.1.187-1.
+BISECT_RANGE = "debian-6.1@6.1.170-3..6.1.192-3"
+BISECT_BEHAVIOUR = "U10"
 
 # Guest functions a user without kconform would script one boot each for, with their arguments.
 NAIVE_SAMPLE: list[tuple[str, dict[str, object]]] = [
@@ -87,6 +92,18 @@ class NaiveFigures(TypedDict):
     extrapolated_suite_s: float
 
 
+class BisectFigures(TypedDict):
+    range: str
+    behaviour: str
+    versions: int
+    boots: int             # distinct versions booted
+    bound: int             # ceil(log2(versions - 1)) + 2
+    replacement_boots: int  # guests booted again after an expected hang, besides
+    skipped: list[str]
+    wall_s: float
+    change: str            # "older -> newer", or why none was found
+
+
 class Figures(TypedDict, total=False):
     """What bench saves as JSON (and prints as tables)."""
     accel: str
@@ -94,6 +111,7 @@ class Figures(TypedDict, total=False):
     started: str
     matrix: dict[str, MatrixFigures]
     naive: NaiveFigures
+    bisect: BisectFigures
 
 
 class PeakMemory:
@@ -208,6 +226,23 @@ def split_by_kernel(report: Report, name: str) -> KernelFigures:
             "verdicts": verdicts}
 
 
+def bisect_row(kernel_range: str, behaviour: str, results: Path) -> BisectFigures:
+    """A bisect as `./kconform bisect` runs it (one child run of the behaviour's cases per
+    version booted), timed whole: its boots against the bound."""
+    from . import bisect
+    kernels = bisect.expand_range(kernel_range)
+    start = time.monotonic()
+    result = bisect.search(kernels, bisect.SuiteProber([behaviour], None, results))
+    wall = time.monotonic() - start
+    change = f"{result.older.kernel} -> {result.newer.kernel}" \
+        if result.older is not None and result.newer is not None else result.why_none
+    return {"range": kernel_range, "behaviour": behaviour, "versions": len(kernels),
+            "boots": len(result.probes), "bound": bisect.boot_bound(len(kernels)),
+            "replacement_boots": result.replacements,
+            "skipped": [p.kernel for p in result.skipped], "wall_s": round(wall, 1),
+            "change": change}
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="kconform bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -216,6 +251,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--naive-kernel", default=None,
                         help="kernel for the naive sample (default: the first one)")
     parser.add_argument("--json", default="results/bench.json", help="where to save the figures")
+    parser.add_argument("--bisect-range", default=BISECT_RANGE, metavar="RANGE",
+                        help=f"versions the bisect row bisects {BISECT_BEHAVIOUR} over (default "
+                             f"{BISECT_RANGE}); 'none' leaves the row out")
     args = parser.parse_args(argv)
     names = expand_kernel_args(args.kernel or ["all"], load_specs())
     provider = KernelProvider(log=lambda m: print(f"kconform: {m}", file=sys.stderr))
@@ -265,6 +303,9 @@ def main(argv: list[str]) -> int:
         k["suite_budget_s"] = round(FLOOR_FACTOR * k["floor_s"] + k["work_s"]
                                     + k["expected_hangs_s"], 1)
         k["naive_over_suite"] = round(per_case * k["cases"] / k["suite_s"], 1)
+    if args.bisect_range != "none":
+        say(f"bisect: {BISECT_BEHAVIOUR} over {args.bisect_range}")
+        figures["bisect"] = bisect_row(args.bisect_range, BISECT_BEHAVIOUR, work_dir / "bisect")
     out.write_text(json.dumps(figures, indent=1))
     print_tables(figures)
     print(f"saved {out}")
@@ -295,6 +336,12 @@ def print_tables(f: Figures) -> None:
         print(f"matrix -{key[0]} {key[1:]}: {m['wall_s']} s wall; peak RSS: QEMU "
               f"{m['qemu_peak_mib']} MiB, host process {m['host_peak_mib']} MiB "
               f"(all host processes {m['host_total_peak_mib']} MiB)")
+    b = f.get("bisect")
+    if b is not None:
+        print(f"bisect {b['behaviour']} over {b['range']}: {b['boots']} boots of {b['versions']} "
+              f"versions (bound {b['bound']}), {b['replacement_boots']} replacement boots, "
+              f"{b['wall_s']} s wall; {b['change']}"
+              + (f"; skipped {', '.join(b['skipped'])}" if b["skipped"] else ""))
     ks = f["kernels"].values()
     print("targets:")
     print(f"  suite <= {FLOOR_FACTOR} x floor + case work: " + ", ".join(
@@ -308,3 +355,6 @@ def print_tables(f: Figures) -> None:
     n2 = f["matrix"]["n2"]["wall_s"]
     print(f"  matrix -n 2 <= {MATRIX_TARGET_S:.0f} s: {_met(n2 <= MATRIX_TARGET_S)} ({n2} s, "
           f"ratio {n2 / MATRIX_TARGET_S:.2f})")
+    if b is not None:
+        print(f"  bisect boots <= ceil(log2(N - 1)) + 2 = {b['bound']}: "
+              f"{_met(b['boots'] <= b['bound'])} ({b['boots']} boots)")

@@ -332,3 +332,14 @@ def test_the_cli_dispatches_bisect(tmp_path):
                            "debian-6.1", "--results-dir", str(tmp_path)], cwd=REPO,
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "unknown behaviour U99" in proc.stderr
+
+
+def test_the_bench_row_counts_the_boots_of_a_bisect_against_its_bound(bookworm, monkeypatch,
+                                                                      tmp_path):
+    from harness import bench
+    prober = FakeProber({k: u10(k.endswith(("170-3", "176-1"))) for k in bookworm})
+    monkeypatch.setattr(bisect, "SuiteProber", lambda behaviours, keyword, results: prober)
+    row = bench.bisect_row(bench.BISECT_RANGE, "U10", tmp_path)
+    assert row["boots"] == len(prober.booted) <= row["bound"] == 5
+    assert row["versions"] == 7 and row["replacement_boots"] == 0 and row["skipped"] == []
+    assert row["change"] == "debian-6.1@6.1.176-1 -> debian-6.1@6.1.187-1"
