@@ -226,6 +226,12 @@ def _read_manifest(root: Path) -> tuple[Manifest | None, str | None]:
     return meta, None
 
 
+def read_manifest(root: Path) -> Manifest | None:
+    """A published entry's manifest as recorded, without checking its files (None when there is
+    no readable one): what `cache list` shows."""
+    return _read_manifest(root)[0]
+
+
 def manifest_files(meta: Manifest) -> dict[str, object]:
     """The files a manifest lists, relative path -> what was recorded ({} when it lists none)."""
     files = meta.get("files")
@@ -315,12 +321,142 @@ def _sha256(path: Path) -> str:
 
 
 def remove_published(path: Path) -> None:
-    """Remove a damaged tree or root: a symlink or file in its place is unlinked, never followed."""
+    """Remove a tree or root (damaged, or pruned): a symlink or file in its place is unlinked,
+    never followed. A directory is renamed away first, so it never stays half-removed under its
+    published name; an interrupted removal leaves a .staging-* directory, which
+    remove_abandoned_staging takes care of."""
     if path.is_symlink() or not path.is_dir():
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
-    else:
-        shutil.rmtree(path, ignore_errors=True)
+        return
+    # rename(2) replaces an empty directory: the new name is reserved by mkdtemp first.
+    away = Path(tempfile.mkdtemp(prefix=f".staging-removed-{path.name}-", dir=path.parent))
+    try:
+        os.rename(path, away)
+    except OSError:
+        away.rmdir()
+        raise
+    shutil.rmtree(away, ignore_errors=True)
+
+
+# -- entries in use: each process that uses a cached entry (a kernel tree, a root, a BPF object)
+# holds a shared flock on the entry's in-use lock until it exits, and the lock file's mtime is the
+# entry's last use. `cache prune` removes an entry only under an exclusive lock on it.
+
+IN_USE_LOCK = ".lock-in-use-"  # + the entry's name, next to the entry: no manifest lists it
+
+# lock file path -> the fd holding its shared lock, for the life of this process
+_held_in_use: dict[str, int] = {}
+
+
+def in_use_lock(entry: Path) -> Path:
+    """The in-use lock file of a cache entry (which need not exist)."""
+    return entry.parent / f"{IN_USE_LOCK}{entry.name}"
+
+
+def _is_still_named(fd: int, path: Path) -> bool:
+    """Whether the locked fd is still the file at `path`: prune unlinks the lock file of an
+    entry it removed, so a lock taken on the old file protects nothing."""
+    try:
+        named, held = os.lstat(path), os.fstat(fd)
+    except FileNotFoundError:
+        return False
+    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
+
+
+def hold_in_use(entry: Path) -> None:
+    """Mark a cache entry used by this process: its last use is now, and `cache prune` leaves it
+    alone until this process exits (a shared flock, held on an fd kept open for that long).
+    Call it before checking that the entry exists, or while holding its builder's cache_lock:
+    a prune that got there first has then removed it, and the check sees it missing."""
+    lock = in_use_lock(entry)
+    key = os.path.abspath(lock)
+    fd = _held_in_use.get(key)
+    if fd is None:
+        while True:
+            fd = open_lock_file(lock)
+            fcntl.flock(fd, fcntl.LOCK_SH)  # waits out a prune removing the entry right now
+            if _is_still_named(fd, lock):
+                break
+            os.close(fd)  # that prune removed the entry and its lock: lock the new file
+        _held_in_use[key] = fd
+    os.utime(fd)
+
+
+def last_use(entry: Path) -> float:
+    """When a run last used the entry: its in-use lock's mtime, else (an entry cached before
+    kconform recorded use) the entry's own mtime; 0 when neither can be read."""
+    for path in (in_use_lock(entry), entry):
+        with contextlib.suppress(OSError):
+            return path.lstat().st_mtime
+    return 0.0
+
+
+def entry_in_use(entry: Path) -> bool:
+    """Whether a running kconform holds the entry (hold_in_use). Nothing is created."""
+    return _lock_busy(in_use_lock(entry))
+
+
+def cache_lock_busy(directory: Path, key: str) -> bool:
+    """Whether someone holds cache_lock(directory, key) now. Nothing is created."""
+    return _lock_busy(directory / f".lock-{key}")
+
+
+def _lock_busy(path: Path) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False  # no lock file: nobody ever held it
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+@contextlib.contextmanager
+def claim_for_removal(entry: Path) -> Iterator[bool]:
+    """Yields True while this process holds the entry's in-use lock exclusively (no run uses it,
+    and none can start to until the block ends), False when a run holds it. When the block has
+    removed the entry, its lock file goes too."""
+    lock = in_use_lock(entry)
+    created = not lock.exists()
+    fd = open_lock_file(lock)
+    try:
+        if created:  # an entry never held: its last use stays its own mtime, not now
+            with contextlib.suppress(OSError):
+                st = entry.lstat()
+                os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            yield False
+            return
+        if not _is_still_named(fd, lock):  # another prune removed it meanwhile
+            yield False
+            return
+        yield True
+        if not (entry.exists() or entry.is_symlink()):
+            lock.unlink()  # under the exclusive lock: a waiting holder sees the name change
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def try_cache_lock(directory: Path, key: str) -> Iterator[bool]:
+    """cache_lock without waiting: yields whether the lock was free (and is now held)."""
+    fd = open_lock_file(directory / f".lock-{key}")
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
 
 
 def disk_full(path: Path, detail: str) -> bool:
