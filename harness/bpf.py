@@ -12,7 +12,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from .cache import bpf_cache_dir
+from .cache import bpf_cache_dir, hold_in_use
 from .errors import KconformError
 from .paths import REPO_ROOT
 
@@ -50,6 +50,7 @@ def build(name: str, cache: Path | None = None, source_dir: Path = BPF_DIR) -> P
     out_dir = cache / "bpf" if cache else bpf_cache_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{name}-{_inputs_digest(source, version)}.o"
+    hold_in_use(target)  # before the check: `cache prune` leaves it alone from here on
     if target.is_file() and not target.is_symlink():  # a planted link is replaced, not loaded
         return target
     fd, tmp = tempfile.mkstemp(prefix=f".{name}-", suffix=".o", dir=out_dir)

@@ -29,6 +29,7 @@ from ..cache import (
     check_manifest,
     check_published,
     disk_full,
+    hold_in_use,
     publish,
     remove_published,
     staging_dir,
@@ -196,6 +197,7 @@ class RootfsProvider:
         spec = load_recipe(name)
         root = self.dir / f"{name}-{spec.digest}"
         with self._lock(root.name):
+            hold_in_use(root)  # before the check: `cache prune` leaves it alone from here on
             if root.exists() or root.is_symlink():
                 meta, problem = check_published(root, self.log)
                 if meta:
