@@ -6,6 +6,7 @@ import argparse
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from .paths import REPO_ROOT, caller_cwd, caller_path
@@ -18,6 +19,8 @@ USAGE = """\
 ./kconform compare RESULTS [RESULTS] [--base K --new K]    what differs; exit 1 on a regression
 ./kconform bisect ID... [-k EXPR] --kernel RANGE          the version whose outcome changed
 ./kconform kernels                                         list the known kernel names
+./kconform cache [list]                                    what is cached: size, last use
+./kconform cache prune [--keep N] [--older-than 30d]       remove what no run uses [--dry-run]
 ./kconform cache verify                                    re-hash the cached kernels and roots
 ./kconform bench [--kernel NAME]                           floor, suite, naive loop, matrix, memory
 
@@ -154,18 +157,83 @@ def bisect_main(argv: list[str]) -> int:
 
 
 def cache_main(argv: list[str]) -> int:
-    """`cache verify`: every cached kernel tree and root re-hashed against its manifest (a run
-    checks only sizes and mtimes). Exit 1 when something is damaged."""
-    from .cache import cache_dir, verify_cache
+    """`cache` (or `cache list`): what is cached, with size and last use; `cache prune`: remove
+    what no running kconform uses; `cache verify`: every cached kernel tree and root re-hashed
+    against its manifest (a run checks only sizes and mtimes), exit 1 when something is
+    damaged."""
+    from .cache import cache_dir
     from .errors import KconformError
-    if argv != ["verify"]:
-        print("kconform: usage: ./kconform cache verify", file=sys.stderr)
+    command, rest = (argv[0], argv[1:]) if argv else ("list", [])
+    if command not in ("list", "prune", "verify") or (rest and command != "prune"):
+        print("kconform: usage: ./kconform cache [list | verify | prune [--keep N] "
+              "[--older-than DURATION] [--dry-run]]", file=sys.stderr)
         return 2
+    if command == "prune":
+        return cache_prune_main(rest)
     try:
         cache = cache_dir()
     except KconformError as exc:
         print(f"kconform cache: {exc}", file=sys.stderr)
         return 2
+    if command == "list":
+        from .cache_entries import entries, render_list
+        print(render_list(cache, entries(cache)))
+        return 0
+    return cache_verify(cache)
+
+
+def cache_prune_main(argv: list[str]) -> int:
+    from .cache import cache_dir
+    from .cache_entries import (
+        entries,
+        parse_duration,
+        prune,
+        render_prune_total,
+        require_a_choice,
+        select,
+    )
+    from .errors import KconformError
+
+    def keep_count(text: str) -> int:
+        if not text.isdigit():
+            raise argparse.ArgumentTypeError(f"{text!r} is not a count: give a whole number, "
+                                             "e.g. --keep 1 (the newest version of each series)")
+        return int(text)
+
+    def duration(text: str) -> float:
+        try:
+            return parse_duration(text)
+        except KconformError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parser = argparse.ArgumentParser(
+        prog="kconform cache prune", description="Remove cached kernels, roots and BPF objects "
+        "that no running kconform uses: those not among the --keep N newest of their kind "
+        "(kernels: versions per series and flavour; roots: per recipe; BPF objects: per "
+        "program) and, with --older-than, not used for that long.")
+    parser.add_argument("--keep", type=keep_count, metavar="N",
+                        help="keep the N newest versions of each kernel series, root and BPF "
+                        "program")
+    parser.add_argument("--older-than", type=duration, metavar="DURATION",
+                        help="remove only what no run used for this long: a number and a unit, "
+                        "s, m, h, d or w (e.g. 30d)")
+    parser.add_argument("--dry-run", action="store_true", help="say what would go; remove nothing")
+    args = parser.parse_args(argv)
+    try:
+        require_a_choice(args.keep, args.older_than)  # before walking a large cache
+        cache = cache_dir()
+        found = entries(cache)
+        doomed = select(found, args.keep, args.older_than, now=time.time())
+    except KconformError as exc:
+        print(f"kconform cache prune: {exc}", file=sys.stderr)
+        return 2
+    removed = prune(cache, doomed, args.dry_run)
+    print(render_prune_total(removed, args.dry_run))
+    return 0
+
+
+def cache_verify(cache: Path) -> int:
+    from .cache import verify_cache
     entries = [p for d in ("trees", "rootfs") for p in (cache / d).glob("*")
                if not p.name.startswith(".")]
     damaged, unverifiable = verify_cache(cache)

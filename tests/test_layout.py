@@ -21,6 +21,7 @@ ALLOWED = {
     # the shared modules at the bottom
     "errors": set(), "paths": set(), "versions": set(),
     "datafiles": {"errors"}, "cache": {"errors", "paths"}, "bpf": {"errors", "cache", "paths"},
+    "cache_entries": {"errors", "cache", "paths", "versions"},
 }
 
 
