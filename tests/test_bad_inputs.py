@@ -212,12 +212,16 @@ BACKPORT = textwrap.dedent("""\
 
 
 def test_a_stable_backport_bound_ends_with_its_series(tmp_path):
-    """'since 6.1.72' covers 6.1.72 and later 6.1.y only: 6.2 on is a gap unless named."""
+    """'since 6.1.72' covers 6.1.72 and later 6.1.y only: 6.2 on is a gap unless named (from
+    its first rc: since = "6.2" leaves 6.2's release candidates out)."""
     path = tmp_path / "expectations.toml"
     path.write_text(BACKPORT.replace("SINCE", '"6.1.72"'))
-    with pytest.raises(expectations.ExpectationsError, match="0 outcomes apply to 6.2.0"):
+    with pytest.raises(expectations.ExpectationsError, match="0 outcomes apply to 6.2-rc1"):
         expectations.load(path)
     path.write_text(BACKPORT.replace("SINCE", '["6.2", "6.1.72"]'))
+    with pytest.raises(expectations.ExpectationsError, match="0 outcomes apply to 6.2-rc1"):
+        expectations.load(path)
+    path.write_text(BACKPORT.replace("SINCE", '["6.2-rc1", "6.1.72"]'))
     assert expectations.load(path)["X2"].outcome_for((7, 0, 1)).expect == {"errno": "OK"}
 
 
@@ -441,7 +445,7 @@ def test_a_results_dir_that_stops_taking_files_mid_run_is_said_once_not_an_inter
 
 def test_a_kernel_older_than_every_outcome_is_told_so(tmp_path):
     path = tmp_path / "expectations.toml"
-    path.write_text(BACKPORT.replace("SINCE", '["6.2", "6.1.72"]'))
+    path.write_text(BACKPORT.replace("SINCE", '["6.2-rc1", "6.1.72"]'))
     behaviour = expectations.load(path)["X2"]
     with pytest.raises(KconformError, match=r"0 outcomes apply to 5.10.0: the expectations "
                                             r"start at 6.1.72"):

@@ -19,6 +19,7 @@ from harness.kernels import (
 )
 from harness.kernels.apt import system_debian_mirror
 from harness.kernels.trees import parse_kconfig
+from harness.versions import RELEASE
 from harness.versions import upstream_version as parse_upstream_version
 
 
@@ -43,9 +44,9 @@ def test_unknown_kernel_name_lists_the_known_ones():
 
 
 def test_upstream_version_comes_from_the_package_version():
-    assert parse_upstream_version("6.1.176-1") == (6, 1, 176)
-    assert parse_upstream_version("7.3.4-1~bpo13+1") == (7, 3, 4)
-    assert parse_upstream_version("6.7") == (6, 7, 0)
+    assert parse_upstream_version("6.1.176-1") == (6, 1, 176, RELEASE)
+    assert parse_upstream_version("7.3.4-1~bpo13+1") == (7, 3, 4, RELEASE)
+    assert parse_upstream_version("6.7") == (6, 7, 0, RELEASE)
 
 
 def test_kconfig_parsing_keeps_set_options_only():

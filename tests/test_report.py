@@ -335,7 +335,7 @@ def test_the_reproduction_line_reruns_just_that_case(run_pytest, tmp_path):
 def test_kernel_versions_order_columns():
     assert versions.sort_key("5.10.223") < versions.sort_key("6.1.176") < \
         versions.sort_key("6.12.57") < versions.sort_key("7.2.1")
-    assert versions.sort_key("6.1.176-1") == (6, 1, 176)
+    assert versions.sort_key("6.1.176-1") == (6, 1, 176, versions.RELEASE)
     assert versions.sort_key(None) > versions.sort_key("7.3")
 
 

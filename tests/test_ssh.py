@@ -7,6 +7,7 @@ import pytest
 
 from harness.errors import KconformError
 from harness.machines.ssh import SshTarget, parse_description
+from harness.versions import RELEASE
 
 DEBIAN = ("Linux version 6.1.0-50-amd64 (debian-kernel@lists.debian.org) (gcc-12 (Debian "
           "12.2.0-14+deb12u1) 12.2.0, GNU ld (GNU Binutils for Debian) 2.40) #1 SMP "
@@ -36,7 +37,7 @@ def test_debian_kernel_is_judged_by_its_package_version_not_the_compilers(tmp_pa
                              tmp_path)
     assert (tree.name, tree.release, tree.exact_version) == ("6.1.0-50-amd64", "6.1.0-50-amd64",
                                                              "6.1.176-1")
-    assert tree.version == (6, 1, 176) and tree.config_path is None
+    assert tree.version == (6, 1, 176, RELEASE) and tree.config_path is None
     assert tree.target == "ssh://root@lab1:2222"
 
 
@@ -44,7 +45,7 @@ def test_ubuntu_kernel_is_judged_by_its_upstream_version(tmp_path):
     out = (f"6.8.0-45-generic\n0\n{UBUNTU}\nUbuntu 6.8.0-45.45-generic 6.8.12\n---config---\n"
            "CONFIG_BPF_SYSCALL=y\n# CONFIG_BPF_STREAM_PARSER is not set\n")
     tree = parse_description(target(), out, "", tmp_path)
-    assert tree.version == (6, 8, 12)
+    assert tree.version == (6, 8, 12, RELEASE)
     assert tree.config() == {"CONFIG_BPF_SYSCALL": "y"}
 
 

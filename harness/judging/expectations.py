@@ -7,6 +7,11 @@ that applies to the newest kernels is the documented one; an older outcome that 
 
 Version bounds follow stable-kernel practice: "6.7" means every kernel from 6.7 on; "6.1.72" means
 6.1.72 and later 6.1.y only (a backport). A list means any of them.
+
+A release candidate is judged as the release it precedes, before it: 7.3-rc7 (package
+7.3~rc7-1~exp1, uname 7.3-rc7-amd64 or 7.3.0-rc7-amd64) comes after every 7.2.y and before 7.3,
+so since = "7.3" does not apply to it and until = "7.3" does. A bound may name a release
+candidate itself, since = "7.3-rc7", for a change that landed during the merge window's rcs.
 """
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ from pathlib import Path
 
 from ..errors import KconformError
 from ..paths import REPO_ROOT
-from ..versions import bound_version
+from ..versions import UpstreamVersion, as_upstream, bound_version, dotted
 from .verdicts import Verdict
 
 DEFAULT_FILE = REPO_ROOT / "cases" / "expectations.toml"
@@ -38,9 +43,11 @@ def _versions(value: str | list[str] | None) -> list[tuple[int, ...]]:
 
 
 def has_change(version: tuple[int, ...], bounds: list[tuple[int, ...]]) -> bool:
-    """True if a kernel at `version` contains a change that landed at any of `bounds`."""
-    for bound in bounds:
-        mainline = len(bound) < 3 or bound[2] == 0
+    """True if a kernel at `version` contains a change that landed at any of `bounds`.
+    Versions and bounds are (major, minor[, patch[, rc]]); left-out fields are a release's."""
+    version = as_upstream(version)
+    for bound in map(as_upstream, bounds):
+        mainline = bound[2] == 0
         if mainline and version >= bound:
             return True
         if not mainline and version[:2] == bound[:2] and version >= bound:
@@ -88,38 +95,41 @@ class Behaviour:
         return any(lost(o.expect) for o in self.outcomes)
 
     @property
-    def floor(self) -> tuple[int, ...]:
+    def floor(self) -> UpstreamVersion:
         """The oldest kernel any outcome covers."""
-        return min(((min(o.since) if o.since else (0, 0, 0)) for o in self.outcomes),
-                   default=(0, 0, 0))
+        oldest = (0, 0, 0, 0)
+        return min(((min(map(as_upstream, o.since)) if o.since else oldest)
+                    for o in self.outcomes), default=oldest)
 
     def outcome_for(self, version: tuple[int, ...]) -> Outcome:
+        version = as_upstream(version)
         matches = [o for o in self.outcomes if o.applies(version)]
         if len(matches) > 1 and sum(o.regression for o in matches) == 1:
             return next(o for o in matches if o.regression)
         floor = self.floor
         if not matches and version < floor:
             raise ExpectationsError(
-                f"{self.id}: 0 outcomes apply to {'.'.join(map(str, version))}: the expectations "
-                f"start at {'.'.join(map(str, floor))} (the oldest since =); add an outcome for "
+                f"{self.id}: 0 outcomes apply to {dotted(version)}: the expectations "
+                f"start at {dotted(floor)} (the oldest since =); add an outcome for "
                 "older kernels, or run a newer kernel")
         if len(matches) != 1:
             raise ExpectationsError(f"{self.id}: {len(matches)} outcomes apply to "
-                                    f"{'.'.join(map(str, version))}; the bounds must not overlap "
+                                    f"{dotted(version)}; the bounds must not overlap "
                                     "or leave gaps")
         return matches[0]
 
     def check_bounds(self) -> None:
         """Exactly one outcome applies to every kernel from the oldest any outcome covers on.
         Which outcomes apply changes only at a bound (and, for a stable bound such as 6.1.72,
-        where its series ends), so checking those versions checks them all."""
+        where its series ends: at the next series' first rc, which a mainline bound such as 6.2
+        does not cover), so checking those versions checks them all."""
         floor = self.floor
         points = {floor}  # older kernels are not covered, which outcome_for says as such
         for outcome in self.outcomes:
-            for bound in (*outcome.since, *outcome.until):
+            for bound in map(as_upstream, (*outcome.since, *outcome.until)):
                 points.add(bound)
-                if len(bound) >= 3 and bound[2] != 0:
-                    points.add((bound[0], bound[1] + 1, 0))
+                if bound[2] != 0:
+                    points.add((bound[0], bound[1] + 1, 0, 1))
         for version in sorted(p for p in points if p >= floor):
             self.outcome_for(version)
 
@@ -141,8 +151,9 @@ def _bounds(path: Path, where: str, name: str, value: object) -> tuple[tuple[int
     try:
         return tuple(_versions(value))
     except ValueError as exc:
-        raise _problem(path, where, f"{name}: {exc}; write {name} = \"6.1\" (mainline on) or "
-                       "\"6.1.72\" (that stable series on)") from None
+        raise _problem(path, where, f"{name}: {exc}; write {name} = \"6.1\" (mainline on), "
+                       "\"6.1.72\" (that stable series on) or \"7.3-rc7\" (from that rc on)"
+                       ) from None
 
 
 def _plain_data(value: object) -> bool:
