@@ -165,10 +165,12 @@ def test_the_list_names_each_entry_sorted_by_kind_series_and_dpkg_version(filled
         "on disk"
 
 
-def _du(store: Path) -> int:
-    """What du counts for the entries: every file and directory in them, each inode once."""
-    paths = [p for d in ("trees", "rootfs", "bpf") for p in (store / d).iterdir()
-             if not p.name.startswith(".")]
+def _du(store: Path, paths: list[Path] | None = None) -> int:
+    """What du counts for the entries (all, or these): every file and directory in them, each
+    inode once."""
+    if paths is None:
+        paths = [p for d in ("trees", "rootfs", "bpf") for p in (store / d).iterdir()
+                 if not p.name.startswith(".")]
     inodes = {}
     for path in [*paths, *(q for p in paths for q in p.rglob("*"))]:
         st = path.lstat()
@@ -228,6 +230,9 @@ def test_holding_stamps_the_last_use_without_upsetting_the_manifest_checks(fille
         assert cache.last_use(entry) > before + DAY
         hold_in_use(entry)  # a second use in one process keeps the one lock
     assert len(cache._held_in_use) == 3
+    _age(in_use_lock(tree), 9)
+    hold_in_use(tree)  # a later use by the same process is recorded too
+    assert cache.last_use(tree) > time.time() - 60
     assert check_manifest(tree)[0] and check_manifest(root)[0]
     assert verify_cache(store) == ([], [])
     assert cli.main(["cache", "verify"]) == 0
@@ -295,6 +300,8 @@ def test_keep_1_keeps_the_newest_version_of_each_series_in_dpkg_order(filled, st
         abi, version = entry.name.split("_")
         (store / "resolved" / f"{spec}.json").write_text(json.dumps(
             {"abi": abi, "version": version, "at": time.time()}))
+    doomed = [filled[k] for k in ("6.1.99", "6.1.176", "5.10.223", "root-old", "bpf-old")]
+    size = _du(store, doomed)
     status, out, _ = _run(capsys, "prune", "--keep", "1")
     assert status == 0
     assert _left(store) == {
@@ -305,11 +312,28 @@ def test_keep_1_keeps_the_newest_version_of_each_series_in_dpkg_order(filled, st
     assert "removed root debian-bookworm@111111111111 (bookworm)  " in out
     assert "dropped resolved/debian-6.1.json (it named a removed tree)" in out
     assert sorted(p.name for p in (store / "resolved").iterdir()) == ["debian-5.10.json"]
-    assert out.splitlines()[-1].startswith("freed ") and "from 5 entries" in out
-    freed = int(out.splitlines()[-1].split("(")[1].split()[0])
-    assert freed > 3 * 8000, "three trees and a root"
+    assert out.splitlines()[-1] == f"freed {human_size(size)} ({size} bytes) from 5 entries"
     assert not list(store.glob("*/.staging-*")), "nothing half-removed is left"
     assert not list(store.glob("*/.lock-in-use-*")), "no lock of a removed entry is left"
+
+
+def test_what_prune_frees_counts_a_file_hard_linked_elsewhere_once_both_go(store, capsys):
+    """A root holds hard links to a kernel's modules: removing the tree alone frees only what
+    is its own."""
+    tree = add_kernel(store, "6.1.176-1", "6.1.0-50-amd64", days=40)
+    root = add_root(store, "111111111111", built_days_ago=40)
+    module = tree / "lib/modules/6.1.0-50-amd64/a.ko"
+    os.link(module, root / "a.ko")
+    _age(root, 40)
+    alone = _du(store, [tree]) - module.lstat().st_blocks * 512
+    hold_in_use(root)
+    out = _run(capsys, "prune", "--older-than", "30d", "--dry-run")[1]
+    assert out.splitlines()[-1] == f"would free {human_size(alone)} ({alone} bytes) from 1 entry"
+    os.close(cache._held_in_use.pop(os.path.abspath(in_use_lock(root))))  # that run ended
+    _age(in_use_lock(root), 40)
+    both = _du(store, [tree, root])
+    out = _run(capsys, "prune", "--older-than", "30d", "--dry-run")[1]
+    assert out.splitlines()[-1] == f"would free {human_size(both)} ({both} bytes) from 2 entries"
 
 
 def test_older_than_removes_what_no_run_used_for_that_long(filled, store, capsys):
