@@ -383,6 +383,14 @@ def hold_in_use(entry: Path) -> None:
     os.utime(fd)
 
 
+def release_in_use(under: Path) -> None:
+    """Let go of the entries this process holds in the cache `under` (a test's cache about to be
+    unmounted or removed; a run simply exits)."""
+    prefix = os.path.abspath(under) + os.sep
+    for key in [k for k in _held_in_use if k.startswith(prefix)]:
+        os.close(_held_in_use.pop(key))
+
+
 def last_use(entry: Path) -> float:
     """When a run last used the entry: its in-use lock's mtime, else (an entry cached before
     kconform recorded use) the entry's own mtime; 0 when neither can be read."""

@@ -18,7 +18,7 @@ USAGE = """\
 ./kconform merge RESULTS... [-o DIR]                       one grid from several runs' report.json
 ./kconform compare RESULTS [RESULTS] [--base K --new K]    what differs; exit 1 on a regression
 ./kconform bisect ID... [-k EXPR] --kernel RANGE          the version whose outcome changed
-./kconform kernels                                         list the known kernel names
+./kconform kernels [--versions NAME...]                    the known kernel names; their versions
 ./kconform cache [list]                                    what is cached: size, last use
 ./kconform cache prune [--keep N] [--older-than 30d]       remove what no run uses [--dry-run]
 ./kconform cache verify                                    re-hash the cached kernels and roots
@@ -250,6 +250,49 @@ def cache_verify(cache: Path) -> int:
     return 0
 
 
+def kernels_main(argv: list[str]) -> int:
+    """`kernels`: the known names; `kernels --versions NAME...`: every build the archive holds for
+    each, with its ABI, suite and whether it is cached."""
+    from .errors import KconformError
+    from .kernels import KernelProvider, default_kernel_names, load_specs
+    parser = argparse.ArgumentParser(
+        prog="kconform kernels", description="List the named kernels (kernels/*.toml), or with "
+        "--versions the versions the archive holds for some of them.")
+    parser.add_argument("--versions", nargs="+", metavar="NAME", help="list every build of "
+                        "these named kernels: version, ABI, suite, cached (asks the archive)")
+    args = parser.parse_args(argv)
+    try:
+        specs = load_specs()
+        defaults = default_kernel_names(specs=specs)
+        if not args.versions:
+            for name, spec in specs.items():
+                mark = " (default)" if name in defaults else ""
+                print(f"{name:16} {spec.description}{mark}")
+            return 0
+        unknown = [n for n in args.versions if n not in specs]
+        if unknown:
+            raise KconformError(f"--versions {' '.join(unknown)}: not a named kernel; known: "
+                                f"{', '.join(specs)}")
+        provider = KernelProvider(specs=specs, log=lambda m: print(f"kconform: {m}",
+                                                                  file=sys.stderr))
+        for name in args.versions:
+            builds = provider.versions(specs[name])
+            print(f"{name}: {specs[name].description}")
+            print(f"  {'version':20} {'ABI':22} {'suite':20} cached")
+            for build in builds:
+                cached = "yes" if provider.cached_tree(build) else ""
+                current = "  (current)" if build == builds[-1] else ""
+                print(f"  {build.version:20} {build.abi_number:22} {build.suite:20} "
+                      f"{cached:6}{current}".rstrip())
+            plural = "s" if len(builds) > 1 else ""
+            print(f"  {len(builds)} version{plural}; run one with --kernel {name}@<version>, a "
+                  f"range with --kernel '{name}@{builds[0].version}..{builds[-1].version}'")
+    except KconformError as exc:
+        print(f"kconform kernels: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -274,18 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     elif command == "bisect":
         return bisect_main(rest)
     elif command == "kernels":
-        from .errors import KconformError
-        from .kernels import default_kernel_names, load_specs
-        try:
-            specs = load_specs()
-            defaults = default_kernel_names(specs=specs)
-        except KconformError as exc:
-            print(f"kconform kernels: {exc}", file=sys.stderr)
-            return 2
-        for name, spec in specs.items():
-            mark = " (default)" if name in defaults else ""
-            print(f"{name:14} {spec.description}{mark}")
-        return 0
+        return kernels_main(rest)
     else:
         print(f"kconform: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         return 2

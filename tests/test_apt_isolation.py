@@ -15,12 +15,14 @@ import pytest
 from harness.errors import KconformError, KernelUnavailable
 from harness.kernels import AptArchive, KernelProvider, KernelSpec, apt_sandbox_user
 from harness.kernels import apt as kernels
-from harness.kernels.apt import check_mirror_url, system_debian_mirror
+from harness.kernels.apt import ArchiveVersion, check_mirror_url, system_debian_mirror
 
 needs_apt = pytest.mark.skipif(not shutil.which("apt-get") or not shutil.which("dpkg-deb"),
                                reason="needs apt and dpkg-deb")
 SPEC = KernelSpec(name="fake", series="1.0", suites=("s",), meta="linux-image-amd64",
-                  packages=("linux-image-amd64",))
+                  packages=("linux-image-{abi}-unsigned",))
+
+BUILD = ArchiveVersion("1.0-1", "1.0", "bookworm")  # what a fake archive lists
 
 
 @pytest.fixture
@@ -34,17 +36,17 @@ def world_readable_tmp():
 
 
 def _repository(base: Path, gpg_home: Path | None = None) -> tuple[str, str | None]:
-    """A file:// archive with suite s holding a fake linux-image-amd64 1.0-1; unsigned, or signed
+    """A file:// archive with suite s holding a fake kernel image package of ABI 1.0.0-1-amd64,
+    version 1.0.0-1; unsigned, or signed
     (InRelease) with a fresh key. Returns (mirror URL, keyring or None)."""
     repo = base / "repo"
     pkg = base / "pkg"
     (pkg / "DEBIAN").mkdir(parents=True)
     (pkg / "DEBIAN" / "control").write_text(
-        "Package: linux-image-amd64\nVersion: 1.0-1\nArchitecture: amd64\n"
-        "Maintainer: kconform <kconform@example.org>\n"
-        "Depends: linux-image-1.0-amd64-unsigned (= 1.0-1)\nDescription: fake metapackage\n")
+        "Package: linux-image-1.0.0-1-amd64-unsigned\nVersion: 1.0.0-1\nArchitecture: amd64\n"
+        "Maintainer: kconform <kconform@example.org>\nDescription: fake kernel image\n")
     (repo / "pool").mkdir(parents=True)
-    deb = repo / "pool" / "linux-image-amd64_1.0-1_amd64.deb"
+    deb = repo / "pool" / "linux-image-1.0.0-1-amd64-unsigned_1.0.0-1_amd64.deb"
     subprocess.run(["dpkg-deb", "-Znone", "--build", str(pkg), str(deb)], check=True,
                    capture_output=True)
     data = deb.read_bytes()
@@ -111,8 +113,8 @@ def test_an_unsigned_archive_is_refused_whatever_apt_config_says(tmp_path, world
     with pytest.raises(KernelUnavailable, match="is not signed"):
         apt.update(SPEC)
     # The refused archive's lists are not kept: nothing resolves from them afterwards.
-    with pytest.raises(KernelUnavailable, match="linux-image-amd64 is not in s"):
-        apt.resolve(SPEC)
+    with pytest.raises(KernelUnavailable, match="no linux-image-<abi>-unsigned of series 1.0 in s"):
+        apt.listing(SPEC)
     assert not hostile_apt_config.exists(), "a hook from the caller's APT_CONFIG ran"
 
 
@@ -165,11 +167,15 @@ def test_a_signed_archive_resolves_and_downloads_as_apt(tmp_path, world_readable
     apt = AptArchive(tmp_path / "apt", mirror, keyring=keyring)
     with apt.session():
         apt.update(SPEC)
-        assert apt.resolve(SPEC) == ("1.0-amd64", "1.0-1")
+        assert apt.listing(SPEC) == [ArchiveVersion("1.0.0-1", "1.0.0-1-amd64", "s")]
     dest = tmp_path / "debs"
     dest.mkdir()
-    debs = apt.download(SPEC, ["linux-image-amd64"], "1.0-1", dest)
-    assert [d.name for d in debs] == ["linux-image-amd64_1.0-1_amd64.deb"]
+    progress: list[tuple[int, int | None]] = []
+    debs = apt.download(SPEC, ["linux-image-1.0.0-1-amd64-unsigned"], "1.0.0-1", dest,
+                        progress=lambda done, total: progress.append((done, total)))
+    assert [d.name for d in debs] == ["linux-image-1.0.0-1-amd64-unsigned_1.0.0-1_amd64.deb"]
+    size = debs[0].stat().st_size
+    assert progress[-1] == (size, size), "the last progress report is the whole download"
     assert any((tmp_path / "apt/state/lists").glob("*InRelease")), "the lists are kept"
     assert not hostile_apt_config.exists()
 
@@ -240,6 +246,6 @@ def test_a_refetch_without_a_mirror_says_how_to_name_one(tmp_path, monkeypatch):
     """_fetch (a damaged tree fetched again) asks for a mirror as _resolve does."""
     monkeypatch.setattr(kernels, "system_debian_mirror", lambda: None)
     provider = KernelProvider(cache=tmp_path)
-    monkeypatch.setattr(provider, "_resolve", lambda spec: ("1.0", "1.0-1"))
+    monkeypatch.setattr(provider, "_resolve", lambda spec: BUILD)
     with pytest.raises(KernelUnavailable, match="no Debian mirror found.*KCONFORM_DEBIAN_MIRROR"):
         provider.get("debian-6.1")

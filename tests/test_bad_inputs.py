@@ -127,7 +127,7 @@ def test_the_default_set_names_only_defined_kernels(tmp_path):
 def test_the_suite_s_own_kernel_definitions_are_valid():
     specs = load_specs()
     assert {"debian-5.10", "debian-6.1", "debian-7.3"} <= set(specs)
-    assert specs["debian-6.1"].suites == ("bookworm",)
+    assert specs["debian-6.1"].suites == ("bookworm", "bookworm-updates", "bookworm-security")
     assert set(default_kernel_names()) <= set(specs)
 
 

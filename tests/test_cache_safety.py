@@ -25,9 +25,12 @@ from harness.cache import (
 from harness.errors import KconformError
 from harness.kernels import KernelProvider
 from harness.kernels import provider as kernels_provider
+from harness.kernels.apt import ArchiveVersion
 from harness.machines import accel
 
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="giving a directory away needs root")
+
+BUILD = ArchiveVersion("1.0-1", "1.0", "bookworm")  # what a fake archive lists
 
 
 def _tree(root: Path, release: str = "1.0") -> None:
@@ -106,9 +109,9 @@ def test_a_published_tree_that_is_a_symlink_is_not_used(tmp_path, monkeypatch):
     published = provider.trees_dir / "1.0_1.0-1"
     published.symlink_to(elsewhere)
     fetched = []
-    monkeypatch.setattr(provider, "_resolve", lambda s: ("1.0", "1.0-1"))
+    monkeypatch.setattr(provider, "_resolve", lambda s: BUILD)
     monkeypatch.setattr(provider, "_fetch",
-                        lambda s, abi, version, dest: (fetched.append(dest), _tree(dest)))
+                        lambda s, build, dest: (fetched.append(dest), _tree(dest)))
     tree = provider.get("debian-6.1")
     assert fetched == [published]
     assert not published.is_symlink() and tree.vmlinuz.parent.parent == published
@@ -181,7 +184,7 @@ def test_a_tree_with_an_old_manifest_gets_hashes_instead_of_a_download(tmp_path,
     del old["format"]
     (root / "kconform-tree.json").write_text(json.dumps(old))
     (root / "added-after-publishing").write_text("a root's linked-in modules, say")
-    monkeypatch.setattr(provider, "_resolve", lambda s: ("1.0", "1.0-1"))
+    monkeypatch.setattr(provider, "_resolve", lambda s: BUILD)
     monkeypatch.setattr(provider, "_fetch", lambda *a: pytest.fail("fetched again"))
     assert provider.get("debian-6.1").package_version == "1.0-1"
     meta = json.loads((root / "kconform-tree.json").read_text())
@@ -194,7 +197,7 @@ def test_a_malformed_resolution_is_asked_again_not_a_traceback(tmp_path, monkeyp
     for bad in ('{"abi": "1.0", "version": "1.0-1", "at": "yesterday"}',
                 '{"abi": "../../../etc", "version": "1", "at": 1e12}', "[]", "{"):
         (tmp_path / "resolved" / "debian-6.1.json").write_text(bad)
-        assert kernels_provider._read_resolution(tmp_path / "resolved" / "debian-6.1.json") is None
+        assert kernels_provider._read_listing(tmp_path / "resolved" / "debian-6.1.json") is None
 
 
 # -- staging directories

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from harness.cache import check_manifest, write_manifest
+from harness.cache import check_manifest, release_in_use, write_manifest
 from harness.errors import KconformError
 from harness.kernels import (
     AptArchive,
@@ -17,15 +17,18 @@ from harness.kernels import (
     expand_kernel_args,
     load_specs,
 )
-from harness.kernels.apt import system_debian_mirror
+from harness.kernels.apt import ArchiveVersion, system_debian_mirror
 from harness.kernels.trees import parse_kconfig
 from harness.versions import RELEASE
 from harness.versions import upstream_version as parse_upstream_version
 
+BUILD = ArchiveVersion("1.0-1", "1.0", "bookworm")  # what a fake archive lists
+
 
 def test_every_named_kernel_is_defined_and_ordered_by_series():
     specs = load_specs()
-    assert list(specs) == ["debian-5.10", "debian-6.1", "debian-6.12", "debian-7.2", "debian-7.3"]
+    assert list(specs) == ["debian-5.10", "debian-6.1", "debian-6.12", "debian-6.12-cloud",
+                           "debian-6.12-rt", "debian-7.2", "debian-7.3", "debian-rc"]
     for name in default_kernel_names():
         assert name in specs
 
@@ -101,8 +104,8 @@ def test_a_damaged_cached_kernel_is_fetched_again(tmp_path, monkeypatch):
     _tree(root)
     os.truncate(root / "boot/vmlinuz-1.0", 3)
     fetched = []
-    monkeypatch.setattr(provider, "_resolve", lambda s: ("1.0", "1.0-1"))
-    monkeypatch.setattr(provider, "_fetch", lambda s, abi, version, dest: (fetched.append(version),
+    monkeypatch.setattr(provider, "_resolve", lambda s: BUILD)
+    monkeypatch.setattr(provider, "_fetch", lambda s, build, dest: (fetched.append(build.version),
                                                                            _tree(dest)))
     tree = provider.get("debian-6.1")
     assert fetched == ["1.0-1"] and tree.package_version == "1.0-1" and spec.name == tree.name
@@ -118,7 +121,7 @@ def test_two_names_for_one_kernel_fetch_it_once_not_at_the_same_time(tmp_path, m
     specs["same-6.1"] = dataclasses.replace(specs["debian-6.1"], name="same-6.1")
     fetching, overlapped, fetched = [], [], []
 
-    def slow_fetch(spec, abi, version, dest):
+    def slow_fetch(spec, build, dest):
         fetching.append(spec)
         overlapped.append(len(fetching) > 1)
         time.sleep(0.3)  # a download: long enough for the other name to arrive meanwhile
@@ -130,7 +133,7 @@ def test_two_names_for_one_kernel_fetch_it_once_not_at_the_same_time(tmp_path, m
 
     def get(name):
         provider = KernelProvider(cache=tmp_path, specs=specs)
-        monkeypatch.setattr(provider, "_resolve", lambda s: ("1.0", "1.0-1"))
+        monkeypatch.setattr(provider, "_resolve", lambda s: BUILD)
         monkeypatch.setattr(provider, "_fetch", slow_fetch)
         try:
             trees[name] = provider.get(name)
@@ -191,12 +194,13 @@ def test_a_full_disk_while_unpacking_names_the_problem_and_the_fix(tmp_path, mon
     try:
         monkeypatch.setenv("KCONFORM_DEBIAN_MIRROR", "http://mirror.example/debian")
         provider = KernelProvider(cache=small)
-        monkeypatch.setattr(provider, "_resolve", lambda spec: ("1.0", "1.0-1"))
-        monkeypatch.setattr(AptArchive, "download", lambda *args: [deb])
+        monkeypatch.setattr(provider, "_resolve", lambda spec: BUILD)
+        monkeypatch.setattr(AptArchive, "download", lambda *args, **kwargs: [deb])
         with pytest.raises(KconformError, match=r"no space left on the device while unpacking "
                                                 r".*: free some space, or point KCONFORM_CACHE"):
             provider.get("debian-6.1")
         # nothing half-unpacked is left, and nothing was published
         assert [p.name for p in (small / "trees").iterdir() if not p.name.startswith(".lock")] == []
     finally:
+        release_in_use(small)  # the provider holds the tree it asked for until it exits
         subprocess.run(["umount", str(small)], check=True)

@@ -9,12 +9,15 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..cache import read_regular_file, write_atomic
 from ..errors import KconformError, KernelUnavailable
+from ..versions import debian_version_key, upstream_version
 from .specs import KernelSpec
 
 DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
@@ -53,12 +56,8 @@ def check_mirror_url(url: str, origin: str) -> str:
     return url
 
 
-def system_debian_mirror() -> str | None:
-    """The Debian mirror the host's own apt uses, so kconform goes where the admin pointed apt;
-    KCONFORM_DEBIAN_MIRROR overrides it. Either is checked to be one plain URL."""
-    explicit = os.environ.get("KCONFORM_DEBIAN_MIRROR")
-    if explicit:  # set but empty: unset, as a CI matrix may leave it
-        return check_mirror_url(explicit, "KCONFORM_DEBIAN_MIRROR").rstrip("/")
+def _host_mirror(path_suffix: str) -> str | None:
+    """The first URI in the host's apt sources that ends in /<path_suffix>."""
     candidates = [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]
     for path in candidates:
         try:
@@ -66,9 +65,103 @@ def system_debian_mirror() -> str | None:
         except (OSError, UnicodeDecodeError):
             continue
         for uri in re.findall(r"(?:^deb\s+(?:\[[^\]]*\]\s+)?|^URIs:\s*)(\S+)", text, re.M):
-            if re.search(r"/debian/?$", uri):
+            if re.search(rf"/{path_suffix}/?$", uri):
                 return check_mirror_url(uri, f"the mirror in {path}").rstrip("/")
     return None
+
+
+def system_debian_mirror() -> str | None:
+    """The Debian mirror the host's own apt uses, so kconform goes where the admin pointed apt;
+    KCONFORM_DEBIAN_MIRROR overrides it. Either is checked to be one plain URL."""
+    explicit = os.environ.get("KCONFORM_DEBIAN_MIRROR")
+    if explicit:  # set but empty: unset, as a CI matrix may leave it
+        return check_mirror_url(explicit, "KCONFORM_DEBIAN_MIRROR").rstrip("/")
+    return _host_mirror("debian")
+
+
+def security_mirror_for(mirror: str) -> str:
+    """Where the -security suites are: KCONFORM_DEBIAN_SECURITY_MIRROR, else (when the Debian
+    mirror is the host's) the host's own debian-security source, else the mirror's sibling path:
+    Debian serves them from /debian-security on the same host, never from under /debian."""
+    explicit = os.environ.get("KCONFORM_DEBIAN_SECURITY_MIRROR")
+    if explicit:
+        return check_mirror_url(explicit, "KCONFORM_DEBIAN_SECURITY_MIRROR").rstrip("/")
+    if not os.environ.get("KCONFORM_DEBIAN_MIRROR"):
+        host = _host_mirror("debian-security")
+        if host:
+            return host
+    if mirror.endswith("/debian"):
+        return mirror + "-security"
+    raise KernelUnavailable(
+        f"the Debian mirror {mirror} does not end in /debian, so kconform cannot tell where its "
+        "security suites are: set KCONFORM_DEBIAN_SECURITY_MIRROR to the debian-security "
+        "archive, e.g. http://deb.debian.org/debian-security")
+
+
+# A frozen or snapshot mirror serves Release files past their Valid-Until: apt refuses them, as it
+# should by default. KCONFORM_ARCHIVE_MAX_AGE (e.g. 40d) says how old a Release file kconform
+# accepts instead (apt's Min-ValidTime: still signed and checked, only older); it is said on every
+# resolution and recorded in each tree's manifest.
+_MAX_AGE = re.compile(r"(\d{1,4})([smhdw])")
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+MAX_AGE_LIMIT = 400 * 86400
+
+
+def archive_max_age() -> int | None:
+    """KCONFORM_ARCHIVE_MAX_AGE in seconds, or None when unset."""
+    text = os.environ.get("KCONFORM_ARCHIVE_MAX_AGE", "")
+    if not text:
+        return None
+    match = _MAX_AGE.fullmatch(text)
+    seconds = int(match.group(1)) * _SECONDS[match.group(2)] if match else 0
+    if not match or not 0 < seconds <= MAX_AGE_LIMIT:
+        raise KconformError(f"KCONFORM_ARCHIVE_MAX_AGE={text!r} is not an age kconform takes: "
+                            "write a number and a unit (s, m, h, d, w) up to 400d, e.g. 40d, "
+                            "or unset it to let apt refuse expired Release files")
+    return seconds
+
+
+# The part of an ABI before its flavour: 6.1.0-50, 6.12.117+deb13, 7.3 (an RC), 6.1.0-0.deb11.48.
+# A flavour word (rt, cloud) never starts with a digit, so 6.1.0-50-rt-amd64 is not the generic
+# flavour's 6.1.0-50-rt.
+_ABI_VERSION = r"\d+\.\d+(?:\.\d+)?(?:\+[a-z0-9.]+)?(?:-rc\d+)?(?:-\d[0-9a-z.]*)?"
+
+
+@dataclass(frozen=True)
+class ArchiveVersion:
+    """One kernel build the archive holds: package version, ABI (with flavour), and the suite it
+    comes from (the newest suite holding it, when several do)."""
+    version: str      # 6.1.190-1
+    abi: str          # 6.1.0-54-amd64
+    suite: str        # bookworm-security
+
+    @property
+    def abi_number(self) -> str:
+        """The ABI without its flavour, as users write it: 6.1.0-54."""
+        match = re.match(_ABI_VERSION, self.abi)
+        return match[0] if match else self.abi
+
+
+def image_package_pattern(spec: KernelSpec) -> re.Pattern[str]:
+    """The package names of the spec's first template for every ABI of its flavour."""
+    template = re.escape(spec.packages[0]).replace(re.escape("{abi}"),
+                                                   f"(?P<abi>{_ABI_VERSION}-{spec.flavour})")
+    return re.compile(template)
+
+
+def _search_regex(spec: KernelSpec) -> str:
+    """apt-cache search's (POSIX) regex for the image packages; image_package_pattern decides."""
+    literal = "".join(f"[{c}]" if c in ".+" else c for c in spec.packages[0])
+    return "^" + literal.replace("{abi}", ".*") + "$"
+
+
+def in_series(spec: KernelSpec, abi: str) -> bool:
+    if not spec.series:
+        return True
+    try:
+        return upstream_version(abi)[:2] == spec.series_key[:2]
+    except ValueError:
+        return False
 
 
 def require_debian_mirror(what: str) -> str:
@@ -119,9 +212,13 @@ class AptArchive:
     for each apt session the lists are moved into a work directory under the system's temporary
     directory that only root and _apt can enter, and moved back afterwards."""
 
-    def __init__(self, root: Path, mirror: str, keyring: str = DEBIAN_KEYRING):
+    def __init__(self, root: Path, mirror: str, keyring: str = DEBIAN_KEYRING,
+                 security_mirror: str | None = None, max_age: int | None = None):
         self.root = root
         self.mirror = check_mirror_url(mirror, "the Debian mirror").rstrip("/")
+        self.security_mirror = (check_mirror_url(security_mirror, "the Debian security mirror")
+                                .rstrip("/") if security_mirror else None)
+        self.max_age = max_age
         self.keyring = keyring
         self.sandbox_user = apt_sandbox_user()
         self._work: Path | None = None
@@ -166,18 +263,25 @@ class AptArchive:
             "Acquire::Retries": "2", "Acquire::http::Timeout": "30",
             **APT_VERIFICATION,
         }
+        if self.max_age:
+            opts["Acquire::Min-ValidTime"] = str(self.max_age)
         lines = ["// Written by kconform; apt reads nothing else (kernels/apt.py AptArchive)."]
         lines += [f'{key} "{value}";' for key, value in opts.items()]
         return "\n".join(lines) + "\n"
 
     def sources_file(self, spec: KernelSpec) -> Path:
         path = self.root / "sources" / f"{spec.name}.list"
-        lines = [f"deb [signed-by={self.keyring}] {self.mirror} {suite} main"
+        lines = [f"deb [signed-by={self.keyring}] {self.mirror_of(suite)} {suite} main"
                  for suite in spec.suites]
         text = "\n".join(lines) + "\n"
         if not path.exists() or read_regular_file(path) != text:
             write_atomic(path, text)
         return path
+
+    def mirror_of(self, suite: str) -> str:
+        if not suite.endswith("-security"):
+            return self.mirror
+        return self.security_mirror or security_mirror_for(self.mirror)
 
     def options(self, spec: KernelSpec) -> list[str]:
         """The -o options of one spec's apt runs (the rest is in config_file)."""
@@ -257,23 +361,52 @@ class AptArchive:
                         "or set KCONFORM_DEBIAN_MIRROR to a reachable Debian mirror")
             raise KernelUnavailable(f"{spec.name}: {hint}\n{detail}")
 
-    def resolve(self, spec: KernelSpec) -> tuple[str, str]:
-        """(abi, version): e.g. ('6.1.0-50-amd64', '6.1.176-1') for the suite's current kernel."""
+    def listing(self, spec: KernelSpec) -> list[ArchiveVersion]:
+        """Every build of the spec's flavour and series in its suites, oldest first (dpkg's
+        order), each with the suite it comes from. Run after update()."""
+        pattern = image_package_pattern(spec)
         with self.session():
-            proc = self._run("apt-cache", spec, ["show", "--no-all-versions", spec.meta])
-        if proc.returncode != 0:
-            raise KernelUnavailable(f"{spec.name}: {spec.meta} is not in {', '.join(spec.suites)} "
-                                    f"({proc.stderr.strip()})")
-        fields = dict(re.findall(r"^(Version|Depends): (.*)$", proc.stdout, re.M))
-        match = re.search(r"linux-image-(\S+?)(?:-unsigned)?\s*\(= ([^)]+)\)",
-                          fields.get("Depends", ""))
-        if not match:
-            raise KernelUnavailable(f"{spec.name}: cannot find the image in {spec.meta}'s "
-                                    f"dependencies: {fields.get('Depends')!r}")
-        return match.group(1), match.group(2)
+            found = self._run("apt-cache", spec, ["search", "--names-only",
+                                                   _search_regex(spec)])
+            matches = [pattern.fullmatch(line.split(" - ", 1)[0])
+                       for line in found.stdout.splitlines()]
+            names = sorted({m[0] for m in matches if m and in_series(spec, m["abi"])})
+            proc = self._run("apt-cache", spec, ["madison", *names]) if names else None
+        if proc is not None and proc.returncode != 0:
+            raise KernelUnavailable(f"{spec.name}: apt-cache madison failed: "
+                                    f"{proc.stderr.strip()[-800:]}")
+        builds: dict[str, ArchiveVersion] = {}
+        for line in proc.stdout.splitlines() if proc else ():
+            fields = [f.strip() for f in line.split("|")]
+            match = pattern.fullmatch(fields[0]) if len(fields) == 3 else None
+            where = fields[2].split() if match else []
+            if not match or len(where) < 2 or "/" not in where[1]:
+                continue
+            suite = where[1].split("/", 1)[0]
+            version = fields[1]
+            try:
+                debian_version_key(version)
+            except ValueError:
+                continue  # not a version kconform can order: never offered
+            if suite in spec.suites:
+                builds.setdefault(version, ArchiveVersion(version, match["abi"], suite))
+        if not builds:
+            raise KernelUnavailable(f"{spec.name}: no {spec.packages[0].format(abi='<abi>')} "
+                                    f"of series {spec.series or 'any'} in "
+                                    f"{', '.join(spec.suites)} at {self.mirror}")
+        return sorted(builds.values(), key=lambda b: debian_version_key(b.version))
+
+    def package_sizes(self, spec: KernelSpec, packages: list[str], version: str) -> int | None:
+        """The download size of the packages at `version`, for progress (None when unknown)."""
+        with self.session():
+            proc = self._run("apt-cache", spec, ["show", *[f"{p}={version}" for p in packages]])
+        sizes = [int(s) for s in re.findall(r"^Size: (\d+)$", proc.stdout, re.M)]
+        return sum(sizes) if proc.returncode == 0 and sizes else None
 
     def download(self, spec: KernelSpec, packages: list[str], version: str,
-                 dest: Path) -> list[Path]:
+                 dest: Path, progress: Callable[[int, int | None], None] | None = None
+                 ) -> list[Path]:
+        total = self.package_sizes(spec, packages, version) if progress else None
         with self.session():
             into = dest
             # _apt writes the .debs, so into a directory of its own (a session has a work
@@ -282,8 +415,9 @@ class AptArchive:
                 into = self._work / "download"
                 into.mkdir(mode=0o700)
                 os.chown(into, pwd.getpwnam(self.sandbox_user).pw_uid, -1)
-            proc = self._run("apt-get", spec, ["download", *[f"{p}={version}" for p in packages]],
-                             cwd=into)
+            with _watch_bytes(into, total, progress):
+                proc = self._run("apt-get", spec,
+                                 ["download", *[f"{p}={version}" for p in packages]], cwd=into)
             for deb in into.glob("*.deb") if into != dest else ():
                 shutil.move(deb, dest / deb.name)
         self._refuse_unsandboxed(spec, proc)
@@ -298,3 +432,34 @@ class AptArchive:
         return debs
 
 
+
+
+@contextlib.contextmanager
+def _watch_bytes(directory: Path, total: int | None,
+                 progress: Callable[[int, int | None], None] | None,
+                 interval: float = 5.0) -> Iterator[None]:
+    """Calls progress(bytes so far, total) every `interval` seconds while apt downloads into
+    `directory` (its partial files included), and once at the end."""
+    if progress is None:
+        yield
+        return
+    done = threading.Event()
+
+    def size() -> int:
+        try:
+            return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
+        except OSError:
+            return 0
+
+    def watch() -> None:
+        while not done.wait(interval):
+            progress(size(), total)
+
+    thread = threading.Thread(target=watch, name="kconform-download-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+        progress(size(), total)

@@ -13,12 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..cache import (
+    MANIFEST,
     Manifest,
     cache_dir,
     cache_lock,
     check_manifest,
     check_published,
     disk_full,
+    hold_in_use,
     publish,
     read_regular_file,
     remove_published,
@@ -26,7 +28,15 @@ from ..cache import (
     write_atomic,
 )
 from ..errors import KconformError, KernelUnavailable
-from .apt import AptArchive, require_debian_mirror
+from ..versions import debian_version_key, upstream_version
+from .apt import (
+    AptArchive,
+    ArchiveVersion,
+    archive_max_age,
+    require_debian_mirror,
+    security_mirror_for,
+)
+from .selectors import split_pinned, unknown_version_message
 from .specs import KernelSpec, _looks_like_path, load_specs
 from .trees import KernelTree, bzimage_release, local_kernel_image
 
@@ -38,24 +48,53 @@ _DEBIAN_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+~:-]*")
 
 
 @dataclass(frozen=True)
-class Resolution:
-    """Which kernel the archive named for a spec, and when it was asked."""
-    abi: str
-    version: str
+class Listing:
+    """Every build the archive holds for a spec (oldest first), and when it was asked."""
+    builds: tuple[ArchiveVersion, ...]
     at: float
 
+    @property
+    def current(self) -> ArchiveVersion:
+        return self.builds[-1]
 
-def _read_resolution(path: Path) -> Resolution | None:
-    """A cached resolution {abi, version, at}, or None when there is none or it is malformed."""
+
+def _read_listing(path: Path) -> Listing | None:
+    """A cached listing {at, builds: [{version, abi, suite}]}, or None when there is none or it is
+    malformed. A resolution file of kconform before versions ({abi, version, at}) is a listing of
+    that one build, known only to be old."""
     try:
         data = json.loads(read_regular_file(path))
     except (OSError, ValueError):
         return None
-    if not (isinstance(data, dict) and isinstance(data.get("abi"), str)
-            and isinstance(data.get("version"), str) and isinstance(data.get("at"), (int, float))
-            and _DEBIAN_WORD.fullmatch(data["abi"]) and _DEBIAN_WORD.fullmatch(data["version"])):
+    if not isinstance(data, dict) or not isinstance(data.get("at"), (int, float)):
         return None
-    return Resolution(abi=data["abi"], version=data["version"], at=float(data["at"]))
+    entries = data.get("builds", [data] if "abi" in data else None)
+    if not isinstance(entries, list) or not entries:
+        return None
+    builds = []
+    for entry in entries:
+        if not (isinstance(entry, dict) and all(isinstance(entry.get(k), str)
+                                                 for k in ("abi", "version"))
+                and _DEBIAN_WORD.fullmatch(entry["abi"])
+                and _DEBIAN_WORD.fullmatch(entry["version"])):
+            return None
+        suite = entry.get("suite")
+        builds.append(ArchiveVersion(entry["version"], entry["abi"],
+                                     suite if isinstance(suite, str) else ""))
+    try:
+        builds.sort(key=lambda b: debian_version_key(b.version))
+    except ValueError:
+        return None
+    return Listing(builds=tuple(builds), at=float(data["at"]) if "builds" in data else 0.0)
+
+
+def _write_listing(path: Path, builds: list[ArchiveVersion]) -> None:
+    write_atomic(path, json.dumps({"at": time.time(), "builds": [
+        {"version": b.version, "abi": b.abi, "suite": b.suite} for b in builds]}, indent=1))
+
+
+def tree_dir_name(build: ArchiveVersion) -> str:
+    return f"{build.abi}_{build.version}"
 
 
 class KernelProvider:
@@ -69,80 +108,135 @@ class KernelProvider:
         self.log = log
         self.trees_dir = self.cache / "trees"
         self.trees_dir.mkdir(parents=True, exist_ok=True)
+        self._asked: dict[str, bool] = {}  # specs whose listing this provider asked the archive
 
     def get(self, name: str) -> KernelTree:
         if name == "host":
             return self._host()
-        if name in self.specs:
-            return self._debian(self.specs[name])
+        spec_name, pinned = split_pinned(name)
+        if spec_name in self.specs:
+            return self._debian(self.specs[spec_name], pinned, name)
         if _looks_like_path(name):
             return self._local(Path(name))
         raise KconformError(f"unknown kernel {name!r}; known: {', '.join(self.specs)}")
 
+    def versions(self, spec: KernelSpec) -> list[ArchiveVersion]:
+        """Every build of the spec the archive holds, oldest first (dpkg's order)."""
+        with self._lock(f"debian-{spec.name}"):
+            return list(self._listing(spec).builds)
+
+    def cached_tree(self, build: ArchiveVersion) -> Path | None:
+        root = self.trees_dir / tree_dir_name(build)
+        return root if (root / MANIFEST).is_file() and not root.is_symlink() else None
+
     # -- Debian
 
-    def _debian(self, spec: KernelSpec) -> KernelTree:
-        with self._lock(f"debian-{spec.name}"):  # the spec's resolution file
-            abi, version = self._resolve(spec)
-        root = self.trees_dir / f"{abi}_{version}"
+    def _debian(self, spec: KernelSpec, pinned: str | None, name: str) -> KernelTree:
+        with self._lock(f"debian-{spec.name}"):  # the spec's listing file
+            build = self._resolve(spec) if pinned is None else self._pinned(spec, pinned)
+        root = self.trees_dir / tree_dir_name(build)
         # Two specs can resolve to one tree (the same suite under two names): its check, fetch
         # and publish are serialised on the tree itself, not on the name that asked for it.
         with self._lock(f"tree-{root.name}"):
+            hold_in_use(root)  # `cache prune` leaves it alone while this run lives
             if root.exists() or root.is_symlink():
                 meta, problem = check_published(root, self.log)
                 if meta:
-                    return self._tree_from(spec.name, root, meta)
-                self.log(f"{spec.name}: cached tree {root} is damaged ({problem}); fetching again")
+                    return self._tree_from(name, root, meta, build)
+                self.log(f"{name}: cached tree {root} is damaged ({problem}); fetching again")
                 remove_published(root)
-            self._fetch(spec, abi, version, root)
+            self._fetch(spec, build, root)
             meta, problem = check_manifest(root)
             if not meta:
-                raise KernelUnavailable(f"{spec.name}: freshly built tree is damaged: {problem}")
-            return self._tree_from(spec.name, root, meta)
+                raise KernelUnavailable(f"{name}: freshly built tree is damaged: {problem}")
+            return self._tree_from(name, root, meta, build)
 
-    def _resolve(self, spec: KernelSpec) -> tuple[str, str]:
-        resolved_file = self.cache / "resolved" / f"{spec.name}.json"
-        resolved_file.parent.mkdir(exist_ok=True)
-        recent = _read_resolution(resolved_file)
+    def _resolve(self, spec: KernelSpec) -> ArchiveVersion:
+        """The spec's current build: the newest its suites hold."""
+        return self._listing(spec).current
+
+    def _pinned(self, spec: KernelSpec, version: str) -> ArchiveVersion:
+        """The build of a pinned name (spec@version), from the listing; a version the archive no
+        longer lists but whose tree is cached is still that tree."""
+        listing = self._listing(spec)
+        for build in listing.builds:
+            if build.version == version:
+                return build
+        for root in sorted(self.trees_dir.glob(f"*_{version}")):
+            meta, _ = check_manifest(root)
+            if meta and meta.get("name") == spec.name and isinstance(meta.get("abi"), str):
+                return ArchiveVersion(version, str(meta["abi"]), str(meta.get("suite", "")))
+        raise KconformError(unknown_version_message(spec, version, list(listing.builds)))
+
+    def _listing(self, spec: KernelSpec) -> Listing:
+        """The spec's builds, asked of the archive at most every LISTS_MAX_AGE (or when refresh),
+        else the cached listing; offline, the last listing with a message."""
+        listing_file = self.cache / "resolved" / f"{spec.name}.json"
+        listing_file.parent.mkdir(exist_ok=True)
+        recent = _read_listing(listing_file)
         fresh = recent and time.time() - recent.at < LISTS_MAX_AGE and not self.refresh
-        if recent and fresh and (self.trees_dir / f"{recent.abi}_{recent.version}").exists():
-            return recent.abi, recent.version
+        if recent and fresh:
+            return recent
+        if recent and self.refresh and self._asked.get(spec.name):
+            return recent  # --refresh-kernels asks once per run, not once per kernel version
         try:
-            apt = AptArchive(self.cache / "apt", require_debian_mirror(spec.name))
-            self.log(f"{spec.name}: asking the archive for the current {spec.meta} "
-                     f"in {', '.join(spec.suites)}")
+            apt = self._archive(spec.name)
+            self.log(f"{spec.name}: asking the archive for the {spec.flavour} builds of "
+                     f"{'series ' + spec.series if spec.series else 'the newest series'} in "
+                     f"{', '.join(spec.suites)}" + self._max_age_note(apt))
             # apt locks its lists; other workers wait instead of failing
             with self._lock("apt"), apt.session():
                 apt.update(spec)
-                abi, version = apt.resolve(spec)
-            if not (_DEBIAN_WORD.fullmatch(abi) and _DEBIAN_WORD.fullmatch(version)):
+                builds = apt.listing(spec)
+            odd = [b for b in builds if not (_DEBIAN_WORD.fullmatch(b.abi)
+                                             and _DEBIAN_WORD.fullmatch(b.version))]
+            if odd:
                 raise KernelUnavailable(f"{spec.name}: the archive names an odd kernel "
-                                        f"{abi!r} version {version!r}; kconform does not use it")
+                                        f"{odd[0].abi!r} version {odd[0].version!r}; kconform "
+                                        "does not use it")
         except KernelUnavailable as exc:
-            if recent and (self.trees_dir / f"{recent.abi}_{recent.version}").exists():
-                self.log(f"{spec.name}: {exc}\n{spec.name}: using the cached "
-                         f"{recent.version} instead")
-                return recent.abi, recent.version
+            if recent:
+                self.log(f"{spec.name}: {exc}\n{spec.name}: using the last listing "
+                         f"(current {recent.current.version}) instead")
+                return recent
             raise
-        write_atomic(resolved_file, json.dumps({"abi": abi, "version": version, "at": time.time()}))
-        return abi, version
+        _write_listing(listing_file, builds)
+        self._asked[spec.name] = True
+        listing = _read_listing(listing_file)
+        assert listing is not None  # just written from checked builds
+        return listing
 
-    def _fetch(self, spec: KernelSpec, abi: str, version: str, root: Path) -> None:
-        apt = AptArchive(self.cache / "apt", require_debian_mirror(spec.name))
-        packages = [p.format(abi=abi) for p in spec.packages]
-        with staging_dir(self.trees_dir, abi) as staging:
-            self._fetch_into(spec, apt, packages, abi, version, staging, root)
+    def _archive(self, what: str) -> AptArchive:
+        mirror = require_debian_mirror(what)
+        return AptArchive(self.cache / "apt", mirror, security_mirror=security_mirror_for(mirror),
+                          max_age=archive_max_age())
 
-    def _fetch_into(self, spec: KernelSpec, apt: AptArchive, packages: list[str], abi: str,
-                    version: str, staging: Path, root: Path) -> None:
+    @staticmethod
+    def _max_age_note(apt: AptArchive) -> str:
+        if not apt.max_age:
+            return ""
+        return (f" (KCONFORM_ARCHIVE_MAX_AGE: Release files up to {apt.max_age // 86400} days "
+                "old are taken, still signature-checked)")
+
+    def _fetch(self, spec: KernelSpec, build: ArchiveVersion, root: Path) -> None:
+        apt = self._archive(spec.name)
+        packages = [p.format(abi=build.abi) for p in spec.packages]
+        with staging_dir(self.trees_dir, build.abi) as staging:
+            self._fetch_into(spec, apt, packages, build, staging, root)
+
+    def _fetch_into(self, spec: KernelSpec, apt: AptArchive, packages: list[str],
+                    build: ArchiveVersion, staging: Path, root: Path) -> None:
+        version = build.version
         try:
             debs_dir = staging / "debs"
             tree = staging / "tree"
             debs_dir.mkdir()
             tree.mkdir()
-            self.log(f"{spec.name}: downloading {version}: {', '.join(packages)}")
+            self.log(f"{spec.name}: downloading {version} from {build.suite or 'the archive'}: "
+                     f"{', '.join(packages)}")
             with self._lock("apt"), apt.session():
-                debs = apt.download(spec, packages, version, debs_dir)
+                debs = apt.download(spec, packages, version, debs_dir,
+                                    progress=self._progress(f"{spec.name}@{version}"))
             for deb in debs:
                 proc = subprocess.run(["dpkg-deb", "-x", str(deb), str(tree)],
                                       capture_output=True, text=True)
@@ -155,22 +249,35 @@ class KernelProvider:
             if proc.returncode != 0:
                 raise KernelUnavailable(f"{spec.name}: depmod failed: {proc.stderr.strip()} "
                                         "(install kmod)")
-            publish(tree, root, {"name": spec.name, "release": release, "abi": abi,
+            publish(tree, root, {"name": spec.name, "release": release, "abi": build.abi,
                                  "package_version": version, "packages": packages,
-                                 "suites": list(spec.suites)})
+                                 "suites": list(spec.suites), "suite": build.suite,
+                                 "series": spec.series or ".".join(
+                                     map(str, upstream_version(release)[:2])),
+                                 "flavour": spec.flavour,
+                                 "archive_max_age": apt.max_age})
         except OSError as exc:
             raise KernelUnavailable(_unpack_error(spec.name, "the kernel packages", str(exc),
                                                   staging)) from None
 
-    def _tree_from(self, name: str, root: Path, meta: Manifest) -> KernelTree:
+    def _progress(self, what: str) -> Callable[[int, int | None], None]:
+        def report(done: int, total: int | None) -> None:
+            of = f" of {total / 1e6:.1f} MB" if total else " MB"
+            self.log(f"{what}: downloaded {done / 1e6:.1f}{of}")
+        return report
+
+    def _tree_from(self, name: str, root: Path, meta: Manifest,
+                   build: ArchiveVersion | None = None) -> KernelTree:
         release, version = meta.get("release"), meta.get("package_version")
         if not isinstance(release, str) or not isinstance(version, str):
             raise KernelUnavailable(f"{name}: the manifest of {root} names no release or package "
                                     "version; remove that directory and kconform fetches the "
                                     "kernel again")
+        suite = meta.get("suite") or (build.suite if build else None)
         return KernelTree(name=name, vmlinuz=root / "boot" / f"vmlinuz-{release}", release=release,
                           package_version=version, root=root,
-                          config_path=root / "boot" / f"config-{release}")
+                          config_path=root / "boot" / f"config-{release}",
+                          suite=suite if isinstance(suite, str) and suite else None)
 
     def _lock(self, key: str) -> AbstractContextManager[None]:
         return cache_lock(self.trees_dir, key)

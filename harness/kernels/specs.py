@@ -7,11 +7,15 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..datafiles import read_table
 from ..errors import KconformError
 from ..paths import REPO_ROOT
 from .trees import bzimage_release, local_kernel_image
+
+if TYPE_CHECKING:
+    from .selectors import VersionLister
 
 KERNELS_DIR = REPO_ROOT / "kernels"
 
@@ -23,30 +27,37 @@ RESERVED_KERNEL_NAMES = ("all", "default", "host")
 DEBIAN_SUITE = re.compile(r"[a-z0-9][a-z0-9.+-]*")
 DEBIAN_PACKAGE = re.compile(r"[a-z0-9][a-z0-9.+-]+")
 SERIES = re.compile(r"\d+\.\d+")
+FLAVOUR = re.compile(r"(?:[a-z][a-z0-9]*-)*amd64")
 SPEC_FIELDS = {
-    "series": 'the kernel series as a quoted string, e.g. series = "6.1"',
-    "suites": 'a list of Debian suites, e.g. suites = ["bookworm"]',
-    "meta": 'the metapackage naming the current ABI, e.g. meta = "linux-image-amd64"',
+    "series": 'the kernel series as a quoted string, e.g. series = "6.1" (leave it out for a '
+              'kernel that follows the newest of its suites, as the RC does)',
+    "suites": 'a list of every Debian suite a system of that release pulls kernels from, e.g. '
+              'suites = ["bookworm", "bookworm-updates", "bookworm-security"]',
+    "flavour": 'the kernel flavour, the end of its ABI, e.g. flavour = "rt-amd64" (default amd64)',
+    "meta": 'the metapackage a system of this flavour installs, e.g. meta = "linux-image-amd64"',
     "packages": 'a list of package templates with {abi}, e.g. packages = '
                 '["linux-image-{abi}-unsigned"]',
     "description": 'one line saying what the kernel is, e.g. description = "Debian 12 bookworm"',
 }
-REQUIRED_SPEC_FIELDS = ("series", "suites", "packages")
+REQUIRED_SPEC_FIELDS = ("suites", "packages")
+NO_SERIES = (10**6,)  # a kernel with no series sorts after every series
 
 
 @dataclass(frozen=True)
 class KernelSpec:
-    """A named kernel as data: which Debian suite and packages make it."""
+    """A named kernel as data: which Debian suites and packages make it. Its versions are every
+    build of its flavour and series those suites hold; the newest (dpkg's order) is current."""
     name: str
-    series: str                      # "6.1": orders kernels and columns
+    series: str                      # "6.1": orders kernels and columns; "" follows the newest
     suites: tuple[str, ...]
-    meta: str                        # metapackage whose dependency names the current ABI
-    packages: tuple[str, ...]        # templates with {abi}
+    meta: str                        # the metapackage of its flavour (what a system installs)
+    packages: tuple[str, ...]        # templates with {abi}; the first is the image
     description: str = ""
+    flavour: str = "amd64"           # the ABI's last part: amd64, rt-amd64, cloud-amd64
 
     @property
     def series_key(self) -> tuple[int, ...]:
-        return tuple(int(p) for p in self.series.split("."))
+        return tuple(int(p) for p in self.series.split(".")) if self.series else NO_SERIES
 
 
 def _spec_problem(path: Path, field: str, value: object, what: str) -> KconformError:
@@ -55,7 +66,9 @@ def _spec_problem(path: Path, field: str, value: object, what: str) -> KconformE
 
 def _spec_string(path: Path, data: dict[str, object], field: str, pattern: re.Pattern[str] | None,
                  what: str, default: str | None = None) -> str:
-    value = data.get(field, default)
+    if field not in data and default is not None:
+        return default
+    value = data.get(field)
     if not isinstance(value, str) or (pattern is not None and not pattern.fullmatch(value)):
         raise _spec_problem(path, field, value, what)
     return value
@@ -87,12 +100,15 @@ def parse_spec(path: Path, text: str) -> KernelSpec:
                             f"not {', '.join(RESERVED_KERNEL_NAMES)}, e.g. kernels/debian-6.1.toml")
     data = read_table(path, text, fields=SPEC_FIELDS, required=REQUIRED_SPEC_FIELDS,
                       kind="a kernel definition", example='suites = ["bookworm"]')
+    flavour = _spec_string(path, data, "flavour", FLAVOUR, "a flavour like \"amd64\" or "
+                           "\"rt-amd64\"", default="amd64")
     return KernelSpec(
         name=name,
-        series=_spec_string(path, data, "series", SERIES, "a series like \"6.1\""),
+        series=_spec_string(path, data, "series", SERIES, "a series like \"6.1\"", default=""),
         suites=_spec_list(path, data, "suites", DEBIAN_SUITE.fullmatch, "Debian suite names"),
         meta=_spec_string(path, data, "meta", DEBIAN_PACKAGE, "a Debian package name",
-                          default="linux-image-amd64"),
+                          default=f"linux-image-{flavour}"),
+        flavour=flavour,
         packages=_spec_list(path, data, "packages", _package_template,
                             "Debian package names with {abi}"),
         description=_spec_string(path, data, "description", re.compile(r"[^\x00-\x1f\x7f]*"),
@@ -131,9 +147,13 @@ def default_kernel_names(directory: Path = KERNELS_DIR,
 
 
 def expand_kernel_args(values: list[str], specs: dict[str, KernelSpec],
-                       cwd: Path | None = None) -> list[str]:
-    """--kernel values (repeatable, comma lists, 'all', 'default') to an ordered list of names.
-    A path is taken from `cwd` (where the user typed it) and becomes absolute."""
+                       cwd: Path | None = None,
+                       versions: VersionLister | None = None) -> list[str]:
+    """--kernel values (repeatable, comma lists, 'all', 'default', versions as selectors.py
+    reads them) to an ordered list of names. A path is taken from `cwd` (where the user typed
+    it) and becomes absolute. `versions` lists a spec's builds (default: the archive's, through
+    a KernelProvider); it is asked only for a value that names versions."""
+    from .selectors import expand_versions, is_selector  # selectors reads specs: no cycle
     names: list[str] = []
     for value in values:
         parts = [p.strip() for p in value.split(",")]
@@ -152,6 +172,11 @@ def expand_kernel_args(values: list[str], specs: dict[str, KernelSpec],
                 expanded = default_kernel_names(specs=specs)
             elif part in specs or part == "host":
                 expanded = [part]
+            elif is_selector(part, specs):
+                if versions is None:
+                    from .provider import KernelProvider  # the archive, only when asked
+                    versions = KernelProvider(specs=specs).versions
+                expanded = expand_versions(part, specs, versions)
             else:
                 expanded = [_kernel_path(part, specs, cwd)]
             for name in expanded:

@@ -20,6 +20,7 @@ class KernelTree:
     config_path: Path | None = None
     run_target: Path | None = None    # what `vng -r` is given; defaults to vmlinuz
     target: str | None = None         # ssh://user@host:port of a machine running this kernel
+    suite: str | None = None          # the Debian suite the package came from
     _config: dict[str, str] | None = field(default=None, repr=False)
 
     @property

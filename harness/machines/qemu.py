@@ -283,6 +283,24 @@ def virtiofs_usable() -> bool:
     return virtiofs_keeps_root_readonly(vng_environment()["PATH"])
 
 
+def refuse_without_9p(tree: KernelTree) -> None:
+    """A kernel built without 9p (Debian's cloud flavour) cannot mount a guest root over 9p, and
+    virtiofs is not usable here: say so before QEMU starts, instead of a root-mount panic."""
+    config = tree.config()
+    missing = [opt for opt in ("CONFIG_9P_FS", "CONFIG_NET_9P_VIRTIO")
+               if config and config.get(opt) not in ("y", "m")]
+    if not missing:
+        return
+    virtiofs = config.get("CONFIG_VIRTIO_FS") in ("y", "m")
+    fix = ("it has virtiofs, but this host's virtiofsd cannot share the root read-only (that "
+           "needs virtiofsd 1.13 or newer, with --readonly, e.g. Debian 13's package virtiofsd)"
+           if virtiofs else "nor virtiofs")
+    raise KconformError(
+        f"{tree.name} ({tree.release}) cannot boot under virtme-ng here: its guests mount their "
+        f"root over 9p, and this kernel has none ({' and '.join(missing)} not set); {fix}. "
+        "Refused before booting: run a flavour with 9p (the generic one) instead")
+
+
 def build_vng_command(tree: KernelTree, accel: Accel, guest_cmd: str, *, memory: str = "1G",
                       cpus: int = 1, kernel_args: tuple[str, ...] = (),
                       extra_vng: tuple[str, ...] = (), name: str | None = None,
@@ -312,6 +330,7 @@ def build_vng_command(tree: KernelTree, accel: Accel, guest_cmd: str, *, memory:
     if accel.name != "kvm":
         cmd.append("--disable-kvm")
     if not virtiofs_usable():
+        refuse_without_9p(tree)
         cmd.append("--force-9p")
     if root is not None:
         cmd += ["--root", root]

@@ -109,6 +109,8 @@ def guest(request: pytest.FixtureRequest, kernel: str) -> CaseGuest:
     info = run.kernels[kernel]
     item.user_properties += [("kernel", kernel), ("kernel_version", info.exact_version),
                              ("uname", info.uname)]
+    if info.suite:
+        item.user_properties.append(("kernel_suite", info.suite))
     booted = run.pool.fresh.pop(kernel, None)
     if booted is not None:
         boot_seconds = booted.boot_seconds

@@ -32,6 +32,7 @@ import pytest
 from pluggy import Result
 
 from ..judging.verdicts import Verdict
+from ..kernels.selectors import split_pinned
 from ..reports.grid import write_reports
 from ..reports.junit import junit_text
 from ..reports.reproduce import rerun_command
@@ -197,8 +198,8 @@ class Reporter:
         upstream = _upstream_of(entry.version)
         if upstream:
             entry.upstream = upstream
-        elif kernel in self.run.specs:
-            entry.upstream = self.run.specs[kernel].series
+        elif split_pinned(kernel)[0] in self.run.specs:
+            entry.upstream = self.run.specs[split_pinned(kernel)[0]].series or None
 
     def _write_incremental(self) -> None:
         out = self.run.results_dir

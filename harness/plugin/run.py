@@ -42,6 +42,7 @@ class KernelInfo:
     name: str
     exact_version: str
     uname: str = ""
+    suite: str | None = None  # the Debian suite of a Debian kernel
     boot_seconds: float | None = None
     vng_command: str = ""   # for an SSH target: the ssh line that logs in the same way
     console_log: str = ""
@@ -98,7 +99,8 @@ class GuestPool:
             raise
         self.live[name] = session
         self.fresh[name] = session  # the test that asked for it carries the boot's timings
-        info = self.run.kernels.setdefault(name, KernelInfo(name, tree.exact_version))
+        info = self.run.kernels.setdefault(name, KernelInfo(name, tree.exact_version,
+                                                            suite=tree.suite))
         info.uname, info.boot_seconds = session.uname, session.boot_seconds
         info.vng_command, info.console_log = machine.command_line(), str(log)
         if tree.target:
@@ -151,9 +153,16 @@ class KconformRun:
         # Every option is checked before anything connects or boots. Paths are the user's,
         # taken from where the command was typed; the options keep them absolute, so xdist
         # workers and the reports' rerun lines name the same files.
+        self.config = config
+        self.worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
         self.specs = load_specs()
-        self.kernel_names = expand_kernel_args(
-            opt.kernel or ([] if opt.target else ["default"]), self.specs, cwd=caller_cwd())
+        self.provider = KernelProvider(refresh=opt.refresh_kernels, log=self._log)
+        # Versions (name@A..B) are asked of the archive once, on the controller: xdist workers
+        # take its names, so their test ids cannot differ if the archive moved meanwhile.
+        expanded = getattr(config, "workerinput", {}).get(KERNELS_KEY)
+        self.kernel_names = list(expanded) if expanded is not None else expand_kernel_args(
+            opt.kernel or ([] if opt.target else ["default"]), self.specs, cwd=caller_cwd(),
+            versions=self.provider.versions)
         opt.results_dir = str(caller_path(opt.results_dir).resolve())
         self.results_dir = writable_directory(Path(opt.results_dir), "--results-dir",
                                               "give --results-dir a directory you can write")
@@ -202,14 +211,11 @@ class KconformRun:
             self.targets[name], self.target_trees[name] = target, tree
             self.kernel_names.append(name)
         self.case_timeout = opt.case_timeout
-        self.worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
         self._boot_timeout = opt.boot_timeout
         self._accel_choice = opt.accel
         self._accel: Accel | None = None
-        self.provider = KernelProvider(refresh=opt.refresh_kernels, log=self._log)
         self.pool = GuestPool(self)
         self.kernels: dict[str, KernelInfo] = {}
-        self.config = config
 
     def _log(self, message: str) -> None:
         """Progress a user should see as it happens (downloads, the accelerator, a damaged cache)
@@ -306,6 +312,7 @@ def _check_cache() -> None:
 
 RUN_KEY = pytest.StashKey[KconformRun]()
 TARGETS_KEY = "kconform_targets"  # in an xdist worker's workerinput
+KERNELS_KEY = "kconform_kernels"  # the controller's expansion of --kernel, ditto
 
 
 def _safe(name: str) -> str:
