@@ -199,3 +199,33 @@ def test_a_kernel_without_9p_is_refused_before_booting_with_its_reason(tmp_path)
     refuse_without_9p(KernelTree(name="debian-6.12", vmlinuz=None, release="6.12",
                                  config_path=config))
     refuse_without_9p(KernelTree(name="bzImage", vmlinuz=None, release="6.12"))  # no config
+
+
+def test_two_archives_on_one_apt_directory_take_turns(tmp_path):
+    """A test's cache linking in the real apt directory ran apt sessions beside a run's, each
+    under its own cache's lock, and one moved the shared lists away: the lock is in the apt
+    directory, so whoever shares the directory (by a link too) waits its turn."""
+    import threading
+    import time
+    real = tmp_path / "real" / "apt"
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    first = AptArchive(real, "http://deb.debian.org/debian")
+    (linked / "apt").symlink_to(real)
+    second = AptArchive(linked / "apt", "http://deb.debian.org/debian")
+    order = []
+
+    def hold():
+        with first.session():
+            order.append("first in")
+            time.sleep(0.3)
+            order.append("first out")
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    time.sleep(0.1)
+    with second.session():
+        with second.session():  # nested: the same session, no second lock
+            order.append("second in")
+    thread.join()
+    assert order == ["first in", "first out", "second in"]

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..cache import read_regular_file, write_atomic
+from ..cache import cache_lock, read_regular_file, write_atomic
 from ..errors import KconformError, KernelUnavailable
 from ..versions import debian_version_key, upstream_version
 from .specs import KernelSpec
@@ -222,6 +222,7 @@ class AptArchive:
         self.keyring = keyring
         self.sandbox_user = apt_sandbox_user()
         self._work: Path | None = None
+        self._depth = 0  # sessions entered (nested ones are the outermost one)
         if _APT_CONFIG_UNSAFE.search(str(root)):
             raise KconformError(f"the cache path {root.parent} holds a quote, backslash or "
                                 "control character, which apt's configuration cannot hold: set "
@@ -304,11 +305,30 @@ class AptArchive:
 
     @contextlib.contextmanager
     def session(self) -> Iterator[None]:
-        """Where apt runs: the cache itself, or (sandboxed) the work directory holding the lists
-        for this session. Callers hold the cache's "apt" lock. A session nested in one is it."""
-        if self._work is not None or not self.sandbox_user:
-            yield
+        """One apt session: the lists are this process's alone while it lasts (a lock in the apt
+        directory itself, so whoever shares the directory shares the lock: a test's cache that
+        links in the real one moved the lists away under a run), and (sandboxed) apt runs in a
+        work directory holding them. A session nested in one is it."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
             return
+        with cache_lock(self.root, "session"):
+            self._depth = 1
+            try:
+                if self.sandbox_user:
+                    with self._sandboxed_lists():
+                        yield
+                else:
+                    yield
+            finally:
+                self._depth = 0
+
+    @contextlib.contextmanager
+    def _sandboxed_lists(self) -> Iterator[None]:
         lists = self.root / "state" / "lists"
         work = Path(tempfile.mkdtemp(prefix="kconform-apt-"))
         try:

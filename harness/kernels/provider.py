@@ -184,8 +184,8 @@ class KernelProvider:
             self.log(f"{spec.name}: asking the archive for the {spec.flavour} builds of "
                      f"{'series ' + spec.series if spec.series else 'the newest series'} in "
                      f"{', '.join(spec.suites)}" + self._max_age_note(apt))
-            # apt locks its lists; other workers wait instead of failing
-            with self._lock("apt"), apt.session():
+            # one apt session at a time per apt directory; other workers wait, not fail
+            with apt.session():
                 apt.update(spec)
                 builds = apt.listing(spec)
             odd = [b for b in builds if not (_DEBIAN_WORD.fullmatch(b.abi)
@@ -234,7 +234,7 @@ class KernelProvider:
             tree.mkdir()
             self.log(f"{spec.name}: downloading {version} from {build.suite or 'the archive'}: "
                      f"{', '.join(packages)}")
-            with self._lock("apt"), apt.session():
+            with apt.session():
                 debs = apt.download(spec, packages, version, debs_dir,
                                     progress=self._progress(f"{spec.name}@{version}"))
             for deb in debs:
