@@ -6,6 +6,9 @@ base kernel kept. Observed differences that both kernels' expectations account f
 kernel's expected difference) are listed but are not regressions; neither are fixes (bad -> good)
 or cases failing on both kernels. Cases are matched by their kernel-free id, so a sockmap
 variant is compared with the same sockmap variant; skipped cases are not compared.
+
+The two sides may be one kernel name at two versions (two runs of debian-6.1 a month apart, each
+at the version current then): the report then names them by their versions.
 """
 from __future__ import annotations
 
@@ -30,9 +33,12 @@ class Side:
     origin: str
 
     @property
+    def version(self) -> str:
+        return self.results.kernels[self.kernel].version or "version unknown"
+
+    @property
     def label(self) -> str:
-        version = self.results.kernels[self.kernel].version or "version unknown"
-        return f"{self.kernel} ({version})"
+        return f"{self.kernel} ({self.version})"
 
     def cases(self) -> dict[str, CaseResult]:
         """This kernel's cases by their kernel-free id (file::case): the same case on any kernel."""
@@ -55,6 +61,21 @@ class Comparison:
     only_base: list[str] = field(default_factory=list)
     only_new: list[str] = field(default_factory=list)
     skipped: int = 0
+
+    @property
+    def one_name(self) -> bool:
+        """Both sides are one kernel name at two versions."""
+        return self.base.kernel == self.new.kernel and self.base.version != self.new.version
+
+    def shown(self, side: Side) -> str:
+        """How the report names a side: its kernel, or its version when both share the name."""
+        return side.version if self.one_name else side.kernel
+
+    @property
+    def title(self) -> str:
+        if self.one_name:
+            return f"{self.base.kernel} {self.base.version} -> {self.new.version}"
+        return f"base {self.base.label} -> new {self.new.label}"
 
     @property
     def regressions(self) -> list[Difference]:
@@ -144,17 +165,18 @@ def _observed(case: CaseResult) -> str:
 def render(result: Comparison) -> str:
     base, new = result.base, result.new
     counts = {kind: sum(1 for d in result.differences if d.kind == kind) for kind in RANK}
-    out = [f"kconform compare: base {base.label} -> new {new.label}",
+    out = [f"kconform compare: {result.title}",
            (f"{result.compared} cases compared; {len(result.differences)} differ: "
            f"{counts[REGRESSION]} regressed, {counts[FIXED]} fixed, "
            f"{counts[AS_DOCUMENTED]} changed as documented, {counts[STILL_FAILING]} still failing")]
     if result.skipped:
         out.append(f"{result.skipped} cases skipped on one of the kernels (not compared)")
-    for name, only in ((base.kernel, result.only_base), (new.kernel, result.only_new)):
+    for name, only in ((result.shown(base), result.only_base),
+                       (result.shown(new), result.only_new)):
         if only:
             out.append(f"{len(only)} cases ran only on {name}: {', '.join(only[:5])}"
                        + (" ..." if len(only) > 5 else ""))
-    width = max(len(base.kernel), len(new.kernel))
+    width = max(len(result.shown(base)), len(result.shown(new)))
     for behaviour, diffs in result.by_behaviour():
         kind = min((d.kind for d in diffs), key=RANK.__getitem__)
         title = diffs[0].new.title or ""
@@ -165,7 +187,7 @@ def render(result: Comparison) -> str:
         for diff in diffs:
             out.append(f"  case {diff.new.case}" + (f" ({diff.kind})" if mixed else ""))
             for tag, side, case in (("base", base, diff.base), ("new ", new, diff.new)):
-                line = (f"    {tag} {side.kernel:<{width}}  {LABELS[case.verdict]:<20} "
+                line = (f"    {tag} {result.shown(side):<{width}}  {LABELS[case.verdict]:<20} "
                         f"observed {_observed(case)}")
                 out.append(line)
                 if case.reason and case.verdict == Verdict.EXPECTED_DIFFERENCE:
@@ -175,6 +197,8 @@ def render(result: Comparison) -> str:
                 out.append(f"    rerun: {diff.new.reproduce}")
     regressed = [b for b, diffs in result.by_behaviour()
                  if any(d.kind == REGRESSION for d in diffs)]
-    out += ["", f"{len(regressed)} behaviour(s) regressed on {new.kernel} against {base.kernel}"
+    on = (f"{new.kernel} {new.version} against {base.version}" if result.one_name
+          else f"{new.kernel} against {base.kernel}")
+    out += ["", f"{len(regressed)} behaviour(s) regressed on {on}"
             + (f": {', '.join(regressed)}" if regressed else "")]
     return "\n".join(out)

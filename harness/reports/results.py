@@ -17,9 +17,12 @@ Shape (format "kconform-results/1"):
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
+import re
+import shlex
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,7 +31,7 @@ from typing import cast
 
 from ..errors import KconformError
 from ..judging.verdicts import Verdict
-from ..versions import sort_key
+from ..versions import DebianVersionKey, debian_version_key, sort_key
 
 FORMAT = "kconform-results/1"
 REPORT_JSON = "report.json"
@@ -185,6 +188,15 @@ class CaseResult:
             extra=_unread(data, CASE_FIELDS))
 
 
+def _package_order(version: str | None) -> tuple[int, DebianVersionKey | None]:
+    """A package version in dpkg's order; none, or one that is no Debian version (a custom
+    kernel's release), after them."""
+    try:
+        return (0, debian_version_key(version)) if version else (1, None)
+    except ValueError:
+        return (1, None)
+
+
 def _text(data: JsonObject, name: str) -> str | None:
     value = data.get(name)
     return value if isinstance(value, str) else None
@@ -207,8 +219,11 @@ class Results:
     runs: list[RunRecord] = field(default_factory=list)
 
     def kernel_order(self) -> list[str]:
-        """Kernel names oldest first (the grid's columns, JUnit's suites)."""
-        return sorted(self.kernels, key=lambda n: (sort_key(self.kernels[n].upstream), n))
+        """Kernel names oldest first (the grid's columns, JUnit's suites): by upstream version
+        (an rc before its release), then by package version in dpkg's order (6.1.192-2 before
+        6.1.192-3), then by name."""
+        return sorted(self.kernels, key=lambda n: (sort_key(self.kernels[n].upstream),
+                                                   _package_order(self.kernels[n].version), n))
 
     def sorted_cases(self) -> list[CaseResult]:
         order = {name: i for i, name in enumerate(self.kernel_order())}
@@ -387,15 +402,30 @@ def load(path: str | Path) -> Results:
 
 
 def merge(parts: list[tuple[str, Results]]) -> Results:
-    """Join the results of several runs; each kernel must come from exactly one of them."""
+    """Join the results of several runs; each kernel must come from exactly one of them.
+
+    One name at two package versions (two CI runs of debian-6.1 a month apart) is two kernels:
+    each becomes NAME@<package version>, the name that boots that version again, with its cases'
+    ids and rerun lines renamed to match. The same name at the same version twice is one kernel
+    run twice, which a merged grid cannot show: that stays an error."""
+    versions: dict[str, set[str | None]] = {}
+    for _, part in parts:
+        for kernel, record in part.kernels.items():
+            versions.setdefault(kernel, set()).add(record.version)
+    renamed = {kernel for kernel, seen in versions.items() if len(seen) > 1 and None not in seen}
     merged = Results()
     origin: dict[str, str] = {}
     for name, part in parts:
+        part = _pinned(part, renamed)
         for kernel, record in part.kernels.items():
             if kernel in origin:
+                first = merged.kernels[kernel].version
+                at = (f"at {first or 'an unknown version'} in each" if first == record.version
+                      else f"at {first or 'no version'} and {record.version or 'no version'}, "
+                      "so they cannot be told apart")
                 raise ResultsError(
-                    f"kernel {kernel} is in both {origin[kernel]} and {name}; a merged grid "
-                    "holds one run per kernel: leave one of the two files out")
+                    f"kernel {kernel} is in both {origin[kernel]} and {name}, {at}; a merged "
+                    "grid holds one run per kernel version: leave one of the two files out")
             origin[kernel] = name
             merged.kernels[kernel] = record
         for bid, behaviour in part.behaviours.items():
@@ -403,6 +433,44 @@ def merge(parts: list[tuple[str, Results]]) -> Results:
         merged.cases += part.cases
         merged.runs += part.runs
     return merged
+
+
+def pinned_kernel_name(kernel: str, version: str) -> str:
+    """The name that boots `version` of the kernel `kernel` names: 'debian-6.1' at 6.1.176-1
+    -> 'debian-6.1@6.1.176-1' (a pinned name's own selector, such as an ABI, is replaced)."""
+    return f"{kernel.partition('@')[0]}@{version}"
+
+
+def _pinned(part: Results, kernels: set[str]) -> Results:
+    """`part` with each of `kernels` renamed to its pinned name, in its cases too."""
+    names = {k: pinned_kernel_name(k, cast(str, part.kernels[k].version))
+             for k in kernels & part.kernels.keys()}
+    if not names:
+        return part
+    cases = [_renamed_case(c, names[c.kernel]) if c.kernel in names else c for c in part.cases]
+    return dataclasses.replace(
+        part, kernels={names.get(k, k): dataclasses.replace(r, name=names[k]) if k in names else r
+                       for k, r in part.kernels.items()}, cases=cases)
+
+
+def _renamed_case(case: CaseResult, kernel: str) -> CaseResult:
+    """The case as a run of the kernel named `kernel` records it: the kernel's test id (the id's
+    parameter that names the kernel) and the rerun line that names both."""
+    old_id = case.id
+    head, bracket, params = old_id.partition("[")
+    new_id = head + bracket + re.sub(rf"(?<![^-]){re.escape(case.kernel)}(?=[-\]])",
+                                     lambda _: kernel, params, count=1) if bracket else old_id
+    try:
+        words = shlex.split(case.reproduce)
+    except ValueError:  # a hand-edited line: kept as it was
+        words = []
+    if words:
+        words = [kernel if w == case.kernel and i and words[i - 1] == "--kernel" else
+                 new_id if w == old_id else w for i, w in enumerate(words)]
+        reproduce = shlex.join(words)
+    else:
+        reproduce = case.reproduce
+    return dataclasses.replace(case, id=new_id, kernel=kernel, reproduce=reproduce)
 
 
 def writable_directory(path: Path, what: str, fix: str) -> Path:
