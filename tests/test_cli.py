@@ -23,9 +23,9 @@ def test_unknown_kernel_is_a_usage_error_listing_known_names(run_pytest):
 
 def test_kernel_ids_select_by_kernel_and_behaviour(run_pytest):
     proc = run_pytest("cases", "--kernel", "all", "--collect-only", "-q",
-                      "-k", "debian-6.12 and u32")
+                      "-k", "debian-7.3 and u32")
     lines = [line for line in proc.stdout.splitlines() if "::" in line]
-    assert len(lines) == 2 and all("debian-6.12" in line and "u32" in line for line in lines)
+    assert len(lines) == 2 and all("debian-7.3" in line and "u32" in line for line in lines)
 
 
 def test_kconform_lists_kernels():

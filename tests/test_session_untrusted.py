@@ -229,7 +229,7 @@ def test_a_panic_that_leaves_the_machine_hanging_is_noticed_on_the_console(tmp_p
 
 # ----------------------------------------------------------------------------- the pool
 
-TREE = SimpleNamespace(exact_version="6.1.176-1", target=None)
+TREE = SimpleNamespace(exact_version="6.1.176-1", target=None, suite="bookworm")
 
 
 class FakePool(GuestPool):

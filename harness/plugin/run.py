@@ -156,13 +156,13 @@ class KconformRun:
         self.config = config
         self.worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
         self.specs = load_specs()
-        self.provider = KernelProvider(refresh=opt.refresh_kernels, log=self._log)
+        self._provider: KernelProvider | None = None  # made when first asked: it creates the cache
         # Versions (name@A..B) are asked of the archive once, on the controller: xdist workers
         # take its names, so their test ids cannot differ if the archive moved meanwhile.
         expanded = getattr(config, "workerinput", {}).get(KERNELS_KEY)
         self.kernel_names = list(expanded) if expanded is not None else expand_kernel_args(
             opt.kernel or ([] if opt.target else ["default"]), self.specs, cwd=caller_cwd(),
-            versions=self.provider.versions)
+            versions=lambda spec: self.provider.versions(spec))
         opt.results_dir = str(caller_path(opt.results_dir).resolve())
         self.results_dir = writable_directory(Path(opt.results_dir), "--results-dir",
                                               "give --results-dir a directory you can write")
@@ -216,6 +216,13 @@ class KconformRun:
         self._accel: Accel | None = None
         self.pool = GuestPool(self)
         self.kernels: dict[str, KernelInfo] = {}
+
+    @property
+    def provider(self) -> KernelProvider:
+        if self._provider is None:
+            self._provider = KernelProvider(refresh=self.config.option.refresh_kernels,
+                                            log=self._log)
+        return self._provider
 
     def _log(self, message: str) -> None:
         """Progress a user should see as it happens (downloads, the accelerator, a damaged cache)
