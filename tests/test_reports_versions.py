@@ -153,3 +153,15 @@ def test_compare_of_two_names_reads_as_before(tmp_path):
     assert out.startswith("kconform compare: base debian-7.2 (7.2.13-1) -> new debian-7.2-rt "
                           "(7.2.14-1)")
     assert out.splitlines()[-1].endswith("regressed on debian-7.2-rt against debian-7.2: U12")
+
+
+def test_the_suite_a_kernel_came_from_is_kept_and_shown(tmp_path):
+    saved = results.load(ONLY_72)
+    name = saved.kernel_order()[0]
+    saved.kernels[name].suite = "bookworm-security"
+    path = tmp_path / "report.json"
+    results.write_json(saved, path)
+    again = results.load(path)
+    assert again.kernels[name].suite == "bookworm-security"
+    assert f"{again.kernels[name].version} (bookworm-security)" in grid.markdown(again)
+    assert "(bookworm-security)" in grid.html_page(again)

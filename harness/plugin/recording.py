@@ -191,7 +191,7 @@ class Reporter:
         entry = self.results.kernels.setdefault(kernel, KernelRecord(name=kernel))
         props = _properties(reports)
         for key, prop in (("version", "kernel_version"), ("uname", "uname"), ("boot", "boot"),
-                          ("machine", "machine"), ("rootfs", "rootfs")):
+                          ("machine", "machine"), ("rootfs", "rootfs"), ("suite", "kernel_suite")):
             value = props.get(prop)
             if isinstance(value, str) and value and not getattr(entry, key):
                 setattr(entry, key, value)

@@ -228,6 +228,12 @@ def _html_line(text: object) -> str:
     return html.escape("".join(" " if c in _CONTROL else c for c in str(text)), quote=True)
 
 
+def version_of(info: KernelRecord) -> str:
+    """'6.1.192-3 (bookworm-security)': the package version and the suite it came from."""
+    version = info.version or "?"
+    return f"{version} ({info.suite})" if info.suite else version
+
+
 def ran_on(info: KernelRecord) -> str:
     """Where a kernel's cases ran: 'qemu, root: host', 'qemu, root: debian-bookworm@…', or the
     SSH target. Results from before these fields say '?'."""
@@ -249,7 +255,7 @@ def markdown(results: Results) -> str:
             "| --- | --- | --- | --- | " + " | ".join("---:" for _ in Verdict) + " |"]
     for kernel in grid.kernels:
         info, t = grid.kernel_info[kernel], grid.totals[kernel]
-        out.append(f"| {_md(kernel)} | {_md(info.version or '?')} | {_md(info.uname or '?')} | "
+        out.append(f"| {_md(kernel)} | {_md(version_of(info))} | {_md(info.uname or '?')} | "
                    f"{_md(ran_on(info))} | " + " | ".join(str(t[v]) for v in Verdict) + " |")
     out += ["", "Legend: " + " · ".join(f"{MD_ICONS[v]} {LABELS[v]}" for v in LABELS)
             + f" · – {NOT_RUN}. An expected difference is an older kernel doing what its version "
@@ -309,7 +315,7 @@ CSS = (TEMPLATES / "report.css").read_text(encoding="utf-8")  # inlined: one sel
 def html_page(results: Results) -> str:
     return _PAGES.get_template("report.html.j2").render(
         grid=build(results), verdicts=list(Verdict), labels=LABELS, not_run=NOT_RUN,
-        ran_on=ran_on, variant=variant, steps=steps)
+        ran_on=ran_on, version_of=version_of, variant=variant, steps=steps)
 
 
 # ---------------------------------------------------------------------- files

@@ -57,13 +57,15 @@ class KernelRecord:
     boot: str | None = None        # how to boot it by hand (vng), or log in (ssh)
     machine: str | None = None     # "qemu", or the ssh:// target
     rootfs: str | None = None      # "host", a pinned root, or "target's own"
+    suite: str | None = None       # the Debian suite the package came from: bookworm-security
     extra: JsonObject = field(default_factory=dict)  # fields no report reads, kept as they came
 
     def to_json(self) -> JsonObject:
         data: JsonObject = {"name": self.name, "version": self.version, "uname": self.uname,
                             "upstream": self.upstream, "boot": self.boot}
-        # Results written before these two fields existed leave them out; so does a rewrite.
-        for name, value in (("machine", self.machine), ("rootfs", self.rootfs)):
+        # Results written before these fields existed leave them out; so does a rewrite.
+        for name, value in (("machine", self.machine), ("rootfs", self.rootfs),
+                            ("suite", self.suite)):
             if value is not None:
                 data[name] = value
         return data | self.extra
@@ -291,7 +293,7 @@ _NUM: tuple[type, ...] = (int, float)
 _JSON: tuple[type, ...] = (str, int, float, bool, list, dict, type(None))
 Fields = dict[str, tuple[bool, tuple[type, ...], str]]
 KERNEL_FIELDS: Fields = dict.fromkeys(
-    ("name", "version", "uname", "upstream", "boot", "machine", "rootfs"),
+    ("name", "version", "uname", "upstream", "boot", "machine", "rootfs", "suite"),
     (False, _STR + _NONE, "text or null"))
 BEHAVIOUR_FIELDS: Fields = {
     "title": (False, _STR + _NONE, "text"), "section": (False, _STR + _NONE, "text"),
