@@ -196,6 +196,7 @@ def test_a_full_disk_while_unpacking_names_the_problem_and_the_fix(tmp_path, mon
         provider = KernelProvider(cache=small)
         monkeypatch.setattr(provider, "_resolve", lambda spec: BUILD)
         monkeypatch.setattr(AptArchive, "download", lambda *args, **kwargs: [deb])
+        monkeypatch.setattr(AptArchive, "update", lambda *args: None)
         with pytest.raises(KconformError, match=r"no space left on the device while unpacking "
                                                 r".*: free some space, or point KCONFORM_CACHE"):
             provider.get("debian-6.1")

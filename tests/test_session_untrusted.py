@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from harness.errors import KernelUnavailable
 from harness.judging.crashes import crash_fingerprint
 from harness.judging.health import HealthRules
 from harness.machines import channel
@@ -388,3 +389,18 @@ def test_the_agent_start_time_is_the_hello_uptime_less_the_scripts_start(tmp_pat
     session, machine = started(tmp_path)  # the hello says uptime 16.5
     machine.console.pump([b"[    4.250000] virtme-ng-init: starting script\n"])
     assert session.agent_start_seconds == pytest.approx(12.25)
+
+
+def test_a_kernel_that_cannot_be_fetched_is_asked_for_once_per_run(tmp_path):
+    """Every case of a kernel whose fetch failed fetched it again (a minute of apt per case)."""
+    asked = []
+
+    def unavailable(name):
+        asked.append(name)
+        raise KernelUnavailable(f"{name}: apt-get download failed")
+    pool = FakePool(tmp_path, lambda log: pytest.fail("no machine without a tree"))
+    pool.run.provider = SimpleNamespace(get=unavailable)
+    for _ in range(3):
+        with pytest.raises(KernelUnavailable, match="download failed"):
+            pool.tree("fake-6.1")
+    assert asked == ["fake-6.1"]

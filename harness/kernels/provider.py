@@ -235,6 +235,9 @@ class KernelProvider:
             self.log(f"{spec.name}: downloading {version} from {build.suite or 'the archive'}: "
                      f"{', '.join(packages)}")
             with apt.session():
+                # the lists may be older than the listing (another name's update, a cache whose
+                # lists were lost): the packages are fetched from lists read just now
+                apt.update(spec)
                 debs = apt.download(spec, packages, version, debs_dir,
                                     progress=self._progress(f"{spec.name}@{version}"))
             for deb in debs:

@@ -62,6 +62,8 @@ class GuestPool:
         self.machines: dict[str, Machine] = {}  # the last one started per kernel, even if it failed
 
     def tree(self, name: str) -> KernelTree:
+        if name in self.failed and name not in self.trees:
+            raise self.failed[name]  # a kernel that could not be fetched is not fetched per test
         if name not in self.trees and name in self.run.target_trees:
             self.trees[name] = self.run.target_trees[name]  # described when the run began
         if name not in self.trees:
