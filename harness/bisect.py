@@ -120,6 +120,7 @@ class SuiteProber:
                  progress: TextIO = sys.stderr) -> None:
         self.behaviours, self.keyword = behaviours, keyword
         self.results_dir, self.progress = results_dir, progress
+        self.shown: set[str] = set()  # progress lines already shown (the accelerator's, say)
 
     def selection(self) -> list[str]:
         """The pytest arguments that select the cases (the reproduction lines carry them too)."""
@@ -167,7 +168,8 @@ class SuiteProber:
             try:
                 for line in child.stdout:
                     sink.write(line)
-                    if line.startswith("kconform"):
+                    if line.startswith(("kconform:", "kconform[")) and line not in self.shown:
+                        self.shown.add(line)
                         print(f"  {line.rstrip()}", file=self.progress, flush=True)
             except KeyboardInterrupt:  # the child got the same Ctrl-C: let it clean up
                 child.wait()
@@ -384,7 +386,8 @@ def render(result: Bisection, selection: list[str],
             continue
         key = _key(probe.outcome)
         shown.add(key)
-        where = ", ".join(p.kernel for p in result.probes
+        where = ", ".join(p.kernel for p in sorted(result.probes,
+                                                   key=lambda p: order.get(p.kernel, 0))
                           if p.outcome is not None and _key(p.outcome) == key)
         lines.append(f"  {labels[key]} ({where}):")
         width = max((len(case) for case in probe.outcome), default=0)

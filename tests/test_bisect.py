@@ -8,6 +8,9 @@ headers, trailers, the ChangeLog-X lines and two items per entry.
 """
 import gzip
 import math
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,7 +29,7 @@ from harness.bisect import (
     stable_versions_between,
 )
 from harness.judging.verdicts import Verdict
-from harness.reports.results import CaseResult, KernelRecord, Results
+from harness.reports.results import CaseResult, KernelRecord, Results, load
 from tests.conftest import REPO
 
 DATA = Path(__file__).parent / "data"
@@ -326,8 +329,6 @@ def test_an_unknown_behaviour_is_a_usage_error_listing_the_ids(run_pytest):
 
 
 def test_the_cli_dispatches_bisect(tmp_path):
-    import subprocess
-    import sys
     proc = subprocess.run([sys.executable, "-m", "harness.cli", "bisect", "U99", "--kernel",
                            "debian-6.1", "--results-dir", str(tmp_path)], cwd=REPO,
                           capture_output=True, text=True)
@@ -343,3 +344,32 @@ def test_the_bench_row_counts_the_boots_of_a_bisect_against_its_bound(bookworm, 
     assert row["boots"] == len(prober.booted) <= row["bound"] == 5
     assert row["versions"] == 7 and row["replacement_boots"] == 0 and row["skipped"] == []
     assert row["change"] == "debian-6.1@6.1.176-1 -> debian-6.1@6.1.187-1"
+
+
+@pytest.mark.vm
+def test_bisect_names_the_bookworm_release_that_refused_unbound_udp(tmp_path):
+    """U10 on real packages: unbound UDP is accepted on 6.1.176-1 and refused from 6.1.187-1
+    (66efd3368ae1, stable 6.1.183). Six versions: at most ceil(log2 5) + 2 = 5 boots."""
+    proc = subprocess.run([sys.executable, "-m", "harness.cli", "bisect", "U10", "--kernel",
+                           "debian-6.1@6.1.176-1..6.1.192-3", "--results-dir",
+                           str(tmp_path / "bisect")], cwd=REPO, capture_output=True, text=True,
+                          timeout=900)
+    out = proc.stdout
+    print(out, proc.stderr[-3000:])
+    assert proc.returncode == 0
+    assert "changed between debian-6.1@6.1.176-1 (outcome A) and debian-6.1@6.1.187-1 " \
+        "(outcome B)" in out
+    assert "cases that changed (4 of 4)" in out
+    assert '-> {"bound": "OK", "connected": "OK", "unbound": "EOPNOTSUPP"}' in out
+    stable = re.search(r"upstream stable releases in between \(11, from \S+ of 6\.1\.187-1\): "
+                       r"6\.1\.177, .*6\.1\.183, .*6\.1\.187$", out, re.M)
+    assert stable, "no stable versions from 6.1.187-1's changelog"
+    assert "./kconform suite --kernel debian-6.1@6.1.187-1 --behaviour U10" in out
+    booted = re.search(r"versions booted: (\d) of 6, within the bound of 5 for 6 versions; "
+                       r"(\d+) replacement", out)
+    assert booted and int(booted.group(1)) <= 5 and booted.group(2) == "0"
+    # each version booted once, in its own run of only the U10 cases
+    logs = sorted(p.name for p in (tmp_path / "bisect").glob("*/console/*.log"))
+    assert len(logs) == int(booted.group(1)), logs
+    one = load(tmp_path / "bisect" / "debian-6.1_6.1.187-1")
+    assert {c.behaviour for c in one.cases} == {"U10"} and len(one.cases) == 4
