@@ -1,5 +1,5 @@
 """kconform on real kernels: the suite, a wrong expectation, injected faults, interrupts, a killed
-worker and a damaged cache.
+worker, a damaged cache, and plain debian-5.10 past the E1/E3 deadlock.
 
 These boot Debian kernels under QEMU (TCG here), so they take minutes; `-m "not vm"` skips them.
 """
@@ -15,7 +15,8 @@ import pytest
 from harness.cache import cache_dir, check_manifest
 from harness.kernels import KernelProvider
 from harness.reports import results
-from tests.conftest import REPO, leftover_guests
+from harness.versions import compare_debian
+from tests.conftest import DEADLOCKING_5_10, REPO, leftover_guests
 
 pytestmark = pytest.mark.vm
 
@@ -25,21 +26,41 @@ def test_suite_passes_on_5_10_and_6_1_with_one_boot_per_kernel(reference_run):
     assert proc.returncode == 0
     assert re.search(r"\b\d{3} passed\b", proc.stdout) and "failed" not in proc.stdout
     # 5.10 predates unix sockets in sockmap and skb_verdict: the differences are asserted
-    assert re.search(r"debian-5.10: 5\.10\.\S+ \(uname [^)]+\): \d+ expected-difference",
-                     proc.stdout)
-    assert re.search(r"debian-6.1: 6\.1\.\S+ \(uname [^)]+\): "
+    assert re.search(rf"^{re.escape(DEADLOCKING_5_10)}: 5\.10\.223-1 \(uname [^)]+\): "
+                     r"\d+ expected-difference", proc.stdout, re.M)
+    assert re.search(r"^debian-6.1: 6\.1\.\S+ \(uname [^)]+\): "
                      r"(\d+ expected-difference, )?\d+ pass$", proc.stdout, re.M)
     logs = sorted(p.name for p in (proc.results / "console").iterdir())
     # One guest per kernel, on one worker each: loadgroup kept each kernel together. 5.10.223
     # deadlocks on the doc's SK_PASS examples (E1, E3: an expected, cited hang). Those run last,
-    # so it boots one replacement (between the two hangs), none after the last.
-    by_kernel = {k: [log for log in logs if log.startswith(k + "-")]
-                 for k in ("debian-5.10", "debian-6.1")}
-    assert len(by_kernel["debian-6.1"]) == 1 and len(by_kernel["debian-5.10"]) == 2, logs
-    assert len({log.split("-")[2] for log in by_kernel["debian-5.10"]}) == 1, logs  # one worker
+    # so it boots one replacement (between the two hangs), none after the last. Console logs are
+    # named <kernel>-<worker>-<n>, the kernel's '@' written as '_'.
+    prefixes = {"5.10": DEADLOCKING_5_10.replace("@", "_") + "-", "6.1": "debian-6.1-"}
+    by_kernel = {k: [log[len(prefix):] for log in logs if log.startswith(prefix)]
+                 for k, prefix in prefixes.items()}
+    assert len(by_kernel["6.1"]) == 1 and len(by_kernel["5.10"]) == 2, logs
+    assert len({log.split("-")[0] for log in by_kernel["5.10"]}) == 1, logs  # one worker
+    cases = results.load(proc.results).for_kernel(DEADLOCKING_5_10)
+    hangs = sorted(c.behaviour for c in cases if c.observed == {"guest": "hang"})
+    assert hangs == ["E1", "E3"] and all(c.verdict == "expected-difference" for c in cases
+                                         if c.behaviour in ("E1", "E3")), hangs
     text = proc.junit.read_text()
-    assert 'name="kernel_version" value="5.10.' in text
+    assert 'name="kernel_version" value="5.10.223-1"' in text
     assert 'name="kernel_version" value="6.1.' in text
+
+
+def test_debian_5_10_follows_its_security_suite_past_the_e1_e3_deadlock(run_pytest):
+    """Plain debian-5.10 is the newest bullseye-security build, which has 8ca2a1eeadf0 (5.10.233):
+    the doc's SK_PASS examples pass there, on one boot (no hang, no replacement guest)."""
+    proc = run_pytest("cases", "--kernel", "debian-5.10", "--behaviour", "E1,E3")
+    assert proc.returncode == 0
+    res = results.load(proc.results)
+    kernel = res.kernels["debian-5.10"]
+    assert kernel.suite == "bullseye-security", kernel
+    assert kernel.version and compare_debian(kernel.version, "5.10.233") > 0, kernel.version
+    assert sorted(c.behaviour for c in res.cases) == ["E1", "E1", "E3"]
+    assert {c.verdict for c in res.cases} == {"pass"}, [(c.case, c.observed) for c in res.cases]
+    assert len(list((proc.results / "console").iterdir())) == 1
 
 
 def test_a_wrong_expectation_makes_the_case_fail(run_pytest, tmp_path):
