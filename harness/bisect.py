@@ -100,7 +100,8 @@ def probe_from_results(kernel: str, results: Results, seconds: float = 0.0) -> P
     probe = Probe(kernel=kernel, version=version, boots=boots, seconds=seconds, cases=cases)
     if not cases:
         probe.skipped = "the run recorded no case on it"
-    elif all(did_not_boot(c) for c in cases):
+    elif boots == 0 and all(did_not_boot(c) for c in cases):
+        # a guest that booted and then warned or raised is an outcome worth finding, not a skip
         probe.skipped = next((line for line in cases[0].message.splitlines() if line.strip()),
                              f"every case {cases[0].verdict.label}")
     else:
@@ -431,6 +432,10 @@ def check_behaviours(ids: list[str], known: list[str]) -> None:
 def expand_range(value: str) -> list[str]:
     """The versions a --kernel range names, oldest first (the kernels module reads ranges)."""
     from .kernels import expand_kernel_args, load_specs
+    if "," in value or not (".." in value or value.endswith("@all")):
+        raise BisectError(f"--kernel {value}: bisect takes one range, oldest end first: "
+                          "debian-6.1@6.1.170-3..6.1.192-3, debian-6.1@all, or "
+                          "debian-5.10..debian-7.3")
     kernels = expand_kernel_args([value], load_specs(), cwd=caller_cwd())
     if len(kernels) < 2:
         raise BisectError(f"--kernel {value} names one kernel ({', '.join(kernels)}); bisect "
@@ -485,9 +490,9 @@ def main(argv: list[str], prober: Prober | None = None,
               f"{boot_bound(len(kernels))} boots; each run in {results_dir}/<kernel>/",
               file=sys.stderr, flush=True)
         result = search(kernels, prober or suite, say)
-    except ProbeRunBroke as exc:
+    except ProbeRunBroke as exc:  # its message names the child's own status
         print(f"kconform bisect: {exc}", file=sys.stderr)
-        return exc.status
+        return 2
     except KconformError as exc:
         print(f"kconform bisect: {exc}", file=sys.stderr)
         return 2

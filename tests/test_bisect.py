@@ -6,6 +6,7 @@ The changelog fixtures are the real files shipped in linux-image-6.1.0-50-amd64-
 (6.1.176-1) and linux-base-7.3.4+deb13-amd64 (7.3.4-1~bpo13+1), cut to their first entries:
 headers, trailers, the ChangeLog-X lines and two items per entry.
 """
+import dataclasses
 import gzip
 import math
 import re
@@ -200,7 +201,7 @@ def test_a_child_run_that_broke_ends_the_search_with_its_status(bookworm, tmp_pa
 
 def test_a_range_of_one_kernel_is_a_usage_error(tmp_path, capsys):
     assert _status(["U10", "--kernel", "debian-6.1"], FakeProber({}), tmp_path) == 2
-    assert "names one kernel (debian-6.1); bisect needs a range" in capsys.readouterr().err
+    assert "--kernel debian-6.1: bisect takes one range" in capsys.readouterr().err
 
 
 def test_a_bad_range_is_a_usage_error(tmp_path, capsys):
@@ -373,3 +374,23 @@ def test_bisect_names_the_bookworm_release_that_refused_unbound_udp(tmp_path):
     assert len(logs) == int(booted.group(1)), logs
     one = load(tmp_path / "bisect" / "debian-6.1_6.1.187-1")
     assert {c.behaviour for c in one.cases} == {"U10"} and len(one.cases) == 4
+
+
+def test_a_kernel_that_booted_and_then_warned_is_an_outcome_not_a_skip():
+    """Every selected case failing after a boot (a splat, a guest function that raised) left no
+    observation, and the version was skipped as if it never booted: a regression that starts to
+    WARN would be stepped over instead of found."""
+    booted = bisect.CaseResult(id="t[k]", case="t", file="cases/t.py", kernel="k",
+                               verdict=bisect.Verdict.FAIL,
+                               message="WARNING: CPU: 0 PID: 1 at net/core/sock_map.c",
+                               reproduce="./kconform suite", observed=None, boot_seconds=30.0)
+    probe = bisect.probe_from_results("k", bisect.Results(cases=[booted]))
+    assert probe.skipped is None and probe.outcome == {"t": None}
+    never = dataclasses.replace(booted, boot_seconds=None, verdict=bisect.Verdict.CRASHED)
+    assert bisect.probe_from_results("k", bisect.Results(cases=[never])).skipped
+
+
+@pytest.mark.parametrize("value", ["debian-6.1@6.1.176-1",
+                                   "debian-6.1@6.1.176-1,debian-6.1@6.1.170-3"])
+def test_bisect_takes_one_range_not_a_list(value, tmp_path):
+    assert _status(["U10", "--kernel", value], FakeProber({}), tmp_path) == 2
