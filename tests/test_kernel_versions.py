@@ -45,10 +45,25 @@ def test_a_package_version_an_abi_all_and_a_range_name_pinned_versions():
         "debian-6.1@6.1.192-1", "debian-6.1@6.1.192-2"]
 
 
-def test_an_abi_built_more_than_once_names_its_newest_build():
-    twice = [*BOOKWORM[:2], ArchiveVersion("6.1.176-2", "6.1.0-50-amd64", "bookworm")]
+def test_an_abi_built_more_than_once_names_its_newest_build_or_as_a_range_start_all():
+    twice = [*BOOKWORM[:2], ArchiveVersion("6.1.176-2", "6.1.0-50-amd64", "bookworm"),
+             *BOOKWORM[2:]]
     names = expand_kernel_args(["debian-6.1@6.1.0-50"], load_specs(), versions=lambda s: twice)
     assert names == ["debian-6.1@6.1.176-2"]
+    names = expand_kernel_args(["debian-6.1@6.1.0-50..6.1.0-53"], load_specs(),
+                               versions=lambda s: twice)
+    assert names == ["debian-6.1@6.1.176-1", "debian-6.1@6.1.176-2", "debian-6.1@6.1.187-1"]
+
+
+def test_a_spec_without_security_suites_needs_no_security_mirror(monkeypatch, tmp_path):
+    """A snapshot or file:// mirror of sid names no debian-security sibling: only a spec that
+    takes -security suites may ask for one."""
+    monkeypatch.setenv("KCONFORM_DEBIAN_MIRROR", "https://snapshot.debian.org/archive/debian/20261101T000000Z")
+    monkeypatch.delenv("KCONFORM_DEBIAN_SECURITY_MIRROR", raising=False)
+    provider = KernelProvider(cache=tmp_path)
+    assert provider._archive(provider.specs["debian-rc"]).security_mirror is None
+    with pytest.raises(KernelUnavailable, match="KCONFORM_DEBIAN_SECURITY_MIRROR"):
+        provider._archive(provider.specs["debian-6.1"])
 
 
 @pytest.mark.parametrize("value, words", [
@@ -131,9 +146,10 @@ def test_archive_max_age_is_an_explicit_bounded_setting(monkeypatch, tmp_path, v
     monkeypatch.setenv("KCONFORM_ARCHIVE_MAX_AGE", value)
     assert archive_max_age() == seconds
     apt = AptArchive(tmp_path / "apt", "http://deb.debian.org/debian", max_age=seconds)
-    text = apt.config_file.read_text()
-    assert ("Min-ValidTime" in text) == bool(seconds)
-    assert 'Acquire::Check-Valid-Until "true";' in text, "expiry is still checked"
+    options = apt.options(load_specs()["debian-rc"])
+    assert (f"Acquire::Min-ValidTime={seconds}" in options) == bool(seconds)
+    assert "Min-ValidTime" not in apt.config_file.read_text(), "another run shares that file"
+    assert 'Acquire::Check-Valid-Until "true";' in apt.config_file.read_text(), "still checked"
 
 
 @pytest.mark.parametrize("value", ["forever", "0d", "401d", "40 d", "-1d", "40d;x"])

@@ -237,7 +237,8 @@ class FakePool(GuestPool):
     """The plugin's pool with fake machines in place of QEMU guests."""
 
     def __init__(self, tmp_path: Path, make_machine, boot_timeout: float = 5.0):
-        run = SimpleNamespace(target_trees={}, provider=SimpleNamespace(get=lambda name: TREE),
+        run = SimpleNamespace(target_trees={}, pinned={},
+                              provider=SimpleNamespace(get=lambda name: TREE),
                               results_dir=tmp_path, worker="main", kernels={})
         super().__init__(run)
         self.make_machine = make_machine
@@ -404,3 +405,17 @@ def test_a_kernel_that_cannot_be_fetched_is_asked_for_once_per_run(tmp_path):
         with pytest.raises(KernelUnavailable, match="download failed"):
             pool.tree("fake-6.1")
     assert asked == ["fake-6.1"]
+
+
+def test_a_worker_boots_the_build_the_controller_resolved_under_the_plain_name(tmp_path):
+    """Under xdist each worker resolved a plain name itself: two could boot different builds
+    under one name (a listing expiring mid-run, --refresh-kernels)."""
+    asked = []
+
+    def get(name):
+        asked.append(name)
+        return SimpleNamespace(exact_version="1.0-2", target=None, suite="s", name=name)
+    pool = FakePool(tmp_path, lambda log: pytest.fail("not booted here"))
+    pool.run.provider = SimpleNamespace(get=get)
+    pool.run.pinned = {"fake-6.1": "fake-6.1@1.0-2"}
+    assert pool.tree("fake-6.1").name == "fake-6.1" and asked == ["fake-6.1@1.0-2"]

@@ -130,7 +130,8 @@ _ABI_VERSION = r"\d+\.\d+(?:\.\d+)?(?:\+[a-z0-9.]+)?(?:-rc\d+)?(?:-\d[0-9a-z.]*)
 @dataclass(frozen=True)
 class ArchiveVersion:
     """One kernel build the archive holds: package version, ABI (with flavour), and the suite it
-    comes from (the newest suite holding it, when several do)."""
+    comes from (of several holding it, the one the spec lists last: updates come after the
+    release)."""
     version: str      # 6.1.190-1
     abi: str          # 6.1.0-54-amd64
     suite: str        # bookworm-security
@@ -264,8 +265,6 @@ class AptArchive:
             "Acquire::Retries": "2", "Acquire::http::Timeout": "30",
             **APT_VERIFICATION,
         }
-        if self.max_age:
-            opts["Acquire::Min-ValidTime"] = str(self.max_age)
         lines = ["// Written by kconform; apt reads nothing else (kernels/apt.py AptArchive)."]
         lines += [f'{key} "{value}";' for key, value in opts.items()]
         return "\n".join(lines) + "\n"
@@ -286,7 +285,9 @@ class AptArchive:
 
     def options(self, spec: KernelSpec) -> list[str]:
         """The -o options of one spec's apt runs (the rest is in config_file)."""
-        opts = {"Dir::Etc::sourcelist": self.sources_file(spec)}
+        opts: dict[str, object] = {"Dir::Etc::sourcelist": self.sources_file(spec)}
+        if self.max_age:  # per run, not in the shared configuration file another run rewrites
+            opts["Acquire::Min-ValidTime"] = self.max_age
         if self._work:
             opts["Dir::State::lists"] = self._work / "lists"
             opts["Dir::Cache::archives"] = self._work / "archives"
@@ -408,8 +409,11 @@ class AptArchive:
                 debian_version_key(version)
             except ValueError:
                 continue  # not a version kconform can order: never offered
-            if suite in spec.suites:
-                builds.setdefault(version, ArchiveVersion(version, match["abi"], suite))
+            known = builds.get(version)
+            # the suite a patched system takes it from: the spec lists updates after the release
+            if suite in spec.suites and (known is None or spec.suites.index(suite)
+                                         > spec.suites.index(known.suite)):
+                builds[version] = ArchiveVersion(version, match["abi"], suite)
         if not builds:
             raise KernelUnavailable(f"{spec.name}: no {spec.packages[0].format(abi='<abi>')} "
                                     f"of series {spec.series or 'any'} in "

@@ -180,7 +180,7 @@ class KernelProvider:
         if recent and self.refresh and self._asked.get(spec.name):
             return recent  # --refresh-kernels asks once per run, not once per kernel version
         try:
-            apt = self._archive(spec.name)
+            apt = self._archive(spec)
             self.log(f"{spec.name}: asking the archive for the {spec.flavour} builds of "
                      f"{'series ' + spec.series if spec.series else 'the newest series'} in "
                      f"{', '.join(spec.suites)}" + self._max_age_note(apt))
@@ -206,20 +206,26 @@ class KernelProvider:
         assert listing is not None  # just written from checked builds
         return listing
 
-    def _archive(self, what: str) -> AptArchive:
-        mirror = require_debian_mirror(what)
-        return AptArchive(self.cache / "apt", mirror, security_mirror=security_mirror_for(mirror),
+    def _archive(self, spec: KernelSpec) -> AptArchive:
+        mirror = require_debian_mirror(spec.name)
+        # only a spec with a -security suite needs to know where they are: a snapshot or file://
+        # mirror of sid or experimental names none
+        security = security_mirror_for(mirror) if any(
+            suite.endswith("-security") for suite in spec.suites) else None
+        return AptArchive(self.cache / "apt", mirror, security_mirror=security,
                           max_age=archive_max_age())
 
     @staticmethod
     def _max_age_note(apt: AptArchive) -> str:
         if not apt.max_age:
             return ""
-        return (f" (KCONFORM_ARCHIVE_MAX_AGE: Release files up to {apt.max_age // 86400} days "
-                "old are taken, still signature-checked)")
+        age = (f"{apt.max_age / 86400:g} days" if apt.max_age >= 86400
+               else f"{apt.max_age / 3600:g} hours")
+        return (f" (KCONFORM_ARCHIVE_MAX_AGE: Release files up to {age} old are taken, still "
+                "signature-checked)")
 
     def _fetch(self, spec: KernelSpec, build: ArchiveVersion, root: Path) -> None:
-        apt = self._archive(spec.name)
+        apt = self._archive(spec)
         packages = [p.format(abi=build.abi) for p in spec.packages]
         with staging_dir(self.trees_dir, build.abi) as staging:
             self._fetch_into(spec, apt, packages, build, staging, root)

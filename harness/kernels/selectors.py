@@ -53,14 +53,16 @@ def unknown_version_message(spec: KernelSpec, wanted: str, builds: list[ArchiveV
             f"`./kconform kernels --versions {spec.name}` lists them")
 
 
-def _find(spec: KernelSpec, wanted: str, builds: list[ArchiveVersion]) -> int:
-    """Index of the build a version names, or of the newest build of an ABI."""
+def _find(spec: KernelSpec, wanted: str, builds: list[ArchiveVersion],
+          oldest: bool = False) -> int:
+    """Index of the build a version names, or of the newest build of an ABI (its oldest, for the
+    first end of a range, so the range holds every build of that ABI)."""
     for i, build in enumerate(builds):
         if build.version == wanted:
             return i
     of_abi = [i for i, b in enumerate(builds) if wanted in (b.abi, b.abi_number)]
     if of_abi:
-        return of_abi[-1]
+        return of_abi[0] if oldest else of_abi[-1]
     raise KconformError(unknown_version_message(spec, wanted, builds))
 
 
@@ -82,7 +84,7 @@ def expand_versions(part: str, specs: dict[str, KernelSpec], versions: VersionLi
         if not first or not last:
             raise KconformError(f"--kernel {part}: a range names both ends: "
                                 f"{spec_name}@6.1.176-1..6.1.192-3")
-        lo, hi = _find(spec, first, builds), _find(spec, last, builds)
+        lo, hi = _find(spec, first, builds, oldest=True), _find(spec, last, builds)
         if lo > hi:
             raise KconformError(f"--kernel {part}: {first} is newer than {last}; write the "
                                 f"older end first: {spec_name}@{last}..{first}")

@@ -25,7 +25,15 @@ from ..machines.ssh import (
 from .fixtures import bpf_object, expect, guest
 from .options import pytest_addoption
 from .recording import Reporter, declared_behaviour, mark_console_start
-from .run import CASE_GUEST_KEY, KERNELS_KEY, RUN_KEY, TARGETS_KEY, KconformRun, kernel_of
+from .run import (
+    CASE_GUEST_KEY,
+    KERNELS_KEY,
+    PINNED_KEY,
+    RUN_KEY,
+    TARGETS_KEY,
+    KconformRun,
+    kernel_of,
+)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -53,6 +61,7 @@ def pytest_configure_node(node: WorkerNode) -> None:
     """xdist, on the controller: hand each worker the kernels and the SSH targets' descriptions."""
     run = node.config.stash[RUN_KEY]
     node.workerinput[KERNELS_KEY] = [name for name in run.kernel_names if name not in run.targets]
+    node.workerinput[PINNED_KEY] = run.current_builds
     node.workerinput[TARGETS_KEY] = {target.url: description_to_dict(run.target_trees[name])
                                      for name, target in run.targets.items()}
 

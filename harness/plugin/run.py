@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import shlex
 import sys
@@ -68,7 +69,10 @@ class GuestPool:
             self.trees[name] = self.run.target_trees[name]  # described when the run began
         if name not in self.trees:
             try:
-                self.trees[name] = self.run.provider.get(name)
+                # under xdist a plain name is the build the controller resolved, on every worker
+                tree = self.run.provider.get(self.run.pinned.get(name, name))
+                tree.name = name
+                self.trees[name] = tree
             except KconformError as exc:
                 self.failed[name] = exc
                 raise
@@ -162,6 +166,7 @@ class KconformRun:
         # Versions (name@A..B) are asked of the archive once, on the controller: xdist workers
         # take its names, so their test ids cannot differ if the archive moved meanwhile.
         expanded = getattr(config, "workerinput", {}).get(KERNELS_KEY)
+        self.pinned: dict[str, str] = dict(getattr(config, "workerinput", {}).get(PINNED_KEY, {}))
         self.kernel_names = list(expanded) if expanded is not None else expand_kernel_args(
             opt.kernel or ([] if opt.target else ["default"]), self.specs, cwd=caller_cwd(),
             versions=lambda spec: self.provider.versions(spec))
@@ -218,6 +223,23 @@ class KconformRun:
         self._accel: Accel | None = None
         self.pool = GuestPool(self)
         self.kernels: dict[str, KernelInfo] = {}
+
+    @functools.cached_property  # asked once per run, not once per worker
+    def current_builds(self) -> dict[str, str]:
+        """Each plain Debian name of the run -> NAME@<its current version>, resolved once here so
+        xdist workers boot the same build (each resolving it could straddle a listing's expiry
+        or a --refresh-kernels). A name that cannot be resolved now is left to the workers, whose
+        failure then says why."""
+        pinned = {}
+        for name in self.kernel_names:
+            spec = self.specs.get(name)
+            if spec is None or name in self.targets:
+                continue
+            try:
+                pinned[name] = f"{name}@{self.provider.versions(spec)[-1].version}"
+            except KconformError:
+                continue
+        return pinned
 
     @property
     def provider(self) -> KernelProvider:
@@ -322,6 +344,7 @@ def _check_cache() -> None:
 RUN_KEY = pytest.StashKey[KconformRun]()
 TARGETS_KEY = "kconform_targets"  # in an xdist worker's workerinput
 KERNELS_KEY = "kconform_kernels"  # the controller's expansion of --kernel, ditto
+PINNED_KEY = "kconform_pinned"  # plain name -> name@version the controller resolved, ditto
 
 
 def _safe(name: str) -> str:
