@@ -9,7 +9,6 @@ kconform that uses it, or is fetching or checking it, makes prune skip it.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import stat
@@ -26,7 +25,6 @@ from .cache import (
     entry_in_use,
     last_use,
     read_manifest,
-    read_regular_file,
     remove_published,
     try_cache_lock,
 )
@@ -327,37 +325,7 @@ def prune(cache: Path, doomed: list[Entry], dry_run: bool,
             removed.append(entry)
             say(f"{'would remove' if dry_run else 'removed'} {entry.kind} {entry.label}  "
                 f"{human_size(entry.size)}")
-    _drop_resolutions(cache, {e.path.name for e in removed if e.kind == "kernel"}, dry_run, say)
     return removed
-
-
-def _drop_resolutions(cache: Path, trees: set[str], dry_run: bool,
-                      say: Callable[[str], None]) -> None:
-    """resolved/<name>.json files that name a removed tree: the next run asks the archive."""
-    resolved = cache / "resolved"
-    if not trees or not resolved.is_dir():
-        return
-    for path in sorted(resolved.glob("*.json")):
-        # under the kernel provider's lock for that name's resolution; a busy one is left
-        with try_cache_lock(cache / "trees", f"debian-{path.stem}") as free:
-            if not free or _resolved_tree(path) not in trees:
-                continue
-            if not dry_run:
-                path.unlink()
-            say(f"{'would drop' if dry_run else 'dropped'} resolved/{path.name} (it named a "
-                "removed tree)")
-
-
-def _resolved_tree(path: Path) -> str | None:
-    """The tree directory name a resolution names, if it reads as one."""
-    try:
-        data = json.loads(read_regular_file(path))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict):
-        return None
-    abi, version = data.get("abi"), data.get("version")
-    return f"{abi}_{version}" if isinstance(abi, str) and isinstance(version, str) else None
 
 
 def render_prune_total(removed: list[Entry], dry_run: bool) -> str:
