@@ -299,9 +299,12 @@ ChangelogReader = Callable[[str], tuple[Path, str] | None]
 
 
 def tree_changelog(kernel: str) -> tuple[Path, str] | None:
-    """The changelog in the tree of a kernel the search booted (so its tree is cached)."""
+    """The changelog in the tree of a kernel the search booted (so its tree is cached; a tree
+    pruned meanwhile is fetched again, and says so)."""
     from .kernels import KernelProvider
-    return read_changelog(KernelProvider().get(kernel).root)
+    provider = KernelProvider(log=lambda message: print(f"kconform bisect: {message}",
+                                                        file=sys.stderr, flush=True))
+    return read_changelog(provider.get(kernel).root)
 
 
 # ---------------------------------------------------------------------- the report
