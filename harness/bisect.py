@@ -32,7 +32,7 @@ from typing import TextIO
 
 from .errors import KconformError
 from .judging.verdicts import Verdict
-from .paths import REPO_ROOT, caller_cwd, caller_path
+from .paths import REPO_ROOT, caller_cwd, caller_path, safe_file_name
 from .reports.results import CaseResult, Results, ResultsError, load, writable_directory
 from .versions import upstream_version
 
@@ -133,7 +133,7 @@ class SuiteProber:
                 "--results-dir", str(out), "-p", "no:cacheprovider", "-q"]
 
     def __call__(self, kernel: str) -> Probe:
-        out = self.results_dir / _file_name(kernel)
+        out = self.results_dir / safe_file_name(kernel)
         out.mkdir(parents=True, exist_ok=True)
         (out / "report.json").unlink(missing_ok=True)  # a stale one must not pass for this run
         log = out / "bisect-run.log"
@@ -176,10 +176,6 @@ class SuiteProber:
                 child.wait()
                 raise
             return child.wait()
-
-
-def _file_name(kernel: str) -> str:
-    return "".join(c if c.isalnum() or c in "-._" else "_" for c in kernel).strip("_")
 
 
 def _tail(path: Path, lines: int) -> str:

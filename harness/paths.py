@@ -15,6 +15,11 @@ def agent_argv(python: str, repo_root: str, *, boot_log: bool) -> list[str]:
             *(["--boot-log"] if boot_log else [])]
 
 
+def safe_file_name(name: str) -> str:
+    """A kernel name (debian-6.1@6.1.190-1, a path) as one plain file name component."""
+    return "".join(c if c.isalnum() or c in "-._" else "_" for c in name).strip("_")
+
+
 def caller_cwd() -> Path:
     """Where the user typed the command: ./kconform cds to the repo and says where it was."""
     return Path(os.environ.get("KCONFORM_CALLER_CWD") or os.getcwd())

@@ -31,7 +31,7 @@ from ..machines.ssh import (
     description_from_dict,
     target_kernel_name,
 )
-from ..paths import caller_cwd, caller_path
+from ..paths import caller_cwd, caller_path, safe_file_name
 from ..reports.results import writable_directory
 
 MAX_REPLACEMENTS = 3  # a kernel whose guest dies this often gets its remaining tests failed fast
@@ -94,7 +94,8 @@ class GuestPool:
                                             "not booting it again in this run")
             raise self.failed[name]
         self.boots[name] = count + 1
-        log = self.run.results_dir / "console" / f"{_safe(name)}-{self.run.worker}-{count}.log"
+        log = (self.run.results_dir / "console"
+               / f"{safe_file_name(name)}-{self.run.worker}-{count}.log")
         machine, boot_timeout = self.new_machine(name, tree, log)
         self.machines[name] = machine
         session = GuestSession(machine, name, boot_timeout=boot_timeout)
@@ -345,10 +346,6 @@ RUN_KEY = pytest.StashKey[KconformRun]()
 TARGETS_KEY = "kconform_targets"  # in an xdist worker's workerinput
 KERNELS_KEY = "kconform_kernels"  # the controller's expansion of --kernel, ditto
 PINNED_KEY = "kconform_pinned"  # plain name -> name@version the controller resolved, ditto
-
-
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-._" else "_" for c in name).strip("_")
 
 
 CRASHED_KEY = pytest.StashKey[bool]()
