@@ -88,9 +88,10 @@ def _read_listing(path: Path) -> Listing | None:
     return Listing(builds=tuple(builds), at=float(data["at"]) if "builds" in data else 0.0)
 
 
-def _write_listing(path: Path, builds: list[ArchiveVersion]) -> None:
-    write_atomic(path, json.dumps({"at": time.time(), "builds": [
-        {"version": b.version, "abi": b.abi, "suite": b.suite} for b in builds]}, indent=1))
+def _write_listing(path: Path, listing: Listing) -> None:
+    write_atomic(path, json.dumps({"at": listing.at, "builds": [
+        {"version": b.version, "abi": b.abi, "suite": b.suite} for b in listing.builds]},
+        indent=1))
 
 
 def tree_dir_name(build: ArchiveVersion) -> str:
@@ -108,7 +109,7 @@ class KernelProvider:
         self.log = log
         self.trees_dir = self.cache / "trees"
         self.trees_dir.mkdir(parents=True, exist_ok=True)
-        self._asked: dict[str, bool] = {}  # specs whose listing this provider asked the archive
+        self._asked: set[str] = set()  # specs whose listing this provider asked the archive
 
     def get(self, name: str) -> KernelTree:
         if name == "host":
@@ -177,7 +178,7 @@ class KernelProvider:
         fresh = recent and time.time() - recent.at < LISTS_MAX_AGE and not self.refresh
         if recent and fresh:
             return recent
-        if recent and self.refresh and self._asked.get(spec.name):
+        if recent and self.refresh and spec.name in self._asked:
             return recent  # --refresh-kernels asks once per run, not once per kernel version
         try:
             apt = self._archive(spec)
@@ -200,10 +201,9 @@ class KernelProvider:
                          f"(current {recent.current.version}) instead")
                 return recent
             raise
-        _write_listing(listing_file, builds)
-        self._asked[spec.name] = True
-        listing = _read_listing(listing_file)
-        assert listing is not None  # just written from checked builds
+        listing = Listing(builds=tuple(builds), at=time.time())  # apt.listing: dpkg's order
+        _write_listing(listing_file, listing)
+        self._asked.add(spec.name)
         return listing
 
     def _archive(self, spec: KernelSpec) -> AptArchive:

@@ -9,7 +9,6 @@ import re
 from collections.abc import Callable
 
 from ..errors import KconformError
-from ..versions import debian_version_key
 from .apt import ArchiveVersion
 from .specs import KernelSpec
 
@@ -107,13 +106,3 @@ def _series_range(part: str, specs: dict[str, KernelSpec]) -> list[str]:
             if spec.flavour == a.flavour and (spec.series or name in (first, last))
             and (a.series_key, a.name) <= (spec.series_key, name) <= (b.series_key, b.name)]
 
-
-def version_order(name: str) -> tuple[object, ...]:
-    """Orders canonical names of one spec by package version (a plain name, current, last)."""
-    _, version = split_pinned(name)
-    if version is None:
-        return (1,)
-    try:
-        return (0, debian_version_key(version))
-    except ValueError:
-        return (0,)

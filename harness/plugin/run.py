@@ -19,6 +19,7 @@ from ..judging import expectations
 from ..judging.crashes import crash_fingerprint
 from ..judging.health import HealthRules, KnownCrash, KnownCrashes
 from ..kernels import KernelProvider, KernelTree, expand_kernel_args, load_specs
+from ..kernels.selectors import pinned_name
 from ..machines.accel import Accel, choose_accel
 from ..machines.channel import Machine
 from ..machines.qemu import QemuMachine, build_vng_command, check_memory
@@ -237,7 +238,7 @@ class KconformRun:
             if spec is None or name in self.targets:
                 continue
             try:
-                pinned[name] = f"{name}@{self.provider.versions(spec)[-1].version}"
+                pinned[name] = pinned_name(spec, self.provider.versions(spec)[-1])
             except KconformError:
                 continue
         return pinned
