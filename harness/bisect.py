@@ -50,11 +50,8 @@ class BisectError(KconformError):
 
 
 class ProbeRunBroke(KconformError):
-    """A child run of the suite ended without results (interrupted, pytest's internal error)."""
-
-    def __init__(self, message: str, status: int) -> None:
-        super().__init__(message)
-        self.status = status
+    """A child run of the suite ended without results (interrupted, pytest's internal error);
+    its message names the child's status. bisect exits 2."""
 
 
 # ---------------------------------------------------------------------- one version
@@ -151,12 +148,12 @@ class SuiteProber:
         if status not in TESTS_RAN:
             raise ProbeRunBroke(f"the suite on {kernel} ended with status {status} (interrupted, "
                                 f"or an internal error); its output is in {log}:\n"
-                                f"{_tail(log, 15)}", status)
+                                f"{_tail(log, 15)}")
         try:
             results = load(out)
         except ResultsError as exc:
-            raise ProbeRunBroke(f"the suite on {kernel} left no readable results: {exc}",
-                                3) from None
+            raise ProbeRunBroke(f"the suite on {kernel} left no readable results: {exc}") \
+                from None
         return probe_from_results(kernel, results, seconds)
 
     def _run(self, cmd: list[str], log: Path) -> int:

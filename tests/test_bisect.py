@@ -191,9 +191,9 @@ def test_usage_errors_exit_2_before_anything_boots(bookworm, tmp_path, capsys, a
     assert message in capsys.readouterr().err
 
 
-def test_a_child_run_that_broke_ends_the_search_with_its_status(bookworm, tmp_path, capsys):
+def test_a_child_run_that_broke_ends_the_search_naming_its_status(bookworm, tmp_path, capsys):
     def interrupted(kernel):
-        raise bisect.ProbeRunBroke(f"the suite on {kernel} ended with status 2", 2)
+        raise bisect.ProbeRunBroke(f"the suite on {kernel} ended with status 2")
 
     assert _status(["U10", "--kernel", "R"], interrupted, tmp_path) == 2
     assert "the suite on debian-6.1@6.1.170-3 ended with status 2" in capsys.readouterr().err

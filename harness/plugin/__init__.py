@@ -128,10 +128,13 @@ def _deselect_other_behaviours(config: pytest.Config, run: KconformRun,
     wanted = set(selected_behaviours(config, run))
     if not wanted:
         return
-    deselected = [item for item in items if declared_behaviour(item)[0] not in wanted]
+    kept: list[pytest.Item] = []
+    deselected: list[pytest.Item] = []
+    for item in items:
+        (kept if declared_behaviour(item)[0] in wanted else deselected).append(item)
     if deselected:
         config.hook.pytest_deselected(items=deselected)
-        items[:] = [item for item in items if declared_behaviour(item)[0] in wanted]
+        items[:] = kept
 
 
 def _check_behaviours_declared(config: pytest.Config, run: KconformRun,

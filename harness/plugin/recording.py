@@ -198,8 +198,8 @@ class Reporter:
         upstream = _upstream_of(entry.version)
         if upstream:
             entry.upstream = upstream
-        elif split_pinned(kernel)[0] in self.run.specs:
-            entry.upstream = self.run.specs[split_pinned(kernel)[0]].series or None
+        elif (spec := self.run.specs.get(split_pinned(kernel)[0])) is not None:
+            entry.upstream = spec.series or None
 
     def _write_incremental(self) -> None:
         out = self.run.results_dir
