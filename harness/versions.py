@@ -8,6 +8,7 @@ release candidate's number, so 7.3-rc7 = (7, 3, 0, 7) sorts after every 7.2.y an
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 UpstreamVersion = tuple[int, int, int, int]
 
@@ -143,3 +144,26 @@ def compare_debian(a: str, b: str) -> int:
     """-1, 0 or 1 as Debian version a is older than, the same as, or newer than b."""
     key_a, key_b = debian_version_key(a), debian_version_key(b)
     return (key_a > key_b) - (key_a < key_b)
+
+
+def has_change(version: tuple[int, ...], bounds: list[tuple[int, ...]]) -> bool:
+    """True if a kernel at `version` contains a change that landed at any of `bounds`.
+    Versions and bounds are (major, minor[, patch[, rc]]); left-out fields are a release's."""
+    version = as_upstream(version)
+    for bound in map(as_upstream, bounds):
+        mainline = bound[2] == 0
+        if mainline and version >= bound:
+            return True
+        if not mainline and version[:2] == bound[:2] and version >= bound:
+            return True
+    return False
+
+
+def in_window(version: tuple[int, ...], since: Sequence[tuple[int, ...]],
+              until: Sequence[tuple[int, ...]]) -> bool:
+    """True if a kernel at `version` has a change of `since` (or there is none) and none of
+    `until`: the kernels an outcome with those bounds applies to."""
+    if since and not has_change(version, list(since)):
+        return False
+    return not (until and has_change(version, list(until)))
+

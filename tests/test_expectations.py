@@ -7,7 +7,7 @@ import pytest
 
 from harness.judging import expectations as ex
 from harness.kernels.specs import load_specs
-from harness.versions import upstream_version
+from harness.versions import has_change, upstream_version
 
 CASES = Path(__file__).resolve().parent.parent / "cases"
 
@@ -21,7 +21,7 @@ CASES = Path(__file__).resolve().parent.parent / "cases"
     ((7, 2, 13), ["6.7", "6.1.72"], True),
 ])
 def test_a_change_is_present_from_mainline_or_its_stable_backport(version, bounds, expected):
-    assert ex.has_change(version, [upstream_version(b) for b in bounds]) is expected
+    assert has_change(version, [upstream_version(b) for b in bounds]) is expected
 
 
 def _behaviour(*outcomes):
@@ -70,8 +70,11 @@ def test_suite_data_covers_every_kernel_series_the_suite_defines():
     uncovered = []
     for name, spec in load_specs().items():
         for behaviour in behaviours.values():
+            variants = [c.variant for c in behaviour.matrix.combinations()] \
+                if behaviour.matrix else [None]
             try:
-                behaviour.outcome_for((*spec.series_key, 0))
+                for variant in variants:
+                    behaviour.outcome_for((*spec.series_key, 0), variant)
             except ex.ExpectationsError as exc:
                 uncovered.append(f"{name}: {exc}")
     assert not uncovered, "\n".join(uncovered)

@@ -2,15 +2,18 @@
 
 For each target kind a fresh source pair (source, source_peer) and target pair (target,
 target_peer) are made; the source is at key 0 and the target at key 1 of the map, whose verdict
-program (sk_skb as skb_verdict, or sk_msg) redirects to key 1 with the direction's flags. sk_skb
+program redirects to key 1 with the direction's flags. The sk_skb program is a stream verdict
+with no parser: every kernel since 5.10 takes that, and from 5.13 on it runs where an
+skb_verdict program would (skmsg.c sk_psock_verdict_recv() takes either). sk_skb
 runs on what the source receives, so source_peer sends; sk_msg runs on what the source sends.
 Ingress queues the bytes on the target (the target reads them), egress sends them out of the
 target (its peer reads them). What was observed is reported per target, so each combination is
 its own case on the host.
 
-No sleeps: the verdict program counts its runs in `results`; a case waits (bounded) for that
-count, then for the bytes to show up somewhere, since a redirect is handed to the target's work
-queue and arrives asynchronously.
+No sleeps: the verdict program counts its runs in `results`. A combination is done at the first
+arrival anywhere (a redirect is handed to the target's work queue, so it comes a little after
+the verdict ran), or as soon as the program dropped the bytes; only bytes that never arrive
+wait out the `settle` bound the host gives (scaled for emulation).
 """
 import contextlib
 import select
@@ -23,13 +26,12 @@ from harness.agent.observe import errno_name, outcome
 from harness.agent.sockets import closing_all, tcp_pair, udp_pair, unix_pair
 
 MAPS = {"sockmap": "sock_map", "sockhash": "sock_hash"}
-PROGRAMS = {"sk_skb": ("prog_skb_verdict_redirect", "skb_verdict"),
+PROGRAMS = {"sk_skb": ("prog_skb_redirect", "stream_verdict"),
             "sk_msg": ("prog_msg_redirect", "msg_verdict")}
 FLAGS = {"egress": 0, "ingress": 1}  # BPF_F_INGRESS
 PAYLOAD = b"kconform-matrix"
 OOB = b"!"
 VMADDR_CID_LOCAL = 1
-SETTLE_WAIT = 1.0  # seconds for the bytes to arrive anywhere (TCG: ~ms when they do)
 
 
 def _vsock_pair(kind):
@@ -87,22 +89,21 @@ def _arrivals(socks, wait):
             return got
 
 
-def _settle(watch, results_fd, before):
+def _settle(watch, results_fd, before, settle):
     """(what arrived, whether the verdict ran): done at the first arrival (one send goes one
-    place), or once the program dropped it, else after SETTLE_WAIT. A redirect is handed to the
-    target's work queue, so its bytes come a little after the program ran."""
+    place), or once the program dropped it, else after `settle` seconds."""
     got = {}
-    deadline = time.monotonic() + SETTLE_WAIT
+    deadline = time.monotonic() + settle
     while True:
-        ran = _runs(results_fd) > before
         got = _arrivals(watch, 0.01)
+        ran = _runs(results_fd) > before  # read after the arrivals: a verdict counts, then queues
         if got or (ran and _helper_returned(results_fd) == "SK_DROP"):
             return got, ran
         if time.monotonic() >= deadline:
             return got, ran
 
 
-def _one(o, map_name, program, direction, source_kind, target_kind, oob):
+def _one(o, map_name, program, direction, source_kind, target_kind, oob, settle):
     fd = o.map_fd(MAPS[map_name])
     results = o.map_fd("results")
     bpf.map_update(o.map_fd("cfg"), bpf.u32(0),
@@ -128,7 +129,7 @@ def _one(o, map_name, program, direction, source_kind, target_kind, oob):
         if oob:
             obs["send_oob"] = outcome(sender.send, OOB, socket.MSG_OOB)
         got, ran = _settle({"target": target, "target_peer": target_peer, "source": source,
-                            "source_peer": source_peer}, results, before)
+                            "source_peer": source_peer}, results, before, settle)
         obs["verdict_ran"] = ran
         obs["helper_returned"] = _helper_returned(results) if ran else None
         obs["received_by"] = sorted(got)
@@ -153,7 +154,7 @@ def _oob_fate(watch):
     return None
 
 
-def redirect_matrix(obj, map_name, program, direction, source, targets, oob=False):
+def redirect_matrix(obj, map_name, program, direction, source, targets, oob, settle):
     """{target kind: observation} for one source kind (oob: it also sends MSG_OOB)."""
     name, attach_type = PROGRAMS[program]
     out = {}
@@ -163,7 +164,7 @@ def redirect_matrix(obj, map_name, program, direction, source, targets, oob=Fals
         if attached != "OK":
             return {target: {"attach": attached} for target in targets}
         for target in targets:
-            out[target] = _one(o, map_name, program, direction, source, target, oob)
+            out[target] = _one(o, map_name, program, direction, source, target, oob, settle)
             # each combination starts with an empty map: the next pairs reuse keys 0 and 1
             for key in (0, 1):
                 with contextlib.suppress(OSError):

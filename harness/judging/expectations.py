@@ -22,7 +22,8 @@ from pathlib import Path
 
 from ..errors import KconformError
 from ..paths import REPO_ROOT
-from ..versions import UpstreamVersion, as_upstream, bound_version, dotted
+from ..versions import UpstreamVersion, as_upstream, bound_version, dotted, in_window
+from . import support_table
 from .verdicts import Verdict
 
 DEFAULT_FILE = REPO_ROOT / "cases" / "expectations.toml"
@@ -32,7 +33,8 @@ class ExpectationsError(KconformError, ValueError):
     """A bad expectations file, or bounds that leave a kernel with no outcome or with several."""
 
 
-BEHAVIOUR_FIELDS = ("title", "section", "outcomes")
+BEHAVIOUR_FIELDS = ("title", "section", "outcomes", "support_table")
+SUPPORT_TABLE_FIELDS = ("file", "program", "direction")
 OUTCOME_FIELDS = ("expect", "source", "since", "until", "reason", "differs_from_doc", "regression")
 
 
@@ -40,19 +42,6 @@ def _versions(value: str | list[str] | None) -> list[tuple[int, ...]]:
     if value is None:
         return []
     return [bound_version(v) for v in ([value] if isinstance(value, str) else value)]
-
-
-def has_change(version: tuple[int, ...], bounds: list[tuple[int, ...]]) -> bool:
-    """True if a kernel at `version` contains a change that landed at any of `bounds`.
-    Versions and bounds are (major, minor[, patch[, rc]]); left-out fields are a release's."""
-    version = as_upstream(version)
-    for bound in map(as_upstream, bounds):
-        mainline = bound[2] == 0
-        if mainline and version >= bound:
-            return True
-        if not mainline and version[:2] == bound[:2] and version >= bound:
-            return True
-    return False
 
 
 @dataclass(frozen=True)
@@ -68,9 +57,7 @@ class Outcome:
     regression: bool = False
 
     def applies(self, version: tuple[int, ...]) -> bool:
-        if self.since and not has_change(version, list(self.since)):
-            return False
-        return not (self.until and has_change(version, list(self.until)))
+        return in_window(version, self.since, self.until)
 
     @property
     def documented(self) -> bool:
@@ -80,11 +67,54 @@ class Outcome:
 
 
 @dataclass(frozen=True)
+class Matrix:
+    """A behaviour whose outcomes come from a support table: one program and direction of it,
+    each variant a combination ("sockhash-udp6-unix_dgram")."""
+    table: support_table.SupportTable
+    program: str
+    direction: str
+
+    def combinations(self) -> list[support_table.Combination]:
+        return self.table.combinations(self.program, self.direction)
+
+    def outcome(self, version: tuple[int, ...], variant: str) -> Outcome:
+        combo = self.table.combination(self.program, self.direction, variant)
+        expected = self.table.expected(combo, version)
+        rule = expected.rule
+        return Outcome(expect=expected.observations, source=f"rule {rule.id}: {expected.source}",
+                       since=rule.since, until=rule.until,
+                       reason=rule.reason, differs_from_doc=not expected.documented)
+
+    def cell(self, version: tuple[int, ...], variant: str,
+             observed: dict[str, object]) -> dict[str, object]:
+        """What the reports' support table shows of one judged combination."""
+        combo = self.table.combination(self.program, self.direction, variant)
+        return {"map": combo.map, "program": combo.program, "direction": combo.direction,
+                "source": combo.source, "target": combo.target,
+                "outcome": support_table.observed_outcome(observed, self.program,
+                                                          self.direction),
+                "expected": self.table.rule_for(combo, version).outcome,
+                "rule": self.table.rule_for(combo, version).id}
+
+    def check(self) -> None:
+        """Every combination has an outcome at every kernel where a rule changes."""
+        points = {(0, 0, 0, 0)}
+        for bounds in [(*r.since, *r.until) for r in self.table.rules] + \
+                [(*o.since, *o.until) for o in self.table.oob_rules]:
+            for bound in map(as_upstream, bounds):
+                points |= {bound, (bound[0], bound[1] + 1, 0, 1)}
+        for version in points:
+            for combo in self.combinations():
+                self.table.expected(combo, version)
+
+
+@dataclass(frozen=True)
 class Behaviour:
     id: str
     title: str
     section: str
     outcomes: tuple[Outcome, ...] = field(default_factory=tuple)
+    matrix: Matrix | None = None
 
     @property
     def may_lose_the_guest(self) -> bool:
@@ -101,7 +131,12 @@ class Behaviour:
         return min(((min(map(as_upstream, o.since)) if o.since else oldest)
                     for o in self.outcomes), default=oldest)
 
-    def outcome_for(self, version: tuple[int, ...]) -> Outcome:
+    def outcome_for(self, version: tuple[int, ...], variant: str | None = None) -> Outcome:
+        if self.matrix is not None:
+            if variant is None:
+                raise ExpectationsError(f"{self.id}: a support-table behaviour is judged per "
+                                        "combination; give the variant (MAP-SOURCE-TARGET)")
+            return self.matrix.outcome(version, variant)
         version = as_upstream(version)
         matches = [o for o in self.outcomes if o.applies(version)]
         if len(matches) > 1 and sum(o.regression for o in matches) == 1:
@@ -211,7 +246,35 @@ def _outcome(path: Path, where: str, data: object) -> Outcome:
     return outcome
 
 
-def _behaviour(path: Path, bid: str, table: object) -> Behaviour:
+def _matrix(path: Path, bid: str, table: dict[str, object],
+            tables: dict[Path, support_table.SupportTable]) -> Matrix:
+    spec = table["support_table"]
+    if "outcomes" in table:
+        raise _problem(path, bid, "has both outcomes and support_table; a behaviour takes its "
+                       "outcomes from one of them")
+    if not isinstance(spec, dict) or sorted(spec) != sorted(SUPPORT_TABLE_FIELDS):
+        raise _problem(path, bid, "support_table = { file = \"redirect_support.toml\", program "
+                       "= \"sk_skb\", direction = \"ingress\" } (a file beside this one)")
+    program, direction, name = spec["program"], spec["direction"], spec["file"]
+    if program not in support_table.PROGRAMS or direction not in support_table.DIRECTIONS:
+        raise _problem(path, bid, f"support_table: program is one of "
+                       f"{', '.join(support_table.PROGRAMS)} and direction one of "
+                       f"{', '.join(support_table.DIRECTIONS)}")
+    file = path.parent / str(name)
+    if not file.exists() and (DEFAULT_FILE.parent / str(name)).exists():
+        file = DEFAULT_FILE.parent / str(name)  # a copy of the expectations keeps the suite's
+    try:
+        if file not in tables:
+            tables[file] = support_table.load(file)
+        matrix = Matrix(tables[file], str(program), str(direction))
+        matrix.check()
+    except support_table.SupportTableError as exc:
+        raise _problem(path, bid, str(exc)) from None
+    return matrix
+
+
+def _behaviour(path: Path, bid: str, table: object,
+               tables: dict[Path, support_table.SupportTable]) -> Behaviour:
     if not isinstance(table, dict):
         raise _problem(path, bid, "is not a table; write [ID] with title, section and "
                        "[[ID.outcomes]]")
@@ -225,6 +288,9 @@ def _behaviour(path: Path, bid: str, table: object) -> Behaviour:
             raise _problem(path, bid, f"needs a {name}: add {name} = \"...\" "
                            + ("(what the kernel does)" if name == "title"
                               else "(the map_sockmap.rst section it documents)"))
+    if "support_table" in table:
+        return Behaviour(id=bid, title=table["title"], section=table["section"],
+                         matrix=_matrix(path, bid, table, tables))
     outcomes = table.get("outcomes")
     if not isinstance(outcomes, list) or not outcomes:
         raise _problem(path, bid, "has no outcomes: add at least one [[" + bid + ".outcomes]] "
@@ -259,7 +325,8 @@ def load(path: Path = DEFAULT_FILE) -> dict[str, Behaviour]:
     if not data:
         raise ExpectationsError(f"{path}: holds no behaviours; each is a table [ID] with title, "
                                 "section and [[ID.outcomes]]")
-    return {bid: _behaviour(path, bid, table) for bid, table in data.items()}
+    tables: dict[Path, support_table.SupportTable] = {}  # one file serves several behaviours
+    return {bid: _behaviour(path, bid, table, tables) for bid, table in data.items()}
 
 
 @dataclass
@@ -287,10 +354,10 @@ class Judgement:
 
 def judge(behaviour: Behaviour, version: tuple[int, ...], observed: dict[str, object],
           variant: str | None = None) -> Judgement:
-    outcome = behaviour.outcome_for(version)
+    outcome = behaviour.outcome_for(version, variant if behaviour.matrix else None)
     expected = outcome.expect
     per_variant = expected.get(variant) if variant is not None else None
-    if isinstance(per_variant, dict):
+    if behaviour.matrix is None and isinstance(per_variant, dict):
         expected = per_variant  # per-variant table, e.g. sockmap vs sockhash
     mismatches = {k: (v, observed.get(k, "<missing>")) for k, v in expected.items()
                   if observed.get(k, "<missing>") != v}

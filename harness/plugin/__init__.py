@@ -22,7 +22,7 @@ from ..machines.rootfs import HOST
 from ..machines.ssh import (
     description_to_dict,
 )
-from .fixtures import bpf_object, expect, guest
+from .fixtures import behaviours, bpf_object, expect, guest
 from .options import pytest_addoption
 from .recording import Reporter, declared_behaviour, mark_console_start
 from .run import (
@@ -216,4 +216,4 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatu
 
 
 # The hooks above, the options and the fixtures make the plugin pytest registers (conftest.py).
-__all__ = ["bpf_object", "expect", "guest", "pytest_addoption"]
+__all__ = ["behaviours", "bpf_object", "expect", "guest", "pytest_addoption"]

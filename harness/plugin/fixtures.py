@@ -16,6 +16,11 @@ from ..kernels import KernelTree
 from ..machines.session import CallResult, GuestCallError, GuestFailure, GuestHang, GuestSession
 from .run import CASE_GUEST_KEY, CRASHED_KEY, RUN_KEY, KconformRun
 
+# A margin for waits on the kernel's asynchronous work (work queues, softirqs) when TCG emulates
+# every guest instruction, not a measured ratio: such a wait ends at its event, so only an event
+# that never comes pays the whole bound.
+EMULATION_SLOWDOWN = 5.0
+
 
 class GuestDown(dict[str, str]):
     """What a test observes when the guest did not survive its call: {"guest": "hang"} or
@@ -69,6 +74,11 @@ class CaseGuest:
         self.guest_seconds += result.elapsed
         self.item.user_properties.append(("guest_seconds", round(self.guest_seconds, 4)))
         return result.result
+
+    def bounded_wait(self, seconds: float) -> float:
+        """A wait in the guest that is enough on hardware, scaled for emulation: TCG runs a
+        guest's softirqs and work queues several times slower."""
+        return seconds * (EMULATION_SLOWDOWN if self.run.emulated else 1.0)
 
     def fail_if_down_unjudged(self) -> None:
         """A lost guest that no expectation accounted for fails the test as crashed."""
@@ -175,6 +185,13 @@ def bpf_object(request: pytest.FixtureRequest) -> Callable[[str], Path]:
     return get
 
 
+@pytest.fixture(scope="session")
+def behaviours(request: pytest.FixtureRequest) -> dict[str, expectations.Behaviour]:
+    """The run's expectations by behaviour id (--expectations, or the suite's own file)."""
+    behaviours: dict[str, expectations.Behaviour] = request.config.stash[RUN_KEY].behaviours
+    return behaviours
+
+
 class Expect(Protocol):
     """The expect fixture: judge an observation against the behaviour's data."""
     def __call__(self, behaviour_id: str, observed: dict[str, object],
@@ -203,6 +220,9 @@ def expect(request: pytest.FixtureRequest, kernel: str,
             ("observed", json.dumps(observed, sort_keys=True)),
             ("source", verdict.outcome.source), ("reason", verdict.outcome.reason),
             ("verdict", verdict.verdict.value)]  # plain text: xdist sends it between processes
+        if behaviour.matrix is not None and variant is not None:
+            item.user_properties.append(("matrix", json.dumps(
+                behaviour.matrix.cell(tree.version, variant, observed), sort_keys=True)))
         if verdict.verdict == Verdict.FAIL:
             if guest.down is not None:
                 item.stash[CRASHED_KEY] = True

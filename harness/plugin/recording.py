@@ -306,6 +306,9 @@ def case_record(reports: list[pytest.TestReport],
         guest_seconds=_seconds(props, "guest_seconds"),
         boot_seconds=_seconds(props, "boot_seconds"),
         agent_start_seconds=_seconds(props, "agent_start_seconds"))
+    cell = _json(props.get("matrix"))
+    if isinstance(cell, dict):
+        case.matrix = cell
     if verdict.bad:
         case.known_crash = _text(props, "known_crash")
         case.boot = _text(props, "boot")

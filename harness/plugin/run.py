@@ -270,6 +270,12 @@ class KconformRun:
             self._log(f"accelerator: {self._accel.name} ({self._accel.reason})")
         return self._accel
 
+    @property
+    def emulated(self) -> bool:
+        """Whether guests run without KVM: true under TCG, and for an SSH target, whose host
+        nobody measured (a bounded wait in the guest is then scaled up, not trusted short)."""
+        return self._accel is None or self._accel.name == "tcg"
+
     def boot_timeout(self, accel: Accel | None) -> float:
         """accel None: an SSH target (connect, push the files, start the agent)."""
         return self._boot_timeout or (180.0 if accel and accel.name == "tcg" else 60.0)

@@ -149,6 +149,9 @@ class CaseResult:
     boot: str | None = None
     console: list[str] | None = None
     console_log: str | None = None
+    # a redirect-matrix case's cell of the support table: map, program, direction, source,
+    # target, the outcome observed and the one expected (support_table.OUTCOMES), the rule
+    matrix: JsonObject | None = None
     extra: JsonObject = field(default_factory=dict)
 
     def to_json(self) -> JsonObject:
@@ -162,6 +165,8 @@ class CaseResult:
         for name in _TIMINGS:
             if getattr(self, name) is not None:
                 data[name] = getattr(self, name)
+        if self.matrix is not None:
+            data["matrix"] = self.matrix
         if self.verdict.bad:
             if self.known_crash is not None:
                 data["known_crash"] = self.known_crash
@@ -187,6 +192,7 @@ class CaseResult:
             known_crash=_text(data, "known_crash"), boot=_text(data, "boot"),
             console_log=_text(data, "console_log"),
             console=cast(list[str], console) if console is not None else None,
+            matrix=cast(JsonObject | None, data.get("matrix")),
             extra=_unread(data, CASE_FIELDS))
 
 
@@ -305,6 +311,7 @@ CASE_FIELDS: Fields = {
     "expected": (False, _JSON, "the expected outcome or null"),
     "message": (False, _STR, "text"),
     "console": (False, (list, *_NONE), "a list of console lines"),
+    "matrix": (False, (dict, *_NONE), "a redirect-matrix cell (a table) or null"),
     **dict.fromkeys(("variant", "section", "title", "reason", "source", "kernel_version", "boot",
                      "console_log", "known_crash"), (False, _STR + _NONE, "text or null")),
     **dict.fromkeys(("duration", "guest_seconds", "boot_seconds", "agent_start_seconds"),
