@@ -23,6 +23,18 @@ def pytest_generate_tests(metafunc):
     metafunc.parametrize("behaviour, variant", [
         pytest.param(bid, combo.variant,
                      id=f"{combo.map}-{combo.program}-{combo.direction}-{combo.source}-"
-                        f"{combo.target}")
+                        f"{combo.target}",
+                     marks=[pytest.mark.requires_config(*_options_for(combo))])
         for bid, behaviour in behaviours.items() if behaviour.matrix is not None
         for combo in behaviour.matrix.combinations()])
+
+
+# What a kernel needs to make each socket kind; vsock pairs connect over the loopback transport.
+KIND_OPTIONS = {"tcp6": ("CONFIG_IPV6",), "udp6": ("CONFIG_IPV6",),
+                "vsock_stream": ("CONFIG_VSOCKETS", "CONFIG_VSOCKETS_LOOPBACK"),
+                "vsock_seqpacket": ("CONFIG_VSOCKETS", "CONFIG_VSOCKETS_LOOPBACK")}
+
+
+def _options_for(combo):
+    return sorted({opt for kind in (combo.source_kind, combo.target)
+                   for opt in KIND_OPTIONS.get(kind, ())})
