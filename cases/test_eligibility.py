@@ -7,7 +7,8 @@ import pytest
 
 from cases.maps import EACH_MAP_TYPE
 
-FAMILIES = pytest.mark.parametrize("family", ["ipv4", "ipv6"])
+FAMILIES = pytest.mark.parametrize("family", [
+    "ipv4", pytest.param("ipv6", marks=pytest.mark.requires_config("CONFIG_IPV6"))])
 
 
 @EACH_MAP_TYPE
