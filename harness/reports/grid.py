@@ -13,6 +13,7 @@ import html
 import json
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import jinja2
@@ -43,13 +44,15 @@ NOT_RUN = "not run"
 class Cell:
     cases: list[CaseResult]
 
-    @property
+    # Computed once: a matrix behaviour's cell holds 144 cases, and the page asks again and again.
+    @cached_property
     def verdict(self) -> Verdict:
         return worst(c.verdict for c in self.cases)
 
-    @property
+    @cached_property
     def worst_count(self) -> int:
-        return sum(1 for c in self.cases if c.verdict == self.verdict)
+        verdict = self.verdict
+        return sum(1 for c in self.cases if c.verdict == verdict)
 
     @property
     def summary(self) -> str:
