@@ -19,6 +19,7 @@ from pathlib import Path
 import jinja2
 
 from ..judging.verdicts import Verdict, worst
+from . import support
 from .junit import junit_text
 from .reproduce import reproduction_text, steps
 from .results import (
@@ -285,6 +286,7 @@ def markdown(results: Results) -> str:
                        if row.changed_at else "–")
             out.append(f"| {title} | " + " | ".join(cells) + f" | {changed} |")
         out.append("")
+    out += _support_markdown(support.build(results))
     if grid.failures:
         out += ["## Failures", ""]
         for failure in grid.failures:
@@ -295,6 +297,42 @@ def markdown(results: Results) -> str:
             out += [f"<details><summary>{summary}</summary>", "",
                     "````text", _failure_text(case), "````", "", "</details>", ""]
     return "\n".join(out)
+
+
+# The doc's promise for every redirect, which a support table's other outcomes differ from.
+SUPPORT_PROMISE = "Both ingress and egress interfaces can be used for redirection"
+
+
+def _support_markdown(kernels: list[support.KernelSupport]) -> list[str]:
+    """Per kernel, the redirect matrix's four source x target tables: one symbol a cell (two,
+    sockmap/sockhash, when the maps differ) and the verdict's icon where a reader must look."""
+    if not kernels:
+        return []
+    out = ["## Redirect support", "",
+           _md("What a redirect from each source kind (rows) to each target kind (columns) did, "
+               "per program and direction; a cell shows sockmap/sockhash when the two differ."),
+           "", "Legend: " + "; ".join(f"{sym} {_md(text)}" for _, sym, text in support.legend())
+           + f". {MD_ICONS[Verdict.FAIL]} fail; {MD_ICONS[Verdict.CRASHED]} crashed; "
+           f"{MD_ICONS[Verdict.EXPECTED_DIFFERENCE]} an expected difference where a map "
+           "delivered. Any outcome other than delivered is an expected difference from the doc's "
+           f"\"{_md(SUPPORT_PROMISE)}\" (its rule says why).", ""]
+    for kernel in kernels:
+        out += [f"### {_md(kernel.kernel)} ({_md(version_of(kernel.info))})", ""]
+        for table in kernel.tables:
+            out += [f"| {_md(table.name)} | " + " | ".join(_md(t) for t in table.targets) + " |",
+                    "| --- | " + " | ".join(":-:" for _ in table.targets) + " |"]
+            for source in table.sources:
+                cells = []
+                for target in table.targets:
+                    cell = table.cell(source, target)
+                    if cell is None:
+                        cells.append(support.NOT_OBSERVED_SYMBOL)
+                        continue
+                    mark = MD_ICONS[cell.marked] if cell.marked else ""
+                    cells.append(_md(cell.symbol) + mark)
+                out.append(f"| {_md(source)} | " + " | ".join(cells) + " |")
+            out.append("")
+    return out
 
 
 def _failure_text(case: CaseResult) -> str:
@@ -318,7 +356,9 @@ CSS = (TEMPLATES / "report.css").read_text(encoding="utf-8")  # inlined: one sel
 def html_page(results: Results) -> str:
     return _PAGES.get_template("report.html.j2").render(
         grid=build(results), verdicts=list(Verdict), labels=LABELS, not_run=NOT_RUN,
-        ran_on=ran_on, version_of=version_of, variant=variant, steps=steps)
+        ran_on=ran_on, version_of=version_of, variant=variant, steps=steps,
+        support=support.build(results), support_legend=support.legend(),
+        support_promise=SUPPORT_PROMISE, not_observed=support.NOT_OBSERVED_SYMBOL)
 
 
 # ---------------------------------------------------------------------- files
