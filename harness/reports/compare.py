@@ -9,12 +9,18 @@ variant is compared with the same sockmap variant; skipped cases are not compare
 
 The two sides may be one kernel name at two versions (two runs of debian-6.1 a month apart, each
 at the version current then): the report then names them by their versions.
+
+Redirect-matrix cases (R7-R10, 576 per kernel) are compared the same way, but a change of theirs
+that both kernels' expectations account for is not listed case by case: the report names the
+combinations whose observed outcome changed, grouped by table and by change (support.py), so a
+new kernel's support table reads as a short list of what it now does otherwise.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from ..judging.verdicts import Verdict
+from . import support
 from .grid import LABELS, observed_signature
 from .results import CaseResult, Results, ResultsError, load
 
@@ -61,6 +67,7 @@ class Comparison:
     only_base: list[str] = field(default_factory=list)
     only_new: list[str] = field(default_factory=list)
     skipped: int = 0
+    compared_pairs: list[tuple[CaseResult, CaseResult]] = field(default_factory=list)
 
     @property
     def one_name(self) -> bool:
@@ -81,12 +88,23 @@ class Comparison:
     def regressions(self) -> list[Difference]:
         return [d for d in self.differences if d.kind == REGRESSION]
 
-    def by_behaviour(self) -> list[tuple[str, list[Difference]]]:
+    def by_behaviour(self, listed_only: bool = False) -> list[tuple[str, list[Difference]]]:
+        """The differences by behaviour, most serious first; listed_only: without those the
+        matrix's changed combinations stand for."""
         groups: dict[str, list[Difference]] = {}
         for diff in self.differences:
+            if listed_only and not listed(diff):
+                continue
             key = diff.new.behaviour or diff.new.case.split("[", 1)[0]
             groups.setdefault(key, []).append(diff)
         return sorted(groups.items(), key=lambda kv: (min(RANK[d.kind] for d in kv[1]), kv[0]))
+
+
+def listed(diff: Difference) -> bool:
+    """Whether the report lists this difference as a case: all but a matrix case's documented
+    change, which its changed combination names."""
+    return not (diff.kind == AS_DOCUMENTED and support.observed_cell(diff.base)
+                and support.observed_cell(diff.new))
 
 
 def classify(base: CaseResult, new: CaseResult) -> str | None:
@@ -110,6 +128,7 @@ def compare(base: Side, new: Side) -> Comparison:
             result.skipped += 1
             continue
         result.compared += 1
+        result.compared_pairs.append((b, n))
         kind = classify(b, n)
         if kind:
             result.differences.append(Difference(kind, b, n))
@@ -177,7 +196,7 @@ def render(result: Comparison) -> str:
             out.append(f"{len(only)} cases ran only on {name}: {', '.join(only[:5])}"
                        + (" ..." if len(only) > 5 else ""))
     width = max(len(result.shown(base)), len(result.shown(new)))
-    for behaviour, diffs in result.by_behaviour():
+    for behaviour, diffs in result.by_behaviour(listed_only=True):
         kind = min((d.kind for d in diffs), key=RANK.__getitem__)
         title = diffs[0].new.title or ""
         out += ["", f"{kind}: {behaviour} {title}".rstrip()]
@@ -195,6 +214,10 @@ def render(result: Comparison) -> str:
                                f"(source: {case.source})")
             if diff.new.verdict.bad:
                 out.append(f"    rerun: {diff.new.reproduce}")
+    matrix = support.changes(result.compared_pairs,
+                             {**base.results.behaviours, **new.results.behaviours})
+    if matrix.compared:
+        out += ["", *matrix_lines(matrix)]
     regressed = [b for b, diffs in result.by_behaviour()
                  if any(d.kind == REGRESSION for d in diffs)]
     on = (f"{new.kernel} {new.version} against {base.version}" if result.one_name
@@ -202,3 +225,39 @@ def render(result: Comparison) -> str:
     out += ["", f"{len(regressed)} behaviour(s) regressed on {on}"
             + (f": {', '.join(regressed)}" if regressed else "")]
     return "\n".join(out)
+
+
+def matrix_lines(found: support.Changes) -> list[str]:
+    """The changed combinations, compact: per table and change of outcome (and the maps it holds
+    for, unless every map changed alike), the sources that changed towards the same targets on
+    one line: "tcp4, tcp6 -> udp4, udp6"."""
+    if not found.changes:
+        return [(f"redirect matrix: none of the {found.compared} combinations observed on both "
+                 "kernels changed")]
+    out = [(f"redirect matrix: {found.changed} of the {found.compared} combinations observed on "
+            "both kernels changed (sockmap and sockhash alike unless one is named)")]
+    tables: dict[tuple[str, str, str], list[support.Change]] = {}
+    for change in found.changes:
+        tables.setdefault((change.behaviour, change.program, change.direction), []).append(change)
+    for (bid, program, direction), changes in tables.items():
+        out.append(f"  {bid} {program} {direction}: {sum(len(c.maps) for c in changes)} changed")
+        kinds: dict[tuple[tuple[str, ...], str, str], dict[str, list[str]]] = {}
+        for change in changes:
+            maps = () if change.every_map else change.maps
+            kinds.setdefault((maps, change.before, change.after), {}) \
+                .setdefault(change.source, []).append(change.target)
+        for (maps, before, after), by_source in kinds.items():
+            what = f"{before} → {after}" if before != after \
+                else f"{before} on both, observed otherwise"
+            out.append(f"    {' '.join(maps) + ': ' if maps else ''}{what}")
+            sources: dict[tuple[str, ...], list[str]] = {}
+            for source, source_targets in by_source.items():
+                sources.setdefault(tuple(source_targets), []).append(source)
+            for targets, names in sources.items():
+                out.append(f"      {_kinds(names, found.sources[bid], 'source')} → "
+                           f"{_kinds(list(targets), found.targets[bid], 'target')}")
+    return out
+
+
+def _kinds(kinds: list[str], every: list[str], what: str) -> str:
+    return f"every {what}" if kinds == every else ", ".join(kinds)

@@ -197,8 +197,8 @@ class KernelSupport:
 
 @cache
 def _table_kinds() -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(sources, targets) in the suite's support table's order; none when it cannot be read
-    (the reports of a results file never depend on it)."""
+    """(sources, targets) in the suite's support table's order; none when the file cannot be
+    read, so a results file's reports never fail for it (its kinds then keep their own order)."""
     try:
         table = support_table.load(SUPPORT_TABLE)
     except support_table.SupportTableError:
@@ -247,6 +247,13 @@ def _place(case: CaseResult) -> _Placed | None:
     entry = Entry(map_name, _text(cell, "outcome"), _text(cell, "expected"), _text(cell, "rule"),
                   case)
     return _Placed(case.kernel, case.behaviour, program, direction, entry, source, target)
+
+
+def observed_cell(case: CaseResult) -> bool:
+    """Whether the case recorded a cell with the outcome it observed: the combinations that
+    changes() compares."""
+    place = _place(case)
+    return place is not None and place.entry.outcome is not None
 
 
 def _placed(results: Results) -> list[_Placed]:
