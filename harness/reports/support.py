@@ -140,14 +140,15 @@ class Cell:
 
     @property
     def description(self) -> str:
-        """The hover of a cell: what each map did, by which rule, its verdict, and the cases."""
+        """The hover of a cell: what each map did, by which rule, its verdict, and the ids of
+        its failed cases (not of every case: they tripled the page)."""
         judged = [entry.judged for entry in self.entries]
         if len(set(judged)) == 1:
             lines = [f"{self.source} → {self.target}: {judged[0]}"]
         else:
             lines = [f"{self.source} → {self.target}",
                      *(f"{entry.map}: {entry.judged}" for entry in self.entries)]
-        return "\n".join(lines + [entry.case.case for entry in self.entries])
+        return "\n".join(lines + [case.case for case in self.bad_cases])
 
 
 @dataclass
