@@ -38,6 +38,7 @@ from .apt import (
 )
 from .selectors import split_pinned, unknown_version_message
 from .specs import KernelSpec, _looks_like_path, load_specs
+from .packages import LocalPackages, classify, unpack
 from .trees import KernelTree, bzimage_release, local_kernel_image
 
 LISTS_MAX_AGE = 12 * 3600  # how long a resolution is trusted before apt asks the archive again
@@ -253,11 +254,7 @@ class KernelProvider:
                     raise KernelUnavailable(_unpack_error(spec.name, deb.name, proc.stderr,
                                                           staging))
             release = _normalise_layout(tree)
-            proc = subprocess.run(["depmod", "-b", str(tree), release],
-                                  capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise KernelUnavailable(f"{spec.name}: depmod failed: {proc.stderr.strip()} "
-                                        "(install kmod)")
+            _depmod(spec.name, tree, release)
             publish(tree, root, {"name": spec.name, "release": release, "abi": build.abi,
                                  "package_version": version, "packages": packages,
                                  "suites": list(spec.suites), "suite": build.suite,
@@ -295,11 +292,53 @@ class KernelProvider:
 
     def _local(self, path: Path) -> KernelTree:
         path = path.expanduser().resolve()
+        packages = classify(path) if path.exists() else None
+        if packages is not None:
+            return self._local_packages(packages)
         image = local_kernel_image(path)
         if path.is_dir():  # a built tree: vng boots it with its modules
             return KernelTree(name=str(path), vmlinuz=image, release=bzimage_release(image),
                               root=None, config_path=path / ".config", run_target=path)
         return KernelTree(name=str(path), vmlinuz=path, release=bzimage_release(path))
+
+    def _local_packages(self, packages: LocalPackages) -> KernelTree:
+        """A candidate .deb, a directory of them, or an extracted tree: unpacked into the cache
+        (keyed by content) with depmod run, so it boots with its modules."""
+        name = str(packages.path)
+        root = self.trees_dir / f"local-{packages.digest()}"
+        with self._lock(f"tree-{root.name}"):
+            hold_in_use(root)
+            if root.exists() or root.is_symlink():
+                meta, problem = check_published(root, self.log)
+                if meta:
+                    return self._local_tree(name, root, meta)
+                self.log(f"{name}: cached tree {root} is damaged ({problem}); unpacking again")
+                remove_published(root)
+            with staging_dir(self.trees_dir, root.name) as staging:
+                tree = staging / "tree"
+                tree.mkdir()
+                try:
+                    facts = unpack(packages, tree, self.log)
+                    release = _normalise_layout(tree)
+                except OSError as exc:
+                    raise KernelUnavailable(_unpack_error(name, "the packages", str(exc),
+                                                          staging)) from None
+                _depmod(name, tree, release)
+                publish(tree, root, {"name": name, "release": release, "local": True,
+                                     "package_version": facts["package_version"] or release,
+                                     "packages": facts["packages"], "sha256": facts["sha256"]})
+            meta, problem = check_manifest(root)
+            if not meta:
+                raise KernelUnavailable(f"{name}: freshly unpacked tree is damaged: {problem}")
+            return self._local_tree(name, root, meta)
+
+    def _local_tree(self, name: str, root: Path, meta: Manifest) -> KernelTree:
+        tree = self._tree_from(name, root, meta)
+        digests = meta.get("sha256")
+        shown = "; ".join(f"{file} sha256:{digest}" for file, digest in sorted(digests.items())) \
+            if isinstance(digests, dict) else "no digest recorded"
+        tree.suite = f"local, unverified (no archive signature): {shown}"
+        return tree
 
     def _host(self) -> KernelTree:
         release = os.uname().release
@@ -331,6 +370,14 @@ def _normalise_layout(tree: Path) -> str:
         raise KernelUnavailable(f"expected one kernel image in the packages, found "
                                 f"{[i.name for i in images]}")
     return images[0].name[len("vmlinuz-"):]
+
+
+def _depmod(name: str, tree: Path, release: str) -> None:
+    """The modules' index, which a package's postinst would have made: virtme-ng's init loads
+    9p and virtio modules with modprobe."""
+    proc = subprocess.run(["depmod", "-b", str(tree), release], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise KernelUnavailable(f"{name}: depmod failed: {proc.stderr.strip()} (install kmod)")
 
 
 def _unpack_error(name: str, what: str, detail: str, staging: Path) -> str:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from ..datafiles import read_table
 from ..errors import KconformError
 from ..paths import REPO_ROOT
+from .packages import classify
 from .trees import bzimage_release, local_kernel_image
 
 if TYPE_CHECKING:
@@ -192,12 +193,12 @@ def _kernel_path(name: str, specs: dict[str, KernelSpec], cwd: Path | None) -> s
     if "/" not in name and not name.startswith(".") and not path.exists():
         raise KconformError(
             f"unknown kernel {name!r}. Known kernels: {', '.join(specs)}, 'all', 'default', "
-            "'host', or a path to a bzImage or a built kernel tree (kernels/*.toml defines "
-            "the names).")
+            "'host', or a path to a bzImage, a built kernel tree, a kernel .deb, a directory "
+            "of .debs or a tree extracted from them (kernels/*.toml defines the names).")
     if not path.exists():
         raise KconformError(f"--kernel {name}: {path} does not exist; give the path of a "
-                            "bzImage or of a built kernel tree (relative to where you ran the "
-                            "command)")
+                            "bzImage, a built kernel tree or a kernel .deb (relative to where "
+                            "you ran the command)")
     _check_local_kernel(name, path)
     return str(path.resolve())
 
@@ -206,6 +207,8 @@ def _check_local_kernel(name: str, path: Path) -> None:
     """What the provider boots from a path, checked now: a bzImage, or a built tree holding one
     (else each case would fail on its own, after the run started)."""
     try:
+        if classify(path) is not None:  # Debian packages: checked as they are unpacked
+            return
         image = local_kernel_image(path)
         bzimage_release(image)
     except KconformError as exc:

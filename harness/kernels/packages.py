@@ -1,0 +1,130 @@
+"""Kernels from Debian packages that are in no archive: a candidate .deb before it is published,
+the split packages of a 7.x kernel in one directory, or a tree someone extracted from them
+(boot/vmlinuz-* beside lib/modules/*).
+
+A bzImage taken out of such a package boots without its modules (9p is a module in Debian's
+generic flavour, so no root is mounted): these are unpacked into the cache like an archive
+kernel, with depmod run, and boot with their modules. Nothing checks a signature: the results
+say the kernel is local and unverified, and carry each package's sha256.
+"""
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import KconformError, KernelUnavailable
+
+IMAGE_PACKAGES = ("linux-image-", "linux-binary-")  # the 7.x split calls the image linux-binary
+
+
+@dataclass(frozen=True)
+class LocalPackages:
+    """What a --kernel path holds that is a Debian kernel rather than a built source tree."""
+    path: Path
+    debs: tuple[Path, ...] = ()    # .deb files to unpack, or
+    extracted: Path | None = None  # a tree already unpacked from them
+
+    def digest(self) -> str:
+        """A name for the cache entry: the packages' contents, or the extracted tree's files."""
+        h = hashlib.sha256()
+        for name, sha in sorted(self.sha256().items()):
+            h.update(f"{name}\0{sha}\n".encode())
+        return h.hexdigest()[:16]
+
+    def sha256(self) -> dict[str, str]:
+        """{package file name: sha256}, or {the kernel image's path in the tree: sha256}."""
+        if self.extracted is not None:
+            return {str(image.relative_to(self.extracted)): _file_sha256(image)
+                    for image in _images(self.extracted)} | {
+                        "lib/modules": _listing_sha256(self.extracted)}
+        return {deb.name: _file_sha256(deb) for deb in self.debs}
+
+
+def classify(path: Path) -> LocalPackages | None:
+    """The Debian kernel a path names, or None for a bzImage or a built source tree. A path that
+    is neither is a KconformError saying what each would look like."""
+    if path.is_file() and path.suffix == ".deb":
+        return LocalPackages(path, debs=(path,))
+    if not path.is_dir() or (path / "arch" / "x86" / "boot" / "bzImage").is_file():
+        return None
+    if _images(path) and _modules(path):
+        return LocalPackages(path, extracted=path)
+    debs = tuple(sorted(path.glob("*.deb")))
+    if debs:
+        return LocalPackages(path, debs=debs)
+    return None
+
+
+def unpack(packages: LocalPackages, tree: Path, log: Callable[[str], None]) -> dict[str, object]:
+    """Unpack (or copy) into `tree`, a staging directory; the manifest's facts about the kernel.
+    The caller lays the tree out and runs depmod, as for an archive kernel."""
+    if packages.extracted is not None:
+        log(f"{packages.path}: copying the extracted kernel tree into the cache")
+        for part in ("boot", "lib", "usr"):
+            source = packages.extracted / part
+            if source.is_dir():
+                shutil.copytree(source, tree / part, symlinks=True)
+        return {"package_version": None, "packages": [], "sha256": packages.sha256()}
+    versions: dict[str, str] = {}
+    for deb in packages.debs:
+        fields = _control(deb)
+        versions[fields.get("Package", deb.name)] = fields.get("Version", "")
+        log(f"{packages.path}: unpacking {deb.name} ({fields.get('Package')} "
+            f"{fields.get('Version')})")
+        proc = subprocess.run(["dpkg-deb", "-x", str(deb), str(tree)], capture_output=True,
+                              text=True)
+        if proc.returncode != 0:
+            raise KernelUnavailable(f"{deb}: dpkg-deb -x failed: {proc.stderr.strip()[-400:]}")
+    image = [version for name, version in versions.items() if name.startswith(IMAGE_PACKAGES)]
+    if not image:
+        raise KconformError(f"{packages.path}: none of {', '.join(d.name for d in packages.debs)}"
+                            " is a kernel image package (linux-image-* or, for 7.x, "
+                            "linux-binary-*); give the image package, with its modules package "
+                            "beside it in one directory for a 7.x kernel")
+    return {"package_version": image[0] or None, "packages": sorted(versions),
+            "sha256": packages.sha256()}
+
+
+def _control(deb: Path) -> dict[str, str]:
+    proc = subprocess.run(["dpkg-deb", "-f", str(deb), "Package", "Version"],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise KconformError(f"{deb} is not a Debian package ({proc.stderr.strip()[-200:]}); "
+                            "give a .deb downloaded with apt-get download, or a directory of "
+                            "them")
+    fields: dict[str, str] = {}
+    for line in proc.stdout.splitlines():
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    return fields
+
+
+def _images(tree: Path) -> list[Path]:
+    return sorted(tree.glob("boot/vmlinuz-*")) + sorted(tree.glob("usr/lib/modules/*/vmlinuz*"))
+
+
+def _modules(tree: Path) -> bool:
+    return any((tree / d).is_dir() for d in ("lib/modules", "usr/lib/modules"))
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _listing_sha256(tree: Path) -> str:
+    """The module directories' file names and sizes: a changed module makes a new entry, without
+    hashing every module on each run."""
+    h = hashlib.sha256()
+    for d in ("lib/modules", "usr/lib/modules"):
+        for path in sorted((tree / d).rglob("*")) if (tree / d).is_dir() else []:
+            if path.is_file():
+                h.update(f"{path.relative_to(tree)}\0{path.stat().st_size}\n".encode())
+    return h.hexdigest()
