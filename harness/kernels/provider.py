@@ -36,9 +36,9 @@ from .apt import (
     require_debian_mirror,
     security_mirror_for,
 )
+from .packages import LocalPackages, classify, unpack
 from .selectors import split_pinned, unknown_version_message
 from .specs import KernelSpec, _looks_like_path, load_specs
-from .packages import LocalPackages, classify, unpack
 from .trees import KernelTree, bzimage_release, local_kernel_image
 
 LISTS_MAX_AGE = 12 * 3600  # how long a resolution is trusted before apt asks the archive again
