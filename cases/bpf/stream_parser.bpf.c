@@ -13,9 +13,10 @@
 
 #define MAX_CALLS 8
 
+/* key 0: the socket whose stream is parsed; key 1: where its verdict redirects each message */
 struct {
 	__uint(type, BPF_MAP_TYPE_SOCKMAP);
-	__uint(max_entries, 1);
+	__uint(max_entries, 2);
 	__type(key, __u32);
 	__type(value, __u64);
 } sock_map SEC(".maps");
@@ -71,11 +72,14 @@ int prog_parser(struct __sk_buff *skb)
 	return len;
 }
 
+/* A redirect into another socket, not SK_PASS: SK_PASS out of a stream parser deadlocks
+ * 5.10.223-5.10.232 and 6.1.91-6.1.119 (CVE-2024-56694), which E1 and E3 check already; a
+ * redirect queues the message on the target's backlog instead, on every kernel. */
 SEC("sk_skb/stream_verdict")
 int prog_verdict(struct __sk_buff *skb)
 {
 	record(1, skb->len);
-	return SK_PASS;
+	return bpf_sk_redirect_map(skb, &sock_map, 1, BPF_F_INGRESS);
 }
 
 char _license[] SEC("license") = "GPL";

@@ -1,9 +1,10 @@
 """Guest side of cases/test_stream_parser.py: a parser that splits one send into messages, and
 one that joins two sends into one message.
 
-The socket (the accepted end of a loopback TCP pair) is in stream_parser.bpf.c's sock_map with
-its parser and verdict; the peer sends. The parser returns the message length user space sets;
-the verdict passes each message (SK_PASS) and both record every call and the skb->len they saw.
+The socket (the accepted end of a loopback TCP pair) is in stream_parser.bpf.c's sock_map at key
+0 with its parser and verdict; the peer sends. The parser returns the message length user space
+sets; the verdict redirects each message into the target (another TCP socket, at key 1) with
+BPF_F_INGRESS, and both record every call and the skb->len they saw. The target reads.
 No sleeps: the second send of a join waits until the parser has seen the first (so they are
 two skbs, not one), and reading waits until every byte sent is read (or a bound passes), then
 takes whatever else is already queued (a kernel that delivers a message twice queues the copy
@@ -77,8 +78,10 @@ def parsed(obj, mode, settle):
         bpf.prog_attach(o.prog_fd("prog_parser"), fd, "stream_parser")
         bpf.prog_attach(o.prog_fd("prog_verdict"), fd, "stream_verdict")
         peer, sock = tcp_pair()
-        with closing_all(peer, sock):
+        target_peer, target = tcp_pair()
+        with closing_all(peer, sock, target_peer, target):
             peer.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            bpf.map_update(fd, bpf.u32(1), bpf.u64(target.fileno()))  # before the source
             bpf.map_update(fd, bpf.u32(0), bpf.u64(sock.fileno()))
             obs = {}
             for i, chunk in enumerate(sends):
@@ -86,7 +89,7 @@ def parsed(obj, mode, settle):
                 if i < len(sends) - 1:
                     obs["parser_saw_the_first_send"] = _wait_for(
                         lambda: _calls(o, 0)[0] > 0, settle)
-            got = _read_all(sock, len(sent), settle)
+            got = _read_all(target, len(sent), settle)
             runs, lens = _calls(o, 1)
             obs.update({"verdict_runs": runs, "verdict_skb_len": lens,
                         "received": "as sent" if got == sent else f"{len(got)} bytes: {got!r}"})
