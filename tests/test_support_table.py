@@ -101,7 +101,7 @@ def test_the_table_predicts_every_saved_observation(behaviours, named):
 @pytest.mark.parametrize("change, problem", [
     ("kinds = []", "needs kinds"),
     ('oob_sources = ["tcp4"]', "oob_sources names 'tcp4'"),
-    ('program = "sk_skb"', "the last rule (S4) must match every combination"),
+    ('program = "sk_skb"', "the last rule (delivered) must match every combination"),
     ('outcome = "sideways"', "outcome = 'sideways' is not one of"),
     ('outcome = "dropped"', "say why in reason"),
     ('target_kinds = ["sctp"]', "names 'sctp', not one of the table's kinds"),
@@ -114,10 +114,10 @@ def test_a_bad_support_table_is_an_error_naming_the_problem(tmp_path, change, pr
     if name in ("kinds", "oob_sources"):
         text = re.sub(rf"^{name} = \[[^\]]*\]", change, text, flags=re.M)
     elif name == "outcome":
-        head, sep, last = text.rpartition('[[rule]]\nid = "S4"\noutcome = "delivered"')
+        head, sep, last = text.rpartition('[[rule]]\nid = "delivered"\noutcome = "delivered"')
         text = head + sep.replace('outcome = "delivered"', change) + last
     else:  # added to the last rule
-        text = text.replace('id = "S4"\n', f'id = "S4"\n{change}\n')
+        text = text.replace('id = "delivered"\n', f'id = "delivered"\n{change}\n')
     path = tmp_path / "table.toml"
     path.write_text(text)
     with pytest.raises(st.SupportTableError) as raised:

@@ -65,7 +65,7 @@ class Entry:
 
     @property
     def judged(self) -> str:
-        """'dropped (rule S7): expected difference', or with 'rule S4 expects delivered' where
+        """'dropped (rule skb-to-tcp-only): expected difference', or with 'rule delivered expects delivered' where
         the observation differs from the rule."""
         rule = f"rule {self.rule or '?'}"
         if self.expected != self.outcome:
