@@ -65,8 +65,8 @@ class Entry:
 
     @property
     def judged(self) -> str:
-        """'dropped (rule skb-to-tcp-only): expected difference', or with 'rule delivered expects delivered' where
-        the observation differs from the rule."""
+        """'dropped (rule skb-to-tcp-only): expected difference', or 'delivered (rule
+        skb-to-tcp-only expects dropped): fail' where the observation differs from the rule."""
         rule = f"rule {self.rule or '?'}"
         if self.expected != self.outcome:
             rule += f" expects {label(self.expected)}"
