@@ -23,6 +23,7 @@ USAGE = """\
 ./kconform cache prune [--keep N] [--older-than 30d]       remove what no run uses [--dry-run]
 ./kconform cache verify                                    re-hash the cached kernels and roots
 ./kconform bench [--kernel NAME]                           floor, suite, naive loop, matrix, memory
+./kconform config [--format fragment|vng]                  the kernel options the suite needs
 
 Anything after suite/test goes to pytest: -k, -n 2, -x, --kernel all, a test id.
 RESULTS is a report.json, or a directory holding one (a run's --results-dir, a CI artifact).
@@ -318,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
         return bisect_main(rest)
     elif command == "kernels":
         return kernels_main(rest)
+    elif command == "config":
+        from .kernel_config import main as config
+        return config(rest)
     else:
         print(f"kconform: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         return 2

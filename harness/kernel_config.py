@@ -1,0 +1,114 @@
+"""./kconform config: the kernel options the suite needs, as a config fragment.
+
+Two sources, so the fragment never drifts from what the suite skips on:
+- the cases' own `requires_config` marks (read by collecting the suite, booting nothing): what a
+  kernel without them gets a skip for;
+- what a guest needs to boot under virtme-ng at all (GUEST_OPTIONS): without these no case runs.
+
+Printed as `CONFIG_X=y` lines, the form scripts/kconfig/merge_config.sh takes, or as the
+`--configitem` arguments of `vng --kconfig` (--format vng).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import sys
+from collections import defaultdict
+
+import pytest
+
+from .errors import KconformError
+from .paths import REPO_ROOT
+
+# The guest's boot path: virtme-ng's own required set (virtme/commands/configkernel.py) keeps
+# most of these on, a distro or developer config may not; each says why kconform needs it.
+GUEST_OPTIONS: dict[str, str] = {
+    "CONFIG_VIRTIO_PCI": "the guest's devices are virtio-pci",
+    "CONFIG_NET_9P": "the guest's root is the host's, shared over 9p",
+    "CONFIG_NET_9P_VIRTIO": "the 9p transport",
+    "CONFIG_9P_FS": "mounting the 9p root",
+    "CONFIG_VIRTIO_CONSOLE": "the agent talks to the host over a virtio-serial port",
+    "CONFIG_DEVTMPFS": "virtme-ng's init mounts /dev",
+    "CONFIG_TMPFS": "virtme-ng's init mounts /tmp and /run",
+    "CONFIG_OVERLAY_FS": "virtme-ng overlays the read-only root's /etc",
+    "CONFIG_UNIX": "virtme-ng's init and the AF_UNIX cases",
+    "CONFIG_INET": "every TCP and UDP case",
+    "CONFIG_BPF_SYSCALL": "every case: the bpf() syscall",
+    "CONFIG_CGROUP_BPF": "sock_ops cases attach their program to a cgroup",
+}
+
+
+class _MarkCollector:
+    """A pytest plugin that records every collected case's requires_config options."""
+
+    def __init__(self) -> None:
+        self.needed_by: dict[str, set[str]] = defaultdict(set)
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        for item in items:
+            test = item.originalname if isinstance(item, pytest.Function) else item.name
+            for mark in item.iter_markers("requires_config"):
+                for option in mark.args:
+                    self.needed_by[str(option)].add(f"{item.path.name}::{test}")
+
+
+def case_options() -> dict[str, set[str]]:
+    """{option: the tests that need it}, from a collection of the suite that boots nothing."""
+    collector = _MarkCollector()
+    quiet = io.StringIO()
+    with contextlib.redirect_stdout(quiet):
+        status = pytest.main([str(REPO_ROOT / "cases"), "--collect-only", "-q",
+                              "-p", "no:cacheprovider", "--kernel", "debian-6.1"],
+                             plugins=[collector])
+    if status != 0:  # pytest printed its own error (a usage error names the fix) on stderr
+        raise KconformError(f"collecting the suite failed (pytest's exit status {status}); "
+                            "its message is above")
+    return dict(collector.needed_by)
+
+
+def fragment() -> list[tuple[str, str]]:
+    """(option, why) for every option, the guest's first, then the cases' in name order."""
+    needed = case_options()
+    lines = list(GUEST_OPTIONS.items())
+    for option in sorted(set(needed) - set(GUEST_OPTIONS)):
+        tests = sorted(needed[option])
+        shown = ", ".join(tests[:3]) + (f" and {len(tests) - 3} more" if len(tests) > 3 else "")
+        lines.append((option, f"skipped without it: {shown}"))
+    return lines
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="kconform config", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="e.g. ./kconform config > kconform.config && "
+               "scripts/kconfig/merge_config.sh .config kconform.config; or "
+               "vng --kconfig $(./kconform config --format vng)")
+    parser.add_argument("--format", choices=("fragment", "vng"), default="fragment",
+                        help="fragment: CONFIG_X=y lines with a comment each (merge_config.sh); "
+                             "vng: --configitem arguments for vng --kconfig")
+    args = parser.parse_args(argv)
+    try:
+        lines = fragment()
+    except KconformError as exc:
+        print(f"kconform config: {exc}", file=sys.stderr)
+        return 2
+    if args.format == "vng":
+        text = " ".join(f"--configitem {option}=y" for option, _ in lines) + "\n"
+    else:
+        text = ("# kconform: what the suite needs (./kconform config); merge into a .config "
+                "with\n# scripts/kconfig/merge_config.sh\n"
+                + "".join(f"# {why}\n{option}=y\n" for option, why in lines))
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `./kconform config | head`: the reader had what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
