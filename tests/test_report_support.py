@@ -139,7 +139,7 @@ def test_maps_that_disagree_show_both_and_a_failure_stands_out(saved_data, tmp_p
     assert bad["class"] == "sc o-mixed m-fail" and bad["verdict"] == "fail"
     assert bad["outcome"] == "dropped/delivered" and bad["text"] == "✗/✓"
     assert bad["href"] in page.anchors  # the link leads to the failure's section
-    assert "sockhash: delivered (rule M4 expects dropped): fail" in bad["title"]
+    assert "sockhash: delivered (rule msg-egress-to-tcp-only expects dropped): fail" in bad["title"]
     assert case_name("R10", "sockhash-tcp4-udp4") in bad["title"]
     assert page.cells["debian-7.3"]["R7"]["udp4"]["tcp4"]["class"] == "sc o-mixed m-crashed"
 
