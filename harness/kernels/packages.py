@@ -10,6 +10,7 @@ say the kernel is local and unverified, and carry each package's sha256.
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -27,6 +28,17 @@ class LocalPackages:
     path: Path
     debs: tuple[Path, ...] = ()    # .deb files to unpack, or
     extracted: Path | None = None  # a tree already unpacked from them
+
+    def controls(self) -> dict[Path, dict[str, str]]:
+        """Each .deb's Package and Version; a KconformError unless one is a kernel image."""
+        controls = {deb: _control(deb) for deb in self.debs}
+        if self.debs and not any(c.get("Package", "").startswith(IMAGE_PACKAGES)
+                                 for c in controls.values()):
+            raise KconformError(
+                f"{self.path}: none of {', '.join(d.name for d in self.debs)} is a kernel image "
+                "package (linux-image-* or, for 7.x, linux-binary-*); give the image package, "
+                "with its modules package beside it in one directory for a 7.x kernel")
+        return controls
 
     def digest(self) -> str:
         """A name for the cache entry: the packages' contents, or the extracted tree's files."""
@@ -66,12 +78,11 @@ def unpack(packages: LocalPackages, tree: Path, log: Callable[[str], None]) -> d
         log(f"{packages.path}: copying the extracted kernel tree into the cache")
         for part in ("boot", "lib", "usr"):
             source = packages.extracted / part
-            if source.is_dir():
-                shutil.copytree(source, tree / part, symlinks=True)
+            if source.is_dir():  # hard links where it can: a tree of modules is 400 MB
+                shutil.copytree(source, tree / part, symlinks=True, copy_function=_link_or_copy)
         return {"package_version": None, "packages": [], "sha256": packages.sha256()}
     versions: dict[str, str] = {}
-    for deb in packages.debs:
-        fields = _control(deb)
+    for deb, fields in packages.controls().items():
         versions[fields.get("Package", deb.name)] = fields.get("Version", "")
         log(f"{packages.path}: unpacking {deb.name} ({fields.get('Package')} "
             f"{fields.get('Version')})")
@@ -79,14 +90,16 @@ def unpack(packages: LocalPackages, tree: Path, log: Callable[[str], None]) -> d
                               text=True)
         if proc.returncode != 0:
             raise KernelUnavailable(f"{deb}: dpkg-deb -x failed: {proc.stderr.strip()[-400:]}")
-    image = [version for name, version in versions.items() if name.startswith(IMAGE_PACKAGES)]
-    if not image:
-        raise KconformError(f"{packages.path}: none of {', '.join(d.name for d in packages.debs)}"
-                            " is a kernel image package (linux-image-* or, for 7.x, "
-                            "linux-binary-*); give the image package, with its modules package "
-                            "beside it in one directory for a 7.x kernel")
-    return {"package_version": image[0] or None, "packages": sorted(versions),
+    image = next(v for name, v in versions.items() if name.startswith(IMAGE_PACKAGES))
+    return {"package_version": image or None, "packages": sorted(versions),
             "sha256": packages.sha256()}
+
+
+def _link_or_copy(source: str, dest: str) -> None:
+    try:
+        os.link(source, dest)
+    except OSError:  # another filesystem, or links refused
+        shutil.copy2(source, dest)
 
 
 def _control(deb: Path) -> dict[str, str]:

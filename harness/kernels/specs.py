@@ -207,7 +207,9 @@ def _check_local_kernel(name: str, path: Path) -> None:
     """What the provider boots from a path, checked now: a bzImage, or a built tree holding one
     (else each case would fail on its own, after the run started)."""
     try:
-        if classify(path) is not None:  # Debian packages: checked as they are unpacked
+        packages = classify(path)
+        if packages is not None:  # Debian packages: one must be a kernel image
+            packages.controls()
             return
         image = local_kernel_image(path)
         bzimage_release(image)
