@@ -123,3 +123,69 @@ def test_a_bad_support_table_is_an_error_naming_the_problem(tmp_path, change, pr
     with pytest.raises(st.SupportTableError) as raised:
         st.load(path)
     assert problem in str(raised.value)
+
+
+TOY = """
+kinds = ["tcp4", "udp4", "unix_stream"]
+[[rule]]
+id = "msg-refuses-udp"
+program = "sk_msg"
+source_kinds = ["udp4"]
+outcome = "refused"
+errno = "EOPNOTSUPP"
+reason = "a toy rule"
+source = "toy"
+[[rule]]
+id = "unix-ends-refused"
+kinds = ["unix_stream"]
+outcome = "refused"
+errno = "EINVAL"
+reason = "a toy rule"
+source = "toy"
+[[rule]]
+id = "tcp-source-to-unix"
+source_kinds = ["tcp4"]
+kinds = ["unix_stream"]
+outcome = "dropped"
+reason = "a toy rule"
+source = "toy"
+[[rule]]
+id = "rest"
+outcome = "delivered"
+source = "toy"
+"""
+
+
+def _toy(tmp_path, text=TOY):
+    path = tmp_path / "toy.toml"
+    path.write_text(text)
+    return st.load(path)
+
+
+def test_an_end_is_refused_only_by_rules_of_its_program_and_with_their_errno(tmp_path):
+    table = _toy(tmp_path)
+    combo = st.Combination("sockmap", "sk_skb", "ingress", "udp4", "unix_stream")
+    expected = table.expected(combo, (6, 1, 0))
+    assert expected.rule.id == "unix-ends-refused"
+    # the sk_msg rule about udp4 says nothing of sk_skb's source
+    assert expected.observations == {"source_insert": "OK", "target_insert": "EINVAL"}
+    msg = st.Combination("sockmap", "sk_msg", "ingress", "udp4", "unix_stream")
+    assert table.expected(msg, (6, 1, 0)).observations == {
+        "source_insert": "EOPNOTSUPP", "target_insert": "EINVAL"}
+
+
+def test_every_list_of_kinds_a_rule_gives_must_hold(tmp_path):
+    table = _toy(tmp_path, TOY.replace('kinds = ["unix_stream"]\noutcome = "refused"',
+                                       'kinds = ["tcp4"]\nprogram = "sk_msg"\n'
+                                       'outcome = "refused"'))
+    # source tcp4 but neither end unix_stream: not the tcp-source-to-unix rule
+    combo = st.Combination("sockmap", "sk_skb", "egress", "tcp4", "udp4")
+    assert table.rule_for(combo, (6, 1, 0)).id == "rest"
+
+
+def test_a_rule_naming_an_oob_source_is_refused(tmp_path):
+    text = TOY.replace('kinds = ["tcp4", "udp4", "unix_stream"]',
+                       'kinds = ["tcp4", "udp4", "unix_stream"]\noob_sources = ["unix_stream_oob"]'
+                       ).replace('source_kinds = ["udp4"]', 'source_kinds = ["unix_stream_oob"]')
+    with pytest.raises(st.SupportTableError, match="a rule about an OOB source names its kind"):
+        _toy(tmp_path, text)

@@ -93,19 +93,22 @@ class Rule:
         target = combo.target in self.target_kinds or combo.target in self.kinds
         return source, target
 
+    def covers(self, combo: Combination, version: tuple[int, ...]) -> bool:
+        """The rule's program, direction and versions include the combination's (its kinds
+        aside)."""
+        return (not self.program or self.program == combo.program) \
+            and (not self.direction or self.direction == combo.direction) \
+            and self.applies(version)
+
     def matches(self, combo: Combination, version: tuple[int, ...]) -> bool:
-        if self.program and self.program != combo.program:
-            return False
-        if self.direction and self.direction != combo.direction:
-            return False
-        source, target = self.ends(combo)
+        """Each list of kinds the rule gives holds: the source's, the target's, either end's."""
         if self.source_kinds and combo.source_kind not in self.source_kinds:
             return False
         if self.target_kinds and combo.target not in self.target_kinds:
             return False
-        if self.kinds and not (source or target):
+        if self.kinds and combo.source_kind not in self.kinds and combo.target not in self.kinds:
             return False
-        return self.applies(version)
+        return self.covers(combo, version)
 
 
 @dataclass(frozen=True)
@@ -188,15 +191,16 @@ class SupportTable:
         if rule.outcome == "unavailable":
             return {"sockets": rule.errno}
         if rule.outcome == "refused":
-            # Both inserts are made, so a rule about one end still sets what the other end gives:
-            # refused wherever any refusing rule of this kernel names that end's kind.
-            source = target = False
+            # A map refuses a socket for its kind, whatever the other end is, and both inserts are
+            # made: each end is refused, with that rule's errno, by the first refusing rule of
+            # this program, direction and kernel that names its kind there.
+            inserts = {"source_insert": "OK", "target_insert": "OK"}
             for other in self.rules:
-                if other.outcome == "refused" and other.applies(version):
-                    s, t = other.ends(combo)
-                    source, target = source or s, target or t
-            return {"source_insert": rule.errno if source else "OK",
-                    "target_insert": rule.errno if target else "OK"}
+                if other.outcome == "refused" and other.covers(combo, version):
+                    for end, named in zip(inserts, other.ends(combo), strict=True):
+                        if named and inserts[end] == "OK":
+                            inserts[end] = str(other.errno)
+            return dict(inserts)
         inserted: dict[str, object] = {"source_insert": "OK", "target_insert": "OK"}
         if rule.outcome == "delivered":
             receiver = "target" if combo.direction == "ingress" else "target_peer"
@@ -283,10 +287,12 @@ def _rule(path: Path, index: int, data: object, kinds: tuple[str, ...]) -> Rule:
     lists = {name: _strings(path, where, name, data.get(name))
              for name in ("source_kinds", "target_kinds", "kinds")}
     for name, listed in lists.items():
-        bad = [k for k in listed if k.removesuffix(OOB_SUFFIX) not in kinds]
+        bad = [k for k in listed if k not in kinds]
         if bad:
+            # an OOB source is its kind sending MSG_OOB: rules name the kind (unix_stream)
             raise SupportTableError(f"{path}: {where}: {name} names {bad[0]!r}, not one of "
-                                    f"the table's kinds ({', '.join(kinds)})")
+                                    f"the table's kinds ({', '.join(kinds)}); a rule about an "
+                                    "OOB source names its kind")
     outcome = _one_of(path, where, "outcome", data.get("outcome"), list(OUTCOMES))
     if outcome is None:
         raise SupportTableError(f"{path}: {where}: needs outcome = one of {', '.join(OUTCOMES)}")
