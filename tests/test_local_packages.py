@@ -4,6 +4,7 @@ import subprocess
 
 import pytest
 
+from harness.kernels import KernelProvider
 from harness.kernels.packages import classify
 from tests.test_bad_inputs import assert_usage_error, collect
 from tests.test_kernels import _fake_bzimage
@@ -62,3 +63,28 @@ def test_an_extracted_tree_is_named_by_its_files(tmp_path):
 def test_a_deb_that_is_no_kernel_is_a_usage_error_before_anything_boots(tmp_path, make, words):
     path = make(tmp_path)
     assert_usage_error(collect("--kernel", str(path)), *words)
+
+
+def _extracted(tmp_path, banner):
+    tree = tmp_path / "extracted"
+    (tree / "boot").mkdir(parents=True)
+    _fake_bzimage(tree / "boot" / "vmlinuz-6.1.0-99-amd64", banner)
+    (tree / "lib" / "modules" / "6.1.0-99-amd64" / "kernel").mkdir(parents=True)
+    return tree
+
+
+def test_an_extracted_tree_is_judged_by_the_package_version_its_image_names(tmp_path):
+    tree = _extracted(tmp_path, "6.1.0-99-amd64 (debian-kernel@lists.debian.org) #1 SMP "
+                                "PREEMPT_DYNAMIC Debian 6.1.999-1 (2026-11-26)")
+    kernel = KernelProvider(cache=tmp_path / "cache").get(str(tree))
+    assert (kernel.release, kernel.exact_version) == ("6.1.0-99-amd64", "6.1.999-1")
+    assert kernel.version[:3] == (6, 1, 999)  # not 6.1.0: stable bounds judge it right
+    assert kernel.suite.startswith("local, unverified (no archive signature): boot/vmlinuz-")
+    assert (kernel.root / "lib" / "modules" / "6.1.0-99-amd64" / "modules.dep").exists()
+
+
+def test_a_directory_with_both_a_tree_and_debs_is_a_usage_error(tmp_path):
+    tree = _extracted(tmp_path, "6.1.0-99-amd64")
+    (tree / "linux-image-x.deb").write_bytes(b"x")
+    assert_usage_error(collect("--kernel", str(tree)), "holds both an extracted kernel tree",
+                       "linux-image-x.deb")

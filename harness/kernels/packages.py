@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import KconformError, KernelUnavailable
+from .trees import bzimage_version_string
 
 IMAGE_PACKAGES = ("linux-image-", "linux-binary-")  # the 7.x split calls the image linux-binary
 
@@ -63,9 +65,13 @@ def classify(path: Path) -> LocalPackages | None:
         return LocalPackages(path, debs=(path,))
     if not path.is_dir() or (path / "arch" / "x86" / "boot" / "bzImage").is_file():
         return None
-    if _images(path) and _modules(path):
-        return LocalPackages(path, extracted=path)
     debs = tuple(sorted(path.glob("*.deb")))
+    if _images(path) and _modules(path):
+        if debs:
+            raise KconformError(f"{path} holds both an extracted kernel tree (boot/, lib/modules/) "
+                                f"and .deb packages ({debs[0].name}): which one is the kernel? "
+                                "Move one of them out, or name the .deb itself")
+        return LocalPackages(path, extracted=path)
     if debs:
         return LocalPackages(path, debs=debs)
     return None
@@ -80,16 +86,14 @@ def unpack(packages: LocalPackages, tree: Path, log: Callable[[str], None]) -> d
             source = packages.extracted / part
             if source.is_dir():  # hard links where it can: a tree of modules is 400 MB
                 shutil.copytree(source, tree / part, symlinks=True, copy_function=_link_or_copy)
-        return {"package_version": None, "packages": [], "sha256": packages.sha256()}
+        return {"package_version": debian_version_of(_images(tree)[0]), "packages": [],
+                "sha256": packages.sha256()}
     versions: dict[str, str] = {}
     for deb, fields in packages.controls().items():
         versions[fields.get("Package", deb.name)] = fields.get("Version", "")
         log(f"{packages.path}: unpacking {deb.name} ({fields.get('Package')} "
             f"{fields.get('Version')})")
-        proc = subprocess.run(["dpkg-deb", "-x", str(deb), str(tree)], capture_output=True,
-                              text=True)
-        if proc.returncode != 0:
-            raise KernelUnavailable(f"{deb}: dpkg-deb -x failed: {proc.stderr.strip()[-400:]}")
+        extract(deb, tree)
     image = next(v for name, v in versions.items() if name.startswith(IMAGE_PACKAGES))
     return {"package_version": image or None, "packages": sorted(versions),
             "sha256": packages.sha256()}
@@ -102,9 +106,35 @@ def _link_or_copy(source: str, dest: str) -> None:
         shutil.copy2(source, dest)
 
 
+class ExtractFailed(KernelUnavailable):
+    def __init__(self, deb: Path, detail: str) -> None:
+        super().__init__(f"unpacking {deb.name} failed: {detail.strip()[-800:]}")
+        self.deb, self.detail = deb, detail
+
+
+def extract(deb: Path, tree: Path) -> None:
+    """dpkg-deb -x, as a package's unpack step would (no maintainer scripts)."""
+    proc = subprocess.run(["dpkg-deb", "-x", str(deb), str(tree)], capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        raise ExtractFailed(deb, proc.stderr)
+
+
+def debian_version_of(image: Path) -> str | None:
+    """The package version a Debian kernel image names in its version string (the bzImage
+    header's "6.1.0-57-amd64 (debian-kernel@lists.debian.org) #1 SMP ... Debian 6.1.192-3
+    (2026-11-20)"), which a tree extracted from the package keeps when its control files are
+    gone: without it a 6.1.192 kernel would be judged as 6.1.0."""
+    match = re.search(r" Debian (\d[^ ]*) ", bzimage_version_string(image))
+    return match.group(1) if match else None
+
+
 def _control(deb: Path) -> dict[str, str]:
-    proc = subprocess.run(["dpkg-deb", "-f", str(deb), "Package", "Version"],
-                          capture_output=True, text=True)
+    try:
+        proc = subprocess.run(["dpkg-deb", "-f", str(deb), "Package", "Version"],
+                              capture_output=True, text=True)
+    except FileNotFoundError:
+        raise KconformError(f"{deb}: reading a .deb needs dpkg-deb; install dpkg") from None
     if proc.returncode != 0:
         raise KconformError(f"{deb} is not a Debian package ({proc.stderr.strip()[-200:]}); "
                             "give a .deb downloaded with apt-get download, or a directory of "

@@ -36,7 +36,7 @@ from .apt import (
     require_debian_mirror,
     security_mirror_for,
 )
-from .packages import LocalPackages, classify, unpack
+from .packages import ExtractFailed, LocalPackages, classify, extract, unpack
 from .selectors import split_pinned, unknown_version_message
 from .specs import KernelSpec, _looks_like_path, load_specs
 from .trees import KernelTree, bzimage_release, local_kernel_image
@@ -261,11 +261,11 @@ class KernelProvider:
                 debs = apt.download(spec, packages, version, debs_dir,
                                     progress=self._progress(f"{spec.name}@{version}"))
             for deb in debs:
-                proc = subprocess.run(["dpkg-deb", "-x", str(deb), str(tree)],
-                                      capture_output=True, text=True)
-                if proc.returncode != 0:
-                    raise KernelUnavailable(_unpack_error(spec.name, deb.name, proc.stderr,
-                                                          staging))
+                try:
+                    extract(deb, tree)
+                except ExtractFailed as exc:
+                    raise KernelUnavailable(_unpack_error(spec.name, deb.name, exc.detail,
+                                                          staging)) from None
             release = _normalise_layout(tree)
             _depmod(spec.name, tree, release)
             publish(tree, root, {"name": spec.name, "release": release, "abi": build.abi,
@@ -318,7 +318,11 @@ class KernelProvider:
         """A candidate .deb, a directory of them, or an extracted tree: unpacked into the cache
         (keyed by content) with depmod run, so it boots with its modules."""
         name = str(packages.path)
-        root = self.trees_dir / f"local-{packages.digest()}"
+        try:
+            root = self.trees_dir / f"local-{packages.digest()}"
+        except OSError as exc:  # a file of the tree vanished or is unreadable since the check
+            raise KernelUnavailable(f"{name}: cannot read it ({exc}); give a readable .deb or "
+                                    "extracted kernel tree") from None
         with self._lock(f"tree-{root.name}"):
             hold_in_use(root)
             if root.exists() or root.is_symlink():
@@ -333,6 +337,9 @@ class KernelProvider:
                 try:
                     facts = unpack(packages, tree, self.log)
                     release = _normalise_layout(tree)
+                except ExtractFailed as exc:
+                    raise KernelUnavailable(_unpack_error(name, exc.deb.name, exc.detail,
+                                                          staging)) from None
                 except OSError as exc:
                     raise KernelUnavailable(_unpack_error(name, "the packages", str(exc),
                                                           staging)) from None

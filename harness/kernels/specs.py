@@ -210,6 +210,8 @@ def _check_local_kernel(name: str, path: Path) -> None:
         packages = classify(path)
         if packages is not None:  # Debian packages: one must be a kernel image
             packages.controls()
+            if packages.extracted is not None:
+                packages.digest()  # every image is readable
             return
         image = local_kernel_image(path)
         bzimage_release(image)

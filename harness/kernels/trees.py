@@ -73,6 +73,12 @@ def local_kernel_image(path: Path) -> Path:
 
 def bzimage_release(path: Path) -> str:
     """The release string stored in a bzImage header (what `file` prints as 'version')."""
+    return bzimage_version_string(path).split(" ", 1)[0]
+
+
+def bzimage_version_string(path: Path) -> str:
+    """The whole version string of a bzImage header: release, builder, build number and the
+    kernel's own version (a Debian kernel's ends with its package version and date)."""
     with open(path, "rb") as f:
         head = f.read(0x400)
         if len(head) < 0x210 or head[0x202:0x206] != b"HdrS":
@@ -82,6 +88,6 @@ def bzimage_release(path: Path) -> str:
         offset = int.from_bytes(head[0x20E:0x210], "little") + 0x200
         f.seek(offset)
         raw = f.read(256)
-    return raw.split(b"\0", 1)[0].decode(errors="replace").split(" ", 1)[0]
+    return raw.split(b"\0", 1)[0].decode(errors="replace")
 
 
