@@ -155,8 +155,11 @@ def _kernel(path: Path) -> Entry:
     name = _text(meta, "name") or "?"
     detail = ", ".join(part for part in (abi, suite) if part)
     label = f"{name} {version} ({detail})" + ("" if meta else " [no readable manifest]")
-    flavour = _flavour(abi)
-    return Entry("kernel", path, label, group=f"{series} {flavour}",
+    flavour = _flavour(_text(meta, "abi") or release)  # a local package's directory names none
+    # a local package (--kernel x.deb) is kept apart from the archive's builds of its series:
+    # --keep counts the versions of each path given
+    group = f"local {name}" if meta and meta.get("local") else f"{series} {flavour}"
+    return Entry("kernel", path, label, group=group,
                  newness=(_version_key(version),),
                  order=(series_key, _version_key(version), flavour),
                  builder_lock=(path.parent, f"tree-{path.name}"),  # the kernel provider's key
