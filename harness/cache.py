@@ -207,7 +207,7 @@ def write_manifest(root: Path, meta: Manifest, only: set[str] | None = None) -> 
             if not stat.S_ISREG(st.st_mode) or n == MANIFEST or not wanted:
                 continue
             files[rel] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns,
-                                               "sha256": _sha256(p)}
+                                               "sha256": file_sha256(p)}
     meta = dict(meta, files=files, format=MANIFEST_FORMAT)
     if "release" in meta:  # a kernel tree: its image is checked by hash on every use too
         meta["vmlinuz_sha256"] = files[f"boot/vmlinuz-{meta['release']}"]["sha256"]
@@ -254,7 +254,7 @@ def _file_problem(root: Path, rel: str, recorded: object, full: bool) -> str | N
         return f"{rel} is {st.st_size} bytes, expected {recorded.get('size')}"
     if "mtime_ns" in recorded and st.st_mtime_ns != recorded["mtime_ns"]:
         return f"{rel} was modified after the tree was published"
-    if full and "sha256" in recorded and _sha256(root / rel) != recorded["sha256"]:
+    if full and "sha256" in recorded and file_sha256(root / rel) != recorded["sha256"]:
         return f"{rel} does not match its recorded sha256"
     return None
 
@@ -273,7 +273,7 @@ def check_manifest(root: Path, full: bool = False) -> tuple[Manifest | None, str
     if "vmlinuz_sha256" in meta:  # the image is what gets booted: always hashed (~10 ms)
         vmlinuz = root / "boot" / f"vmlinuz-{meta.get('release')}"
         try:
-            if _sha256(vmlinuz) != meta["vmlinuz_sha256"]:
+            if file_sha256(vmlinuz) != meta["vmlinuz_sha256"]:
                 return None, f"{vmlinuz.name} does not match its recorded sha256"
         except OSError:
             return None, f"boot/{vmlinuz.name} is missing"
@@ -312,7 +312,7 @@ def verify_cache(cache: Path) -> tuple[list[str], list[str]]:
     return damaged, unverifiable
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

@@ -126,7 +126,7 @@ def test_the_manifest_records_each_files_hash_size_and_mtime(tmp_path):
     entry = files["lib/modules/1.0/a.ko"]
     st = (tmp_path / "lib/modules/1.0/a.ko").stat()
     assert entry == {"size": st.st_size, "mtime_ns": st.st_mtime_ns,
-                     "sha256": cache._sha256(tmp_path / "lib/modules/1.0/a.ko")}
+                     "sha256": cache.file_sha256(tmp_path / "lib/modules/1.0/a.ko")}
 
 
 def test_a_file_changed_in_place_is_caught_on_use(tmp_path):
@@ -142,8 +142,8 @@ def test_a_file_changed_in_place_is_caught_on_use(tmp_path):
 def test_use_hashes_only_the_kernel_image_and_verify_hashes_everything(tmp_path, monkeypatch):
     _tree(tmp_path)
     hashed = []
-    real = cache._sha256
-    monkeypatch.setattr(cache, "_sha256", lambda p: (hashed.append(p.name), real(p))[1])
+    real = cache.file_sha256
+    monkeypatch.setattr(cache, "file_sha256", lambda p: (hashed.append(p.name), real(p))[1])
     assert check_manifest(tmp_path)[0]
     assert hashed == ["vmlinuz-1.0"]
     hashed.clear()

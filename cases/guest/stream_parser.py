@@ -41,33 +41,23 @@ def _wait_for(check, wait):
 
 def _read_all(sock, size, wait, quiet):
     """What `sock` reads until `size` bytes came or `wait` passed, then until it is quiet for
-    `quiet` seconds.
-    The socket is made non-blocking: a Python socket with a timeout waits for readiness before
-    it calls recv() at all."""
+    `quiet` seconds. The socket is made non-blocking: a Python socket with a timeout waits for
+    readiness before it calls recv() at all."""
     got, deadline = b"", time.monotonic() + wait
     sock.setblocking(False)
-    while len(got) < size:
-        left = deadline - time.monotonic()
+    while True:
+        # the bytes sent first, within the bound; then whatever comes before a quiet moment (a
+        # kernel that delivers a message twice queues the copies through the backlog work)
+        left = deadline - time.monotonic() if len(got) < size else quiet
         if left <= 0 or not select.select([sock], [], [], left)[0]:
-            break
+            return got
         try:
             data = sock.recv(4096)
         except BlockingIOError:
             continue
         if not data:
-            break
+            return got
         got += data
-    # Then until the socket is quiet for `quiet` seconds: a kernel that delivers a message twice
-    # (5.10) queues the copies through the target's backlog work, later than the first bytes.
-    while select.select([sock], [], [], quiet)[0]:
-        try:
-            data = sock.recv(4096)
-        except BlockingIOError:
-            continue
-        if not data:
-            break
-        got += data
-    return got
 
 
 def parsed(obj, mode, settle):

@@ -275,15 +275,23 @@ def _text(path: Path, where: str, name: str, value: object, required: bool = Tru
     return value
 
 
+def _table(path: Path, where: str, data: object, kind: str,
+           fields: tuple[str, ...]) -> dict[str, object]:
+    """A [[rule]] or [[oob]] table with only the fields it may have."""
+    if not isinstance(data, dict):
+        raise SupportTableError(f"{path}: {where} is not a table; write [[{kind}]]")
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise SupportTableError(f"{path}: {where}: unknown field {unknown[0]!r}; a [[{kind}]] "
+                                f"table has {', '.join(fields)}")
+    return data
+
+
 def _rule(path: Path, index: int, data: object, kinds: tuple[str, ...]) -> Rule:
     where = f"rule {index + 1}"
-    if not isinstance(data, dict):
-        raise SupportTableError(f"{path}: {where} is not a table; write [[rule]]")
-    unknown = sorted(set(data) - set(RULE_FIELDS))
-    if unknown:
-        raise SupportTableError(f"{path}: {where}: unknown field {unknown[0]!r}; a rule has "
-                                f"{', '.join(RULE_FIELDS)}")
-    where = f"rule {_text(path, where, 'id', data.get('id'))}"
+    data = _table(path, where, data, "rule", RULE_FIELDS)
+    rule_id = _text(path, where, "id", data.get("id"))
+    where = f"rule {rule_id}"
     lists = {name: _strings(path, where, name, data.get(name))
              for name in ("source_kinds", "target_kinds", "kinds")}
     for name, listed in lists.items():
@@ -300,7 +308,7 @@ def _rule(path: Path, index: int, data: object, kinds: tuple[str, ...]) -> Rule:
     if (outcome in ("refused", "unavailable")) != isinstance(errno, str):
         raise SupportTableError(f"{path}: {where}: errno = \"...\" is what a refused or "
                                 "unavailable outcome fails with, and only those have one")
-    rule = Rule(id=data["id"], outcome=outcome, source=_text(path, where, "source",
+    rule = Rule(id=rule_id, outcome=outcome, source=_text(path, where, "source",
                                                               data.get("source")),
                 reason=_text(path, where, "reason", data.get("reason"), required=False),
                 program=_one_of(path, where, "program", data.get("program"), PROGRAMS),
@@ -318,12 +326,7 @@ def _rule(path: Path, index: int, data: object, kinds: tuple[str, ...]) -> Rule:
 
 def _oob_rule(path: Path, index: int, data: object, kinds: tuple[str, ...]) -> OobRule:
     where = f"oob rule {index + 1}"
-    if not isinstance(data, dict):
-        raise SupportTableError(f"{path}: {where} is not a table; write [[oob]]")
-    unknown = sorted(set(data) - set(OOB_FIELDS))
-    if unknown:
-        raise SupportTableError(f"{path}: {where}: unknown field {unknown[0]!r}; an oob rule "
-                                f"has {', '.join(OOB_FIELDS)}")
+    data = _table(path, where, data, "oob", OOB_FIELDS)
     program = _one_of(path, where, "program", data.get("program"), PROGRAMS)
     if program is None:
         raise SupportTableError(f"{path}: {where}: needs program = one of {', '.join(PROGRAMS)}")

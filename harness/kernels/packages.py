@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..cache import file_sha256
 from ..errors import KconformError, KernelUnavailable
 from .trees import bzimage_version_string
 
@@ -52,10 +53,10 @@ class LocalPackages:
     def sha256(self) -> dict[str, str]:
         """{package file name: sha256}, or {the kernel image's path in the tree: sha256}."""
         if self.extracted is not None:
-            return {str(image.relative_to(self.extracted)): _file_sha256(image)
+            return {str(image.relative_to(self.extracted)): file_sha256(image)
                     for image in _images(self.extracted)} | {
                         "lib/modules": _listing_sha256(self.extracted)}
-        return {deb.name: _file_sha256(deb) for deb in self.debs}
+        return {deb.name: file_sha256(deb) for deb in self.debs}
 
 
 def classify(path: Path) -> LocalPackages | None:
@@ -154,20 +155,14 @@ def _modules(tree: Path) -> bool:
     return any((tree / d).is_dir() for d in ("lib/modules", "usr/lib/modules"))
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _listing_sha256(tree: Path) -> str:
-    """The module directories' file names and sizes: a changed module makes a new entry, without
-    hashing every module on each run."""
+    """The module directories' file names, sizes and mtimes: a changed module makes a new entry,
+    without hashing every module on each run."""
     h = hashlib.sha256()
     for d in ("lib/modules", "usr/lib/modules"):
         for path in sorted((tree / d).rglob("*")) if (tree / d).is_dir() else []:
             if path.is_file():
-                h.update(f"{path.relative_to(tree)}\0{path.stat().st_size}\n".encode())
+                stat = path.stat()
+                h.update(f"{path.relative_to(tree)}\0{stat.st_size}\0{stat.st_mtime_ns}\n"
+                         .encode())
     return h.hexdigest()
