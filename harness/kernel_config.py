@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import io
 import os
+import subprocess
 import sys
 from collections import defaultdict
 
@@ -77,6 +78,22 @@ def fragment() -> list[tuple[str, str]]:
         tests = sorted(needed[option])
         shown = ", ".join(tests[:3]) + (f" and {len(tests) - 3} more" if len(tests) > 3 else "")
         lines.append((option, f"skipped without it: {shown}"))
+    return lines
+
+
+def fragment_of_a_child() -> list[tuple[str, str]]:
+    """fragment(), collected by a child process: inside a pytest run (--build configures a tree
+    while the run starts) the suite cannot be collected a second time in the same process."""
+    proc = subprocess.run([sys.executable, "-m", "harness.cli", "config"], cwd=REPO_ROOT,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise KconformError(f"./kconform config failed:\n{proc.stderr.strip()[-2000:]}")
+    lines, why = [], ""
+    for line in proc.stdout.splitlines():
+        if line.startswith("# "):
+            why = line[2:]
+        elif line.endswith("=y"):
+            lines.append((line[:-2], why))
     return lines
 
 

@@ -63,7 +63,8 @@ def local_kernel_image(path: Path) -> Path:
     image = path / "arch" / "x86" / "boot" / "bzImage" if path.is_dir() else path
     if path.is_dir() and not image.is_file():
         raise KconformError(f"{path} is a directory but not a built kernel tree (no "
-                            "arch/x86/boot/bzImage): build it (make bzImage), or give the path "
+                            "arch/x86/boot/bzImage): add --build to configure and build it with "
+                            "what the suite needs, build it yourself (make), or give the path "
                             "of a bzImage")
     if not image.is_file():  # reading a FIFO or a device would hang or never end
         raise KconformError(f"{path} is not a regular file; give the path of a bzImage or of a "

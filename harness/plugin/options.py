@@ -26,6 +26,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="kernel to run on: a name from kernels/*.toml, 'all', 'default', 'host', "
                          "or a path to a bzImage or built kernel tree. Repeatable; comma lists "
                          "allowed. Default: the set in kernels/default.txt.")
+    group.addoption("--build", action="store_true",
+                    help="a --kernel path that is a kernel source tree is configured (virtme-ng's "
+                         "minimal config, or its own .config, plus the options ./kconform config "
+                         "prints) and built first; an unchanged tree is not built again")
     group.addoption("--behaviour", action="append", default=[], metavar="ID[,ID...]",
                     help="run only the cases that check these behaviours (the [ID] tables of "
                          "cases/expectations.toml, e.g. U10,E1); the others are deselected, as "
