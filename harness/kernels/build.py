@@ -26,8 +26,8 @@ from pathlib import Path
 
 from ..errors import KconformError
 from ..paths import safe_file_name
+from .packages import BUILD_INFO
 
-BUILD_INFO = "kconform-build.json"  # in a built kernel's directory: where it came from
 # Not put into a --build config: BTF needs pahole and DEBUG_INFO, which make a build far slower;
 # the cases that need it are skipped, naming it.
 LEFT_OUT_OF_BUILDS = ("CONFIG_DEBUG_INFO_BTF",)

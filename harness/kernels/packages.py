@@ -10,6 +10,7 @@ say the kernel is local and unverified, and carry each package's sha256.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -22,6 +23,7 @@ from ..cache import file_sha256
 from ..errors import KconformError, KernelUnavailable
 from .trees import bzimage_version_string
 
+BUILD_INFO = "kconform-build.json"  # what build.py leaves in a kernel it built
 IMAGE_PACKAGES = ("linux-image-", "linux-binary-")  # the 7.x split calls the image linux-binary
 
 
@@ -87,8 +89,13 @@ def unpack(packages: LocalPackages, tree: Path, log: Callable[[str], None]) -> d
             source = packages.extracted / part
             if source.is_dir():  # hard links where it can: a tree of modules is 400 MB
                 shutil.copytree(source, tree / part, symlinks=True, copy_function=_link_or_copy)
-        return {"package_version": debian_version_of(_images(tree)[0]), "packages": [],
-                "sha256": packages.sha256()}
+        facts: dict[str, object] = {"package_version": debian_version_of(_images(tree)[0]),
+                                    "packages": [], "sha256": packages.sha256()}
+        built = packages.extracted / BUILD_INFO  # made here by --build (build.py)
+        if built.is_file():
+            info = json.loads(built.read_text())
+            facts["built_from"] = f"{info.get('source')} ({info.get('identity')})"
+        return facts
     versions: dict[str, str] = {}
     for deb, fields in packages.controls().items():
         versions[fields.get("Package", deb.name)] = fields.get("Version", "")

@@ -346,7 +346,8 @@ class KernelProvider:
                 _depmod(name, tree, release)
                 publish(tree, root, {"name": name, "release": release, "local": True,
                                      "package_version": facts["package_version"] or release,
-                                     "packages": facts["packages"], "sha256": facts["sha256"]})
+                                     "packages": facts["packages"], "sha256": facts["sha256"],
+                                     "built_from": facts.get("built_from")})
             meta, problem = check_manifest(root)
             if not meta:
                 raise KernelUnavailable(f"{name}: freshly unpacked tree is damaged: {problem}")
@@ -357,7 +358,9 @@ class KernelProvider:
         digests = meta.get("sha256")
         shown = "; ".join(f"{file} sha256:{digest}" for file, digest in sorted(digests.items())) \
             if isinstance(digests, dict) else "no digest recorded"
-        tree.suite = f"local, unverified (no archive signature): {shown}"
+        built = meta.get("built_from")
+        tree.suite = f"built here from {built}" if isinstance(built, str) else \
+            f"local, unverified (no archive signature): {shown}"
         return tree
 
     def _host(self) -> KernelTree:
