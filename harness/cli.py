@@ -75,6 +75,13 @@ def suite_compare(rest: list[str]) -> int:
     from .errors import KconformError
     from .kernels import expand_kernel_args, load_specs
     try:  # the names the run gives them (a path becomes absolute), so compare finds them
+        if "--build" in args:  # a source tree is named by its build
+            from .cache import cache_dir
+            from .kernel_config import fragment_of_a_child
+            from .kernels.build import built_kernel_values
+            kernels = built_kernel_values(kernels, cache_dir(),
+                                          lambda: fragment_of_a_child(cache_dir()),
+                                          lambda m: print(f"kconform: {m}", file=sys.stderr))
         specs = load_specs()
         named = [expand_kernel_args([k], specs, cwd=caller_cwd()) for k in kernels]
     except KconformError as exc:

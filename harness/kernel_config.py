@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import io
+import json
 import os
 import subprocess
 import sys
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
 
+from .cache import write_atomic
 from .errors import KconformError
 from .paths import REPO_ROOT
 
@@ -81,9 +85,23 @@ def fragment() -> list[tuple[str, str]]:
     return lines
 
 
-def fragment_of_a_child() -> list[tuple[str, str]]:
-    """fragment(), collected by a child process: inside a pytest run (--build configures a tree
-    while the run starts) the suite cannot be collected a second time in the same process."""
+def fragment_of_a_child(cache: Path) -> list[tuple[str, str]]:
+    """fragment(), collected by a child process (inside a pytest run, as --build is, the suite
+    cannot be collected a second time in the same process) and kept in the cache under a digest
+    of the cases and this file: collecting takes seconds, and a rerun on an unchanged tree
+    should start its boot at once."""
+    h = hashlib.sha256(Path(__file__).read_bytes())
+    for path in sorted((REPO_ROOT / "cases").rglob("*.py")):
+        h.update(path.read_bytes())
+    kept = cache / f"config-fragment-{h.hexdigest()[:16]}.json"
+    if kept.is_file():
+        return [(str(o), str(w)) for o, w in json.loads(kept.read_text())]
+    lines = _child_fragment()
+    write_atomic(kept, json.dumps(lines))
+    return lines
+
+
+def _child_fragment() -> list[tuple[str, str]]:
     proc = subprocess.run([sys.executable, "-m", "harness.cli", "config"], cwd=REPO_ROOT,
                           capture_output=True, text=True)
     if proc.returncode != 0:

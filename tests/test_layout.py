@@ -17,11 +17,13 @@ ALLOWED = {
     "judging": {"errors", "paths", "versions"},
     "reports": {"errors", "paths", "versions", "judging"},
     "plugin": {"errors", "cache", "paths", "versions", "kernels", "machines", "judging",
-               "reports", "bpf"},
+               "reports", "bpf", "kernel_config"},
     # the shared modules at the bottom
     "errors": set(), "paths": set(), "versions": set(),
     "datafiles": {"errors"}, "cache": {"errors", "paths"}, "bpf": {"errors", "cache", "paths"},
     "cache_entries": {"errors", "cache", "paths", "versions"},
+    # the suite's config fragment: it collects the cases in a child process, --build reads it
+    "kernel_config": {"errors", "cache", "paths"},
 }
 
 

@@ -192,6 +192,28 @@ class SourceBuild:
                                 f"{proc.returncode}); its last lines:\n{shown}")
 
 
+def built_kernel_values(values: list[str], cache: Path,
+                        suite_fragment: Callable[[], list[tuple[str, str]]],
+                        log: Callable[[str], None]) -> list[str]:
+    """--kernel values with each kernel source tree replaced by the directory of its build
+    (made now if the tree changed since the last one); paths are the caller's.
+    suite_fragment gives the options to build with (kernel_config, which reads the cases)."""
+    from ..paths import caller_path
+    fragment: list[tuple[str, str]] | None = None
+    out = []
+    for value in values:
+        parts = []
+        for part in value.split(","):
+            path = caller_path(part.strip()).resolve() if part.strip() else None
+            if path is not None and is_source_tree(path):
+                fragment = fragment if fragment is not None else suite_fragment()
+                parts.append(str(SourceBuild(path, cache / "builds", fragment, log).build()))
+            else:
+                parts.append(part)
+        out.append(",".join(parts))
+    return out
+
+
 def _venv_tool(name: str) -> str:
     """A command virtme-ng installs beside this Python (the venv's bin/, which ./kconform puts
     on PATH, but a plain .venv/bin/python run does not)."""

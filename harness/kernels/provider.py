@@ -127,18 +127,20 @@ class KernelProvider:
         with self._lock(f"debian-{spec.name}"):
             return list(self._listing(spec).builds)
 
-    def download_packages(self, name: str, dest: Path) -> list[Path]:
-        """The .debs of a named kernel's current build, into dest: what `apt-get download` of
-        them gives, from the archive kconform reads (signatures checked). A candidate package
-        is tested from such a file."""
+    def download_packages(self, name: str, dest: Path,
+                          packages: list[str] | None = None) -> list[Path]:
+        """The .debs of a named kernel's current build (or other packages of its source at
+        that version, e.g. linux-source-6.1), into dest: what `apt-get download` of them
+        gives, from the archive kconform reads (signatures checked). Candidate packages and
+        source trees are tested from such files."""
         spec = self.specs[name]
         with self._lock(f"debian-{spec.name}"):
             build = self._resolve(spec)
         apt = self._archive(spec)
         with apt.session():
             apt.update(spec)
-            return apt.download(spec, [p.format(abi=build.abi) for p in spec.packages],
-                                build.version, dest)
+            return apt.download(spec, packages or [p.format(abi=build.abi)
+                                                   for p in spec.packages], build.version, dest)
 
     def cached_tree(self, build: ArchiveVersion) -> Path | None:
         root = self.trees_dir / tree_dir_name(build)

@@ -170,7 +170,11 @@ class KconformRun:
         expanded = getattr(config, "workerinput", {}).get(KERNELS_KEY)
         self.pinned: dict[str, str] = dict(getattr(config, "workerinput", {}).get(PINNED_KEY, {}))
         if expanded is None and opt.build:  # the controller builds; workers take its names
-            opt.kernel = self._built_source_trees(opt.kernel)
+            from ..kernel_config import fragment_of_a_child
+            from ..kernels.build import built_kernel_values
+            cache = self.provider.cache
+            opt.kernel = built_kernel_values(opt.kernel, cache,
+                                             lambda: fragment_of_a_child(cache), self._log)
         self.kernel_names = list(expanded) if expanded is not None else expand_kernel_args(
             opt.kernel or ([] if opt.target else ["default"]), self.specs, cwd=caller_cwd(),
             versions=lambda spec: self.provider.versions(spec))
@@ -271,25 +275,6 @@ class KconformRun:
             self._accel = choose_accel(tree.vmlinuz, self._accel_choice, cache=self.provider.cache)
             self._log(f"accelerator: {self._accel.name} ({self._accel.reason})")
         return self._accel
-
-    def _built_source_trees(self, values: list[str]) -> list[str]:
-        """--build: each --kernel value that is a kernel source tree becomes the directory of
-        its build (made now if the tree changed since), before the names are expanded."""
-        from ..kernel_config import fragment_of_a_child
-        from ..kernels.build import SourceBuild, is_source_tree
-        out = []
-        for value in values:
-            parts = []
-            for part in value.split(","):
-                path = caller_path(part.strip()) if part.strip() else None
-                if path is not None and is_source_tree(path.resolve()):
-                    build = SourceBuild(path.resolve(), self.provider.cache / "builds",
-                                        fragment_of_a_child(), self._log)
-                    parts.append(str(build.build()))
-                else:
-                    parts.append(part)
-            out.append(",".join(parts))
-        return out
 
     @property
     def emulated(self) -> bool:
