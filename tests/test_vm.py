@@ -24,7 +24,7 @@ pytestmark = pytest.mark.vm
 def test_suite_passes_on_5_10_and_6_1_with_one_boot_per_kernel(reference_run):
     proc = reference_run
     assert proc.returncode == 0
-    assert re.search(r"\b\d{3} passed\b", proc.stdout) and "failed" not in proc.stdout
+    assert re.search(r"\b\d+ passed\b", proc.stdout) and "failed" not in proc.stdout
     # 5.10 predates unix sockets in sockmap and skb_verdict: the differences are asserted
     assert re.search(rf"^{re.escape(DEADLOCKING_5_10)}: 5\.10\.223-1 \(uname [^)]+\): "
                      r"\d+ expected-difference", proc.stdout, re.M)
