@@ -6,10 +6,9 @@ so a mismatch reads "511 of 512" rather than a diff of hundreds of items.
 import contextlib
 import resource
 import socket
-import time
 
 from harness.agent import libbpf as bpf
-from harness.agent.observe import cookie_in_map, outcome, socket_cookie
+from harness.agent.observe import cookie_in_map, outcome, socket_cookie, wait_until
 from harness.agent.sockets import closing_all, tcp_pair
 
 ENTRIES = 512
@@ -88,9 +87,8 @@ def many_entries(map_type, settle):
             obs["present_after_deleting_half"] = _present(fd, keys)
             for s in socks:
                 s.close()
-            deadline = time.monotonic() + settle
-            while _present(fd, keys) and time.monotonic() < deadline:
-                time.sleep(0.02)  # the close release may be deferred; bounded
+            # the close release may be deferred: bounded
+            wait_until(lambda: not _present(fd, keys), settle)
             obs["present_after_closing_all"] = _present(fd, keys)
             return obs
 
@@ -126,13 +124,8 @@ def one_socket_in_many_maps(obj, map_type, settle):
                                      and cookie_in_map(fd, bpf.u32(0)) == cookie
                                      for fd in member_of)
         sock.close()
-        deadline = time.monotonic() + settle
-        while True:
-            left = _present_in(member_of)
-            if not left or time.monotonic() >= deadline:
-                break
-            time.sleep(0.02)  # the close release may be deferred; bounded
-        obs["maps_holding_it_after_close"] = left
+        wait_until(lambda: not _present_in(member_of), settle)  # a deferred close release
+        obs["maps_holding_it_after_close"] = _present_in(member_of)
         return obs
 
 

@@ -16,6 +16,7 @@ import struct
 import time
 
 from harness.agent import libbpf as bpf
+from harness.agent.observe import wait_until
 from harness.agent.sockets import closing_all, tcp_pair
 
 MAX_CALLS = 8  # as in stream_parser.bpf.c
@@ -28,15 +29,6 @@ def _calls(o, who):
     raw = bpf.map_lookup(o.map_fd("seen"), bpf.u32(who), 4 + 4 * MAX_CALLS)
     count, *lens = struct.unpack(f"<I{MAX_CALLS}I", raw)
     return count, lens[:min(count, MAX_CALLS)]
-
-
-def _wait_for(check, wait):
-    deadline = time.monotonic() + wait
-    while not check():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.005)  # polls a counter the program sets, within the bound
-    return True
 
 
 def _read_all(sock, size, wait, quiet):
@@ -81,8 +73,8 @@ def parsed(obj, mode, settle):
             for i, chunk in enumerate(sends):
                 peer.send(chunk)
                 if i < len(sends) - 1:
-                    obs["parser_saw_the_first_send"] = _wait_for(
-                        lambda: _calls(o, 0)[0] > 0, settle)
+                    obs["parser_saw_the_first_send"] = wait_until(
+                        lambda: _calls(o, 0)[0] > 0, settle, interval=0.005)
             # only a split makes several messages, which a kernel could deliver more than once
             got = _read_all(target, len(sent), settle, settle if mode == "split" else 0)
             runs, lens = _calls(o, 1)

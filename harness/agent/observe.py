@@ -53,15 +53,29 @@ def holds_socket(fd: int, key: bytes, sock: socket.socket) -> bool | str:
         return exc.errno_name
 
 
+def wait_until(check: Callable[[], bool], seconds: float, interval: float = 0.02) -> bool:
+    """Whether `check()` came true within `seconds`: a bounded poll of state the kernel changes
+    asynchronously (a work item, a counter a BPF program sets), ending as soon as it does."""
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+    return True
+
+
 def lookup_within(fd: int, key: bytes, seconds: float = 2.0) -> str:
     """Lookup result once the entry is gone, or "OK" if it is still there after `seconds`.
 
     Entries leave asynchronously after close() (the socket is released from a work item on
     some kernels), so a single lookup right after close() would blame the kernel too early.
     """
-    deadline = time.monotonic() + seconds
-    while True:
+    state = "OK"
+
+    def gone() -> bool:
+        nonlocal state
         state = outcome(bpf.map_lookup, fd, key, 8)
-        if state != "OK" or time.monotonic() >= deadline:
-            return state
-        time.sleep(0.02)
+        return state != "OK"
+
+    wait_until(gone, seconds)
+    return state

@@ -89,12 +89,12 @@ class Matrix:
              observed: dict[str, object]) -> dict[str, object]:
         """What the reports' support table shows of one judged combination."""
         combo = self.table.combination(self.program, self.direction, variant)
+        rule = self.table.rule_for(combo, version)
         return {"map": combo.map, "program": combo.program, "direction": combo.direction,
                 "source": combo.source, "target": combo.target,
                 "outcome": support_table.observed_outcome(observed, self.program,
                                                           self.direction),
-                "expected": self.table.rule_for(combo, version).outcome,
-                "rule": self.table.rule_for(combo, version).id}
+                "expected": rule.outcome, "rule": rule.id}
 
     def check(self) -> None:
         """Every combination has an outcome at every kernel where a rule changes."""
