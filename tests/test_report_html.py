@@ -67,6 +67,17 @@ def page(tmp_path_factory):
     return out / results.REPORT_HTML
 
 
+def measured(chromium, html, tmp_path, width):
+    """What MEASURE reports of a page rendered by a real browser at that width."""
+    probe = tmp_path / "probe.html"
+    probe.write_text(html.replace("</body>", MEASURE + "</body>"))
+    proc = headless(chromium, tmp_path, "--dump-dom", probe.as_uri(), width=width)
+    match = re.search(r'<pre id="kc-measure">(.*?)</pre>', proc.stdout, re.S)
+    assert match, f"the browser rendered nothing: {proc.stderr[-2000:]}"
+    return json.loads(match.group(1).replace("&lt;", "<").replace("&gt;", ">")
+                      .replace("&amp;", "&"))
+
+
 def headless(chromium, tmp_path, *args, width=1280, height=2000):
     profile = tmp_path / f"profile-{width}"
     cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
@@ -86,12 +97,7 @@ def contrast(fg: str, bg: str) -> float:
 
 @pytest.mark.parametrize("width", [1280, 800])
 def test_the_page_is_readable_in_a_real_browser(chromium, page, tmp_path, width):
-    probe = tmp_path / "probe.html"
-    probe.write_text(page.read_text().replace("</body>", MEASURE + "</body>"))
-    proc = headless(chromium, tmp_path, "--dump-dom", probe.as_uri(), width=width)
-    match = re.search(r'<pre id="kc-measure">(.*?)</pre>', proc.stdout, re.S)
-    assert match, f"the browser rendered nothing: {proc.stderr[-2000:]}"
-    m = json.loads(match.group(1).replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&"))
+    m = measured(chromium, page.read_text(), tmp_path, width)
     assert m["pageWidth"] <= m["viewport"], "the page is wider than the window"
     assert m["clipped"] == []
     assert m["headers"][:4] == ["behaviour", "debian-5.10", "debian-7.2", "changed at"]

@@ -8,7 +8,6 @@ from __future__ import annotations
 import copy
 import gzip
 import json
-import re
 from html.parser import HTMLParser
 
 import pytest
@@ -18,7 +17,7 @@ from harness.judging.verdicts import Verdict
 from harness.reports import compare, grid, results, support
 from tests.conftest import REPO
 from tests.test_report import BOTH, kconform
-from tests.test_report_html import MEASURE, chromium, contrast, headless  # noqa: F401
+from tests.test_report_html import chromium, contrast, measured  # noqa: F401
 from tests.test_report_markdown import decode_row
 
 SAVED = REPO / "tests" / "data" / "matrix" / "redirect-matrix.json.gz"
@@ -255,13 +254,7 @@ def test_a_run_without_matrix_cases_has_no_support_section():
 def test_the_support_tables_are_readable_in_a_real_browser(chromium, saved_data,  # noqa: F811
                                                            tmp_path, width):
     res = results.Results.from_json(saved_data)
-    page = grid.html_page(res)
-    probe = tmp_path / "probe.html"
-    probe.write_text(page.replace("</body>", MEASURE + "</body>"))
-    proc = headless(chromium, tmp_path, "--dump-dom", probe.as_uri(), width=width)
-    match = re.search(r'<pre id="kc-measure">(.*?)</pre>', proc.stdout, re.S)
-    assert match, f"the browser rendered nothing: {proc.stderr[-2000:]}"
-    m = json.loads(match.group(1).replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&"))
+    m = measured(chromium, grid.html_page(res), tmp_path, width)
     assert m["pageWidth"] <= m["viewport"], "the page is wider than the window"
     assert m["clipped"] == []
     assert [t for t in m["texts"] if t["size"] < 12] == []
