@@ -28,13 +28,16 @@ RESERVED_KERNEL_NAMES = ("all", "default", "host")
 DEBIAN_SUITE = re.compile(r"[a-z0-9][a-z0-9.+-]*")
 DEBIAN_PACKAGE = re.compile(r"[a-z0-9][a-z0-9.+-]+")
 SERIES = re.compile(r"\d+\.\d+")
-FLAVOUR = re.compile(r"(?:[a-z][a-z0-9]*-)*amd64")
+# A flavour ends with its Debian architecture: amd64, rt-amd64, arm64, cloud-arm64.
+ARCHITECTURES = ("amd64", "arm64")
+FLAVOUR = re.compile(r"(?:[a-z][a-z0-9]*-)*(?:amd64|arm64)")
 SPEC_FIELDS = {
     "series": 'the kernel series as a quoted string, e.g. series = "6.1" (leave it out for a '
               'kernel that follows the newest of its suites, as the RC does)',
     "suites": 'a list of every Debian suite a system of that release pulls kernels from, e.g. '
               'suites = ["bookworm", "bookworm-updates", "bookworm-security"]',
-    "flavour": 'the kernel flavour, the end of its ABI, e.g. flavour = "rt-amd64" (default amd64)',
+    "flavour": 'the kernel flavour, the end of its ABI, which ends with its architecture, e.g. '
+               'flavour = "rt-amd64" or flavour = "arm64" (default amd64)',
     "meta": 'the metapackage a system of this flavour installs, e.g. meta = "linux-image-amd64"',
     "packages": 'a list of package templates with {abi}, e.g. packages = '
                 '["linux-image-{abi}-unsigned"]',
@@ -55,6 +58,11 @@ class KernelSpec:
     packages: tuple[str, ...]        # templates with {abi}; the first is the image
     description: str = ""
     flavour: str = "amd64"           # the ABI's last part: amd64, rt-amd64, cloud-amd64
+
+    @property
+    def arch(self) -> str:
+        """The Debian architecture the kernel is built for: the flavour's last part."""
+        return self.flavour.rsplit("-", 1)[-1]
 
     @property
     def series_key(self) -> tuple[int, ...]:
@@ -102,7 +110,7 @@ def parse_spec(path: Path, text: str) -> KernelSpec:
     data = read_table(path, text, fields=SPEC_FIELDS, required=REQUIRED_SPEC_FIELDS,
                       kind="a kernel definition", example='suites = ["bookworm"]')
     flavour = _spec_string(path, data, "flavour", FLAVOUR, "a flavour like \"amd64\" or "
-                           "\"rt-amd64\"", default="amd64")
+                           "\"rt-amd64\" or \"arm64\"", default="amd64")
     return KernelSpec(
         name=name,
         series=_spec_string(path, data, "series", SERIES, "a series like \"6.1\"", default=""),

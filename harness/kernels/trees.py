@@ -21,6 +21,7 @@ class KernelTree:
     run_target: Path | None = None    # what `vng -r` is given; defaults to vmlinuz
     target: str | None = None         # ssh://user@host:port of a machine running this kernel
     suite: str | None = None          # the Debian suite the package came from
+    arch: str = "amd64"               # Debian architecture: amd64 or arm64
     _config: dict[str, str] | None = field(default=None, repr=False)
 
     @property
