@@ -18,6 +18,7 @@ from harness.kernels import (
     load_specs,
 )
 from harness.kernels.apt import ArchiveVersion, system_debian_mirror
+from harness.kernels.specs import parse_arches
 from harness.kernels.trees import parse_kconfig
 from harness.versions import RELEASE
 from harness.versions import upstream_version as parse_upstream_version
@@ -27,8 +28,10 @@ BUILD = ArchiveVersion("1.0-1", "1.0", "bookworm")  # what a fake archive lists
 
 def test_every_named_kernel_is_defined_and_ordered_by_series():
     specs = load_specs()
-    assert list(specs) == ["debian-5.10", "debian-6.1", "debian-6.12", "debian-6.12-cloud",
-                           "debian-6.12-rt", "debian-7.2", "debian-7.3", "debian-rc"]
+    assert list(specs) == ["debian-5.10", "debian-5.10-arm64", "debian-6.1", "debian-6.1-arm64",
+                           "debian-6.12", "debian-6.12-arm64", "debian-6.12-cloud",
+                           "debian-6.12-rt", "debian-7.2", "debian-7.2-arm64", "debian-7.3",
+                           "debian-7.3-arm64", "debian-rc"]
     for name in default_kernel_names():
         assert name in specs
 
@@ -37,7 +40,46 @@ def test_kernel_args_accept_comma_lists_repeats_and_all():
     specs = load_specs()
     assert expand_kernel_args(["debian-6.1,debian-5.10", "debian-6.1"], specs) == \
         ["debian-6.1", "debian-5.10"]
-    assert expand_kernel_args(["all"], specs) == list(specs)
+    # 'all' is every amd64 kernel: arm64 ones run emulated on a root of their own, so a run
+    # asks for them (--arch) rather than getting them by default
+    assert expand_kernel_args(["all"], specs) == [n for n in specs if not n.endswith("-arm64")]
+
+
+def test_arch_runs_each_named_kernel_once_per_architecture():
+    specs = load_specs()
+    both = ("amd64", "arm64")
+    assert expand_kernel_args(["debian-6.12"], specs, arches=both) == \
+        ["debian-6.12", "debian-6.12-arm64"]
+    assert expand_kernel_args(["default"], specs, arches=("arm64",)) == \
+        ["debian-5.10-arm64", "debian-6.1-arm64"]
+    # a pinned version keeps its version: Debian builds every architecture from one source
+    assert expand_kernel_args(["debian-6.1@6.1.190-1"], specs, arches=both) == \
+        ["debian-6.1@6.1.190-1", "debian-6.1-arm64@6.1.190-1"]
+    # an arm64 name asked for amd64 is its amd64 sibling
+    assert expand_kernel_args(["debian-7.3-arm64"], specs, arches=("amd64",)) == ["debian-7.3"]
+    assert [specs[n].arch for n in expand_kernel_args(["all"], specs, arches=("arm64",))] == \
+        ["arm64"] * 5
+
+
+def test_a_kernel_with_no_definition_for_an_architecture_is_a_usage_error():
+    with pytest.raises(KconformError, match=r"--arch arm64: debian-6.12-rt has no arm64 "
+                                            r"definition .* flavour 'rt-arm64'"):
+        expand_kernel_args(["debian-6.12-rt"], load_specs(), arches=("arm64",))
+
+
+@pytest.mark.parametrize("value", ["x86_64", "amd64,", "arm"])
+def test_an_unknown_architecture_is_refused_with_the_known_ones(value):
+    with pytest.raises(KconformError, match="give amd64 or arm64, or both"):
+        parse_arches(value)
+
+
+def test_an_arm64_definition_fetches_arm64_packages(tmp_path):
+    specs = load_specs()
+    arm64 = specs["debian-6.12-arm64"]
+    assert (arm64.arch, arm64.flavour, arm64.series) == ("arm64", "arm64", "6.12")
+    apt = AptArchive(tmp_path / "apt", "http://deb.debian.org/debian")
+    assert "APT::Architecture=arm64" in apt.options(arm64)
+    assert "APT::Architecture=amd64" in apt.options(specs["debian-6.12"])
 
 
 def test_unknown_kernel_name_lists_the_known_ones():

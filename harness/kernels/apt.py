@@ -285,7 +285,11 @@ class AptArchive:
 
     def options(self, spec: KernelSpec) -> list[str]:
         """The -o options of one spec's apt runs (the rest is in config_file)."""
-        opts: dict[str, object] = {"Dir::Etc::sourcelist": self.sources_file(spec)}
+        # The architecture is the spec's, per run: amd64 and arm64 share the lists directory
+        # (their Packages files are apart) and this configuration file.
+        opts: dict[str, object] = {"Dir::Etc::sourcelist": self.sources_file(spec),
+                                   "APT::Architecture": spec.arch,
+                                   "APT::Architectures": spec.arch}
         if self.max_age:  # per run, not in the shared configuration file another run rewrites
             opts["Acquire::Min-ValidTime"] = self.max_age
         if self._work:

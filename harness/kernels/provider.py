@@ -38,7 +38,7 @@ from .apt import (
 )
 from .packages import ExtractFailed, LocalPackages, classify, extract, unpack
 from .selectors import split_pinned, unknown_version_message
-from .specs import KernelSpec, _looks_like_path, load_specs
+from .specs import ARCHITECTURES, KernelSpec, _looks_like_path, load_specs
 from .trees import KernelTree, bzimage_release, local_kernel_image
 
 LISTS_MAX_AGE = 12 * 3600  # how long a resolution is trusted before apt asks the archive again
@@ -275,7 +275,7 @@ class KernelProvider:
                                  "suites": list(spec.suites), "suite": build.suite,
                                  "series": spec.series or ".".join(
                                      map(str, upstream_version(release)[:2])),
-                                 "flavour": spec.flavour,
+                                 "flavour": spec.flavour, "arch": spec.arch,
                                  "archive_max_age": apt.max_age})
         except OSError as exc:
             raise KernelUnavailable(_unpack_error(spec.name, "the kernel packages", str(exc),
@@ -298,7 +298,8 @@ class KernelProvider:
         return KernelTree(name=name, vmlinuz=root / "boot" / f"vmlinuz-{release}", release=release,
                           package_version=version, root=root,
                           config_path=root / "boot" / f"config-{release}",
-                          suite=suite if isinstance(suite, str) and suite else None)
+                          suite=suite if isinstance(suite, str) and suite else None,
+                          arch=tree_arch(meta, release))
 
     def _lock(self, key: str) -> AbstractContextManager[None]:
         return cache_lock(self.trees_dir, key)
@@ -410,3 +411,12 @@ def _unpack_error(name: str, what: str, detail: str, staging: Path) -> str:
         return (f"{name}: no space left on the device while unpacking {what} into "
                 f"{staging.parent}: free some space, or point KCONFORM_CACHE at a larger disk")
     return f"{name}: unpacking {what} failed: {detail.strip()[-800:]}"
+
+
+def tree_arch(meta: Manifest, release: str) -> str:
+    """A cached tree's architecture: its manifest's, or (a tree fetched before manifests said)
+    the end of its release, as Debian names flavours (6.12.118+deb13-arm64)."""
+    arch = meta.get("arch")
+    if isinstance(arch, str) and arch in ARCHITECTURES:
+        return arch
+    return "arm64" if release.endswith("-arm64") else "amd64"

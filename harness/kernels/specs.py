@@ -155,13 +155,51 @@ def default_kernel_names(directory: Path = KERNELS_DIR,
     return names
 
 
+def parse_arches(value: str) -> tuple[str, ...]:
+    """An --arch value: architectures, comma-separated, e.g. 'amd64,arm64'."""
+    arches = tuple(a.strip() for a in value.split(","))
+    for arch in arches:
+        if arch not in ARCHITECTURES:
+            raise KconformError(f"--arch {value!r}: {arch!r} is not an architecture kconform "
+                                f"boots; give {' or '.join(ARCHITECTURES)}, or both: "
+                                "--arch amd64,arm64")
+    return tuple(dict.fromkeys(arches))
+
+
+def sibling(spec: KernelSpec, arch: str, specs: dict[str, KernelSpec]) -> KernelSpec:
+    """The definition of the same kernel for another architecture: same series, suites and
+    flavour, but for its last part (debian-6.12 -> debian-6.12-arm64)."""
+    if spec.arch == arch:
+        return spec
+    flavour = spec.flavour[:-len(spec.arch)] + arch
+    for other in specs.values():
+        if (other.flavour, other.series, other.suites) == (flavour, spec.series, spec.suites):
+            return other
+    raise KconformError(f"--arch {arch}: {spec.name} has no {arch} definition (no kernels/*.toml "
+                        f"with its suites, series {spec.series or 'none'} and flavour "
+                        f"{flavour!r}); add one, or leave {spec.name} or {arch} out")
+
+
+def _for_arches(name: str, specs: dict[str, KernelSpec],
+                arches: tuple[str, ...] | None) -> list[str]:
+    """A named kernel (or NAME@version) for each of the run's architectures; a path or the
+    host is its own architecture."""
+    base, at, version = name.partition("@")
+    if arches is None or base not in specs:
+        return [name]
+    return [sibling(specs[base], arch, specs).name + at + version for arch in arches]
+
+
 def expand_kernel_args(values: list[str], specs: dict[str, KernelSpec],
                        cwd: Path | None = None,
-                       versions: VersionLister | None = None) -> list[str]:
+                       versions: VersionLister | None = None,
+                       arches: tuple[str, ...] | None = None) -> list[str]:
     """--kernel values (repeatable, comma lists, 'all', 'default', versions as selectors.py
     reads them) to an ordered list of names. A path is taken from `cwd` (where the user typed
     it) and becomes absolute. `versions` lists a spec's builds (default: the archive's, through
-    a KernelProvider); it is asked only for a value that names versions."""
+    a KernelProvider); it is asked only for a value that names versions. `arches` (--arch): each
+    named kernel runs once per architecture, as the definition of that architecture; 'all' is
+    every kernel of those architectures (without --arch: every amd64 kernel)."""
     from .selectors import expand_versions, is_selector  # selectors reads specs: no cycle
     names: list[str] = []
     for value in values:
@@ -176,7 +214,7 @@ def expand_kernel_args(values: list[str], specs: dict[str, KernelSpec],
                                     "write names separated by single commas, e.g. "
                                     "--kernel debian-5.10,debian-6.1")
             if part == "all":
-                expanded = list(specs)
+                expanded = [n for n, spec in specs.items() if spec.arch in (arches or ("amd64",))]
             elif part == "default":
                 expanded = default_kernel_names(specs=specs)
             elif part in specs or part == "host":
@@ -188,7 +226,7 @@ def expand_kernel_args(values: list[str], specs: dict[str, KernelSpec],
                 expanded = expand_versions(part, specs, versions)
             else:
                 expanded = [_kernel_path(part, specs, cwd)]
-            for name in expanded:
+            for name in (each for named in expanded for each in _for_arches(named, specs, arches)):
                 if name not in names:
                     names.append(name)
     return names
