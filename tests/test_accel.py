@@ -25,7 +25,7 @@ def _stand_in_qemu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, script: str)
                     'for a in "$@"; do case "$a" in file,id=serial,path=*) '
                     'serial="${a#file,id=serial,path=}";; esac; done\n' + script)
     qemu.chmod(qemu.stat().st_mode | stat.S_IXUSR)
-    monkeypatch.setattr(accel, "QEMU", str(qemu))
+    monkeypatch.setitem(accel.QEMU_BY_ARCH, "amd64", str(qemu))
     kernel = tmp_path / "vmlinuz"
     kernel.write_bytes(b"\0" * 4096)
     return kernel
@@ -55,3 +55,26 @@ def test_probe_says_no_when_qemu_cannot_start_the_kernel(tmp_path):
     works, why = probe_boot(not_a_kernel, "tcg", "qemu64", timeout=30)
     assert (works, why) == (False, "QEMU with tcg exited 1: qemu: invalid kernel header")
 
+
+
+def test_a_guest_of_another_architecture_is_emulated_without_a_probe(tmp_path, monkeypatch):
+    # KVM runs only the host's own architecture; a probe of it would only cost a boot.
+    monkeypatch.setattr(accel, "host_arch", lambda: "amd64")
+    monkeypatch.setattr(accel, "require_qemu", lambda arch="amd64": "qemu")
+    monkeypatch.setattr(accel, "_kvm_works", lambda *a: pytest.fail("probed KVM"))
+    chosen = accel.choose_accel(tmp_path / "vmlinuz", "auto", arch="arm64")
+    assert (chosen.name, chosen.cpu, chosen.arch) == ("tcg", "cortex-a57", "arm64")
+    assert "KVM runs only the host's architecture" in chosen.reason
+    with pytest.raises(accel.KconformError, match="--accel kvm: an arm64 guest on an amd64 host"):
+        accel.choose_accel(tmp_path / "vmlinuz", "kvm", arch="arm64")
+
+
+def test_the_probe_memo_is_per_architecture(tmp_path):
+    amd64, arm64 = accel.memo_path(tmp_path), accel.memo_path(tmp_path, "arm64")
+    assert amd64 is not None and arm64 is not None and amd64 != arm64
+    assert arm64.name.endswith("-arm64.json")
+
+
+def test_an_unknown_guest_architecture_is_refused():
+    with pytest.raises(accel.KconformError, match="no QEMU known for riscv64 guests"):
+        accel.require_qemu("riscv64")

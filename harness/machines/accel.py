@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -22,7 +23,15 @@ from pathlib import Path
 from ..cache import read_regular_file, write_atomic
 from ..errors import KconformError
 
-QEMU = "qemu-system-x86_64"
+# Each guest architecture's QEMU, its Debian package, and the console its kernels print to.
+QEMU_BY_ARCH = {"amd64": "qemu-system-x86_64", "arm64": "qemu-system-aarch64"}
+QEMU_PACKAGE = {"amd64": "qemu-system-x86", "arm64": "qemu-system-arm"}
+PROBE_MACHINE = {"amd64": ("-M", "pc", "console=ttyS0"), "arm64": ("-M", "virt", "console=ttyAMA0")}
+# The -cpu model TCG runs fastest with, per architecture, measured (./kconform bench, "cpu
+# models"): qemu64 for amd64 (`-cpu max` is far slower); for arm64 the Cortex-A57 virtme-ng picks
+# itself, level with the A53, A72 and Neoverse-N1 to the root-mount panic, while `max` (pointer
+# authentication emulated in full) took about 3x as long.
+TCG_CPU = {"amd64": "qemu64", "arm64": "cortex-a57"}
 # A kernel reaches its root-mount panic in 1-3 s under working KVM (6 s even under TCG).
 PROBE_SECONDS = 20.0
 REACHED_ROOT_MOUNT = ("VFS: Unable to mount root fs", "Kernel panic - not syncing")
@@ -33,40 +42,57 @@ class Accel:
     name: str     # "kvm" or "tcg"
     cpu: str      # QEMU -cpu model
     reason: str   # why this one, for the log and the reports
+    arch: str = "amd64"  # the guests' architecture
 
 
-def require_qemu() -> str:
-    path = shutil.which(QEMU)
+def host_arch() -> str:
+    """The host's Debian architecture (amd64, arm64, or what uname says for others)."""
+    machine = platform.machine()
+    return {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
+
+
+def require_qemu(arch: str = "amd64") -> str:
+    qemu = QEMU_BY_ARCH.get(arch)
+    if qemu is None:
+        raise KconformError(f"no QEMU known for {arch} guests; kconform boots "
+                            f"{', '.join(QEMU_BY_ARCH)} kernels")
+    path = shutil.which(qemu)
     if not path:
-        raise KconformError(f"{QEMU} not found: install it (Debian/Ubuntu: apt-get install "
-                            "qemu-system-x86), or run ./kconform, which installs it")
+        raise KconformError(f"{qemu} not found: install it (Debian/Ubuntu: apt-get install "
+                            f"{QEMU_PACKAGE[arch]}), or run ./kconform, which installs it")
     return path
 
 
-def choose_accel(kernel: Path, requested: str = "auto", cache: Path | None = None) -> Accel:
-    """kernel: a bzImage to probe KVM with (the first kernel the run boots)."""
-    require_qemu()
-    # qemu64 because `-cpu max` makes TCG crawl; a guest needs nothing beyond the baseline.
-    tcg = "tcg", "qemu64"
+def choose_accel(kernel: Path, requested: str = "auto", cache: Path | None = None,
+                 arch: str = "amd64") -> Accel:
+    """kernel: an image to probe KVM with (the first kernel of this architecture the run
+    boots). KVM runs only the host's own architecture: another is emulated, unprobed."""
+    require_qemu(arch)
+    tcg = "tcg", TCG_CPU[arch]
     if requested == "tcg":
-        return Accel(*tcg, reason="--accel tcg")
-    works, why = _kvm_works(kernel, cache)
+        return Accel(*tcg, reason="--accel tcg", arch=arch)
+    if arch != host_arch():
+        why = f"an {arch} guest on an {host_arch()} host: KVM runs only the host's architecture"
+        if requested == "kvm":
+            raise KconformError(f"--accel kvm: {why}; use --accel auto or tcg for {arch} kernels")
+        return Accel(*tcg, reason=f"emulated: {why}", arch=arch)
+    works, why = _kvm_works(kernel, cache, arch)
     if works:
-        return Accel("kvm", "host", reason=why)
+        return Accel("kvm", "host", reason=why, arch=arch)
     if requested == "kvm":
         raise KconformError(f"--accel kvm: KVM does not work here ({why}); use --accel auto or tcg")
-    return Accel(*tcg, reason=f"KVM unusable: {why}")
+    return Accel(*tcg, reason=f"KVM unusable: {why}", arch=arch)
 
 
-def _kvm_works(kernel: Path, cache: Path | None) -> tuple[bool, str]:
+def _kvm_works(kernel: Path, cache: Path | None, arch: str = "amd64") -> tuple[bool, str]:
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return False, "/dev/kvm is missing or not accessible"
-    memo = memo_path(cache) if cache else None
+    memo = memo_path(cache, arch) if cache else None
     if memo:
         cached = read_memo(memo)
         if cached:
             return cached[0], cached[1] + " (cached probe)"
-    works, why = probe_kvm(kernel)
+    works, why = probe_kvm(kernel, arch=arch)
     if memo:
         # One rename: a concurrent run reads the old memo or this one, never half of it; a
         # cache that cannot be written only costs the next run a probe.
@@ -75,14 +101,15 @@ def _kvm_works(kernel: Path, cache: Path | None) -> tuple[bool, str]:
     return works, why
 
 
-def memo_path(cache: Path) -> Path | None:
+def memo_path(cache: Path, arch: str = "amd64") -> Path | None:
     """The probe's answer for this host boot (None when the boot id cannot be read)."""
     try:
         boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError:
         return None
     # "kernel-probe": answers of the older SeaBIOS probe, which said yes wrongly, are not reused
-    return cache / f"kvm-kernel-probe-{boot_id}.json"
+    suffix = "" if arch == "amd64" else f"-{arch}"  # amd64's memo keeps its name
+    return cache / f"kvm-kernel-probe-{boot_id}{suffix}.json"
 
 
 def read_memo(memo: Path) -> tuple[bool, str] | None:
@@ -98,17 +125,20 @@ def read_memo(memo: Path) -> tuple[bool, str] | None:
     return data["works"], data["why"]
 
 
-def probe_kvm(kernel: Path, timeout: float = PROBE_SECONDS) -> tuple[bool, str]:
-    return probe_boot(kernel, "kvm", "host", timeout)
+def probe_kvm(kernel: Path, timeout: float = PROBE_SECONDS,
+              arch: str = "amd64") -> tuple[bool, str]:
+    return probe_boot(kernel, "kvm", "host", timeout, arch)
 
 
-def probe_boot(kernel: Path, accel: str, cpu: str, timeout: float) -> tuple[bool, str]:
+def probe_boot(kernel: Path, accel: str, cpu: str, timeout: float,
+               arch: str = "amd64") -> tuple[bool, str]:
     """Boot `kernel` with no root device and wait for its root-mount panic."""
+    machine_option, machine, console = PROBE_MACHINE[arch]
     with tempfile.TemporaryDirectory(prefix="kconform-probe-") as tmp:
         serial = Path(tmp) / "serial.txt"
-        cmd = [QEMU, "-accel", accel, "-cpu", cpu, "-m", "256", "-nodefaults",
-               "-display", "none", "-no-reboot", "-kernel", str(kernel),
-               "-append", "console=ttyS0 panic=-1 root=/dev/kconform-no-root loglevel=3",
+        cmd = [QEMU_BY_ARCH[arch], machine_option, machine, "-accel", accel, "-cpu", cpu,
+               "-m", "256", "-nodefaults", "-display", "none", "-no-reboot", "-kernel", str(kernel),
+               "-append", f"{console} panic=-1 root=/dev/kconform-no-root loglevel=3",
                "-chardev", f"file,id=serial,path={serial}", "-serial", "chardev:serial"]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + timeout
