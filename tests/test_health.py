@@ -45,6 +45,16 @@ def test_panic_log_gives_a_fingerprint_of_the_first_frames():
         "sysrq_handle_crash|__handle_sysrq|write_sysrq_trigger|proc_reg_write"
 
 
+def test_an_arm64_panic_gives_a_fingerprint_past_its_return_address_after_vpanic():
+    # A real arm64 console (Debian 6.12.118-1, no root): arm64 prints "Call trace:", no "?"
+    # guesses, and the frame after vpanic is "trace_suspend_resume+0x0/0x70", the symbol that
+    # follows vpanic in the image (a noreturn call's return address), not a caller.
+    lines = (DATA / "panic-6.12-arm64-no-root.log").read_text().splitlines()
+    assert crash_fingerprint(lines) == \
+        "mount_root_generic|mount_root|prepare_namespace|kernel_init_freeable"
+    assert {f.kind for f in HealthRules().check_lines(lines)} == {"Call Trace", "panic"}
+
+
 def test_known_crashes_are_data_with_reasons_matched_by_their_first_frames(tmp_path):
     from harness.judging.health import KnownCrashes
     path = tmp_path / "known.toml"
