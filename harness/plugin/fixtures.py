@@ -75,6 +75,11 @@ class CaseGuest:
         self.item.user_properties.append(("guest_seconds", round(self.guest_seconds, 4)))
         return result.result
 
+    @property
+    def arch(self) -> str:
+        """The Debian architecture of this guest's kernel: what its BPF objects are built for."""
+        return self.run.pool.tree(self.kernel).arch  # resolved before the guest fixture made us
+
     def bounded_wait(self, seconds: float) -> float:
         """A wait in the guest that is enough on hardware, scaled for emulation: TCG runs a
         guest's softirqs and work queues several times slower."""
@@ -167,20 +172,27 @@ def _skip_without_config(item: pytest.Item, kernel: str, tree: KernelTree) -> No
                     f"(read from {tree.config_path})")
 
 
-@pytest.fixture(scope="session")
-def bpf_object(request: pytest.FixtureRequest) -> Callable[[str], Path]:
+# The BPF objects this process built, by (program, architecture): each is looked up once per run,
+# whichever kernel's tests ask for it.
+BPF_OBJECTS_KEY = pytest.StashKey[dict[tuple[str, str], Path]]()
+
+
+@pytest.fixture
+def bpf_object(request: pytest.FixtureRequest, guest: CaseGuest) -> Callable[[str], Path]:
     """bpf_object("sockmap_progs") -> host path of cases/bpf/sockmap_progs.bpf.c built (and
-    cached). Given to guest.call() as a Path, it reaches the guest as the path it is seen at."""
+    cached) for the architecture of the test's kernel. Given to guest.call() as a Path, it
+    reaches the guest as the path it is seen at."""
     from ..bpf import BpfBuildError, build
-    built: dict[str, Path] = {}
+    built = request.config.stash.setdefault(BPF_OBJECTS_KEY, {})
 
     def get(name: str) -> Path:
-        if name not in built:
+        key = (name, guest.arch)
+        if key not in built:
             try:
-                built[name] = build(name)
+                built[key] = build(name, arch=guest.arch)
             except BpfBuildError as exc:
                 raise pytest.fail.Exception(str(exc), pytrace=False) from None
-        return built[name]
+        return built[key]
 
     return get
 

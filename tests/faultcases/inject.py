@@ -39,7 +39,7 @@ def test_2_qemu_killed(guest):
 
 
 def test_2_verifier_rejects(guest):
-    rejected = build("rejected", source_dir=Path(__file__).parent.parent / "bpf")
+    rejected = build("rejected", source_dir=Path(__file__).parent.parent / "bpf", arch=guest.arch)
     guest.call("tests.guest.faults:load_rejected", obj=rejected)
 
 
