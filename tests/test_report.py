@@ -40,6 +40,7 @@ class GridCells(HTMLParser):
     def __init__(self, text):
         super().__init__()
         self.cells, self.totals, self.changed, self.row, self.kernel_row = {}, {}, {}, None, None
+        self.arch, self.jit, self.columns = {}, {}, {}
         self.text = []
         self.feed(text)
 
@@ -51,14 +52,27 @@ class GridCells(HTMLParser):
             self.kernel_row = a["data-kernel"]
         if tag == "td" and "data-kernel" in a and self.row:
             self.cells[(self.row, a["data-kernel"])] = a["data-verdict"]
+        if tag == "td" and "data-arch" in a:
+            self.arch[self.kernel_row] = a["data-arch"]
+        if tag == "td" and "data-jit" in a:
+            self.jit[self.kernel_row] = a["data-jit"]
+        if tag == "th" and "data-kernel" in a:  # a grid's column header
+            self._column = a["data-kernel"]
+            self.columns.setdefault(self._column, [])
         if tag == "td" and "data-changed" in a:
             self.changed[self.row] = a["data-changed"]
         if tag == "td" and "data-verdict" in a and "n" in a.get("class", "").split():
             self.totals.setdefault(self.kernel_row, {})[a["data-verdict"]] = None
             self._total = (self.kernel_row, a["data-verdict"])
 
+    def handle_endtag(self, tag):
+        if tag == "th":
+            self._column = None
+
     def handle_data(self, data):
         self.text.append(data)
+        if getattr(self, "_column", None) and data.strip():
+            self.columns[self._column].append(data.strip())
         if getattr(self, "_total", None):
             kernel, verdict = self._total
             self.totals[kernel][verdict] = int(data)
@@ -83,9 +97,11 @@ def check_reports_agree(directory):
     for kernel, suite in suites.items():
         props = {p.get("name"): p.get("value") for p in suite.iter("property")}
         info = res.kernels[kernel]
+        jit = info.bpf_jit_enable
         assert props == {"kernel": kernel, "kernel_version": info.version or "",
-                         "uname": info.uname or "", "machine": info.machine or "",
-                         "rootfs": info.rootfs or ""}
+                         "uname": info.uname or "", "kernel_arch": info.architecture,
+                         "bpf_jit_enable": str(jit) if jit is not None else "",
+                         "machine": info.machine or "", "rootfs": info.rootfs or ""}
         cases = {junit.testcase_name(c): c for c in res.for_kernel(kernel)}
         seen = {tc.get("name"): tc for tc in suite.iter("testcase")}
         assert seen.keys() == cases.keys()
@@ -103,10 +119,16 @@ def check_reports_agree(directory):
     assert {k: v for k, v in page.cells.items() if v != "none"} == expected_cells(res)
     assert all(key not in expected_cells(res) for key, v in page.cells.items() if v == "none")
     for kernel in res.kernel_order():
-        counts = res.counts(kernel)
+        counts, info = res.counts(kernel), res.kernels[kernel]
         assert page.totals[kernel] == counts
         row = next(line for line in md.splitlines() if line.startswith(f"| {kernel} |"))
-        assert row.endswith(" | ".join(str(counts[v]) for v in results.VERDICTS) + " |")
+        assert row.endswith(f" | {info.architecture} | {info.jit} | "
+                            + " | ".join(str(counts[v]) for v in results.VERDICTS) + " |")
+        assert f" {kernel} · {info.architecture} |" in md  # the grid's column header
+        assert page.arch[kernel] == info.architecture
+        assert page.jit[kernel] == ("" if info.bpf_jit_enable is None else str(info.bpf_jit_enable))
+        headers = page.columns[kernel]  # one per doc section's table
+        assert set(zip(headers[::2], headers[1::2], strict=True)) == {(kernel, info.architecture)}
     return res, md, page
 
 

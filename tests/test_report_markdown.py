@@ -94,7 +94,8 @@ def hostile_results(tmp_path: Path) -> Path:
     data = json.loads(ONLY_510.read_text())
     kernel = "evil<b>|`k`*" + HOSTILE[1]
     info = data["kernels"].pop("debian-5.10")
-    info.update(name=kernel, version=HOSTILE[0], uname=HOSTILE[7], machine=HOSTILE[8])
+    info.update(name=kernel, version=HOSTILE[0], uname=HOSTILE[7], machine=HOSTILE[8],
+                arch=HOSTILE[3])
     data["kernels"][kernel] = info
     bid = data["cases"][0]["behaviour"]
     for b in data["behaviours"].values():
@@ -149,10 +150,10 @@ def test_hostile_values_in_a_results_file_render_as_literal_text(tmp_path):
     tables = [line for line in rendered if line.startswith("|")]
     assert all(line.endswith(" |") for line in tables)
     kernel_row = decode_row(next(line for line in tables if line.startswith("| evil")))
-    assert kernel_row[:4] == [literal(kernel), literal(info.version), literal(info.uname),
-                              literal(info.machine)]
+    assert kernel_row[:5] == [literal(kernel), literal(info.version), literal(info.uname),
+                              literal(info.machine), literal(info.arch)]
     header = decode_row(next(line for line in tables if line.startswith("| behaviour |")))
-    assert header[1] == literal(kernel)
+    assert header[1] == f"{literal(kernel)} · {literal(info.arch)}"
     for line in tables:  # decode_row raises on raw markup
         if line.startswith("| **"):  # the behaviour id's bold is the report's own
             decode_row("| " + re.fullmatch(r"\| \*\*\w+\*\* (.*)", line).group(1))

@@ -125,7 +125,7 @@ def test_grid_columns_and_junit_suites_follow_the_versions(tmp_path):
     assert [s.get("name") for s in suites] == [f"kconform {k}" for k in built.kernels]
     header = next(line for line in grid.markdown(merged).splitlines()
                   if line.startswith("| behaviour |"))
-    assert header.split(" | ")[1:3] == [grid._md(k) for k in built.kernels]
+    assert header.split(" | ")[1:3] == [f"{grid._md(k)} · amd64" for k in built.kernels]
 
 
 def _two_files(tmp_path):

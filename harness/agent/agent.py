@@ -86,6 +86,23 @@ def tainted() -> int:
         return -1
 
 
+# net.core.bpf_jit_enable (Documentation/admin-guide/sysctl/net.rst): 0 runs BPF programs in the
+# interpreter, 1 compiles them, 2 compiles them and logs the images. The file is absent when the
+# kernel has no JIT (no CONFIG_BPF_JIT); CONFIG_BPF_JIT_ALWAYS_ON fixes it at 1.
+BPF_JIT_ENABLE = "/proc/sys/net/core/bpf_jit_enable"
+
+
+def bpf_jit_enable(path: str = BPF_JIT_ENABLE) -> int | None:
+    """Whether the guest runs BPF programs JIT-compiled (see BPF_JIT_ENABLE); None when it cannot
+    say. Read once per agent: the cases never change it, and the results record it per kernel,
+    since an interpreter and each architecture's JIT are different code under the same case."""
+    try:
+        with open(path) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
 def _alarm(signum: int, frame: FrameType | None) -> NoReturn:
     raise CallTimeout()
 
@@ -138,6 +155,15 @@ def handle(request: Request, kmsg: KernelLog) -> dict[str, object]:
     return {"ok": False, "error": {"type": "BadRequest", "message": f"unknown op {op!r}"}}
 
 
+def ready_event(kmsg: KernelLog) -> dict[str, object]:
+    """The hello (session.parse_hello reads it): what the host records about this guest before
+    its first call."""
+    with open("/proc/uptime") as f:
+        uptime = float(f.read().split()[0])
+    return {"event": "ready", "release": os.uname().release, "uptime": uptime,
+            "taint": tainted(), "bpf_jit_enable": bpf_jit_enable(), "boot_log": kmsg.drain()}
+
+
 def main() -> None:
     root = sys.argv[1] if len(sys.argv) > 1 else os.getcwd()
     sys.path.insert(0, root)
@@ -149,11 +175,7 @@ def main() -> None:
     # lives on between connections): removed before anything else runs.
     from harness.agent.cgroups import clean_at_start
     clean_at_start()
-    with open("/proc/uptime") as f:
-        uptime = float(f.read().split()[0])
-    hello = {"event": "ready", "release": os.uname().release, "uptime": uptime,
-             "taint": tainted(), "boot_log": kmsg.drain()}
-    channel.write(json.dumps(hello) + "\n")
+    channel.write(json.dumps(ready_event(kmsg)) + "\n")
     stdin = sys.stdin.buffer
     while True:
         line = stdin.readline()

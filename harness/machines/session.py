@@ -30,6 +30,7 @@ class Hello(TypedDict):
     release: str                  # `uname -r` in the guest
     uptime: NotRequired[float]    # seconds since the guest booted, by its clock
     taint: NotRequired[int]       # /proc/sys/kernel/tainted once booted
+    bpf_jit_enable: NotRequired[int | None]  # net.core.bpf_jit_enable; None: no such file
     boot_log: NotRequired[list[str]]  # the kernel log of the boot, up to the agent
 
 
@@ -202,6 +203,9 @@ def parse_hello(line: str) -> Hello:
         hello["taint"] = _int(value["taint"], "taint")
     if "boot_log" in value:
         hello["boot_log"] = _lines(value["boot_log"], "boot_log")
+    if "bpf_jit_enable" in value:
+        jit = value["bpf_jit_enable"]
+        hello["bpf_jit_enable"] = None if jit is None else _int(jit, "bpf_jit_enable")
     return hello
 
 
@@ -268,6 +272,11 @@ class GuestSession:
     @property
     def uname(self) -> str:
         return self.info["release"] if self.info else ""
+
+    @property
+    def bpf_jit_enable(self) -> int | None:
+        """The guest's net.core.bpf_jit_enable as its agent read it at start; None: unknown."""
+        return self.info.get("bpf_jit_enable") if self.info else None
 
     def start(self) -> None:
         """Start the machine and wait for the agent's hello. Whatever goes wrong, the machine is

@@ -126,9 +126,13 @@ class Reporter:
         tree = self.run.pool.trees.get(kernel)
         facts: list[tuple[str, object]] = []
         if tree is not None:
+            rootfs = "target's own" if tree.target else self.run.rootfs_label()
             facts += [("kernel_version", tree.exact_version),
-                      ("machine", tree.target or "qemu"),
-                      ("rootfs", "target's own" if tree.target else self.run.rootfs_label())]
+                      ("machine", tree.target or "qemu"), ("rootfs", rootfs),
+                      ("kernel_arch", tree.arch)]
+        session = self.run.pool.live.get(kernel)  # the guest this test ran on, when it booted
+        if session is not None and session.bpf_jit_enable is not None:
+            facts.append(("bpf_jit_enable", session.bpf_jit_enable))
         command = info.vng_command if info is not None and info.vng_command else \
             self.run.boot_command(tree) if tree is not None else None  # it never booted
         if command:
@@ -154,6 +158,10 @@ class Reporter:
         return extra
 
     # ------------------------------------------------------------------ controller
+
+    def pytest_report_header(self, config: pytest.Config) -> list[str]:
+        """The run's architectures, beside the kernels __init__.pytest_report_header lists."""
+        return architectures_line(self.run)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if not self.controller:
@@ -191,14 +199,21 @@ class Reporter:
         entry = self.results.kernels.setdefault(kernel, KernelRecord(name=kernel))
         props = _properties(reports)
         for key, prop in (("version", "kernel_version"), ("uname", "uname"), ("boot", "boot"),
-                          ("machine", "machine"), ("rootfs", "rootfs"), ("suite", "kernel_suite")):
+                          ("machine", "machine"), ("rootfs", "rootfs"), ("suite", "kernel_suite"),
+                          ("arch", "kernel_arch")):
             value = props.get(prop)
             if isinstance(value, str) and value and not getattr(entry, key):
                 setattr(entry, key, value)
+        jit = props.get("bpf_jit_enable")
+        if type(jit) is int and entry.bpf_jit_enable is None:  # bool is an int to isinstance
+            entry.bpf_jit_enable = jit
+        spec = self.run.specs.get(split_pinned(kernel)[0])
+        if entry.arch is None and spec is not None:  # its tree never came: its definition says
+            entry.arch = spec.arch
         upstream = _upstream_of(entry.version)
         if upstream:
             entry.upstream = upstream
-        elif (spec := self.run.specs.get(split_pinned(kernel)[0])) is not None:
+        elif spec is not None:
             entry.upstream = spec.series or None
 
     def _write_incremental(self) -> None:
@@ -268,6 +283,24 @@ class Reporter:
             terminalreporter.write_line(
                 f"kconform reports: {out}/{{{REPORT_JSON}, {REPORT_JUNIT}, {REPORT_MARKDOWN}, "
                 f"{REPORT_HTML}}}")
+
+
+def architectures_line(run: KconformRun) -> list[str]:
+    """'kconform: architectures: amd64 (debian-6.12), arm64 (debian-6.12-arm64)': each kernel's
+    as its tree (an SSH target's) or its definition says. A path or a build says once fetched,
+    which is after the header: the reports record it."""
+    by_arch: dict[str, list[str]] = {}
+    for name in run.kernel_names:
+        tree = run.target_trees.get(name)
+        spec = run.specs.get(split_pinned(name)[0])
+        arch = tree.arch if tree is not None else spec.arch if spec is not None else None
+        by_arch.setdefault(arch or "known once fetched", []).append(name)
+    if list(by_arch) == ["known once fetched"]:
+        return []
+    if len(by_arch) == 1:
+        return [f"kconform: architecture: {next(iter(by_arch))}"]
+    return ["kconform: architectures: " + ", ".join(f"{arch} ({', '.join(names)})"
+                                                    for arch, names in by_arch.items())]
 
 
 # ---------------------------------------------------------------------- one case

@@ -8,7 +8,11 @@ or cases failing on both kernels. Cases are matched by their kernel-free id, so 
 variant is compared with the same sockmap variant; skipped cases are not compared.
 
 The two sides may be one kernel name at two versions (two runs of debian-6.1 a month apart, each
-at the version current then): the report then names them by their versions.
+at the version current then): the report then names them by their versions. They may also be one
+kernel version on two architectures (debian-6.12 and debian-6.12-arm64): the same source built
+for another CPU, with another BPF JIT, so any difference is one to explain. The report then says
+"amd64 -> arm64", names the sides by their architectures, and shows the guests' JIT states when
+they differ (an interpreter on one side changes what a difference means).
 
 Redirect-matrix cases (R7-R10, 576 per kernel) are compared the same way, but a change of theirs
 that both kernels' expectations account for is not listed case by case: the report names the
@@ -22,7 +26,7 @@ from dataclasses import dataclass, field
 from ..judging.verdicts import Verdict
 from . import support
 from .grid import LABELS, observed_signature
-from .results import CaseResult, Results, ResultsError, load
+from .results import CaseResult, KernelRecord, Results, ResultsError, load
 
 REGRESSION = "REGRESSION"
 FIXED = "fixed"
@@ -45,6 +49,14 @@ class Side:
     @property
     def label(self) -> str:
         return f"{self.kernel} ({self.version})"
+
+    @property
+    def record(self) -> KernelRecord:
+        return self.results.kernels[self.kernel]
+
+    @property
+    def arch(self) -> str:
+        return self.record.architecture
 
     def cases(self) -> dict[str, CaseResult]:
         """This kernel's cases by their kernel-free id (file::case): the same case on any kernel."""
@@ -74,15 +86,41 @@ class Comparison:
         """Both sides are one kernel name at two versions."""
         return self.base.kernel == self.new.kernel and self.base.version != self.new.version
 
+    @property
+    def across_arch(self) -> bool:
+        """The sides ran on two architectures (amd64 and arm64 builds of one kernel, say)."""
+        return self.base.arch != self.new.arch
+
+    @property
+    def one_version(self) -> bool:
+        """Both sides are one package version: what differs is the architecture alone."""
+        return self.across_arch and self.base.version == self.new.version
+
     def shown(self, side: Side) -> str:
-        """How the report names a side: its kernel, or its version when both share the name."""
-        return side.version if self.one_name else side.kernel
+        """How the report names a side: its kernel, its version when both share the name, or its
+        architecture when that is all they differ by."""
+        if self.one_name:
+            return side.version
+        return side.arch if self.one_version else side.kernel
 
     @property
     def title(self) -> str:
         if self.one_name:
             return f"{self.base.kernel} {self.base.version} -> {self.new.version}"
-        return f"base {self.base.label} -> new {self.new.label}"
+        arches = f"{self.base.arch} -> {self.new.arch}"
+        if self.one_version:
+            return f"{self.base.version} {arches} ({self.base.kernel} -> {self.new.kernel})"
+        return f"base {self.base.label} -> new {self.new.label}" + \
+            (f", {arches}" if self.across_arch else "")
+
+    @property
+    def jit_difference(self) -> str | None:
+        """Each side's BPF JIT state, when the two differ."""
+        base, new = self.base.record, self.new.record
+        if base.bpf_jit_enable == new.bpf_jit_enable:
+            return None
+        return (f"BPF JIT (net.core.bpf_jit_enable) differs: {self.shown(self.base)} {base.jit}, "
+                f"{self.shown(self.new)} {new.jit}")
 
     @property
     def regressions(self) -> list[Difference]:
@@ -188,6 +226,8 @@ def render(result: Comparison) -> str:
            (f"{result.compared} cases compared; {len(result.differences)} differ: "
            f"{counts[REGRESSION]} regressed, {counts[FIXED]} fixed, "
            f"{counts[AS_DOCUMENTED]} changed as documented, {counts[STILL_FAILING]} still failing")]
+    if result.jit_difference:
+        out.append(result.jit_difference)
     if result.skipped:
         out.append(f"{result.skipped} cases skipped on one of the kernels (not compared)")
     for name, only in ((result.shown(base), result.only_base),
@@ -221,7 +261,8 @@ def render(result: Comparison) -> str:
     regressed = [b for b, diffs in result.by_behaviour()
                  if any(d.kind == REGRESSION for d in diffs)]
     on = (f"{new.kernel} {new.version} against {base.version}" if result.one_name
-          else f"{new.kernel} against {base.kernel}")
+          else f"{new.kernel} ({new.arch}) against {base.kernel} ({base.arch})"
+          if result.across_arch else f"{new.kernel} against {base.kernel}")
     out += ["", f"{len(regressed)} behaviour(s) regressed on {on}"
             + (f": {', '.join(regressed)}" if regressed else "")]
     return "\n".join(out)

@@ -249,24 +249,32 @@ def ran_on(info: KernelRecord) -> str:
     return machine
 
 
+def _md_column(kernel: str, info: KernelRecord) -> str:
+    """A kernel's column header: its name and the architecture it ran on, so the two
+    architectures of one kernel version read as a pair ("debian-6.12 · amd64")."""
+    return f"{_md(kernel)} · {_md(info.architecture)}"
+
+
 def markdown(results: Results) -> str:
     grid = build(results)
     out = ["# kconform: documented behaviour × kernel", ""]
     if not grid.kernels:
         return "\n".join([*out, "No results.", ""])
-    out += ["| kernel | package version | uname -r | ran on | "
+    out += ["| kernel | package version | uname -r | ran on | arch | BPF JIT | "
             + " | ".join(LABELS[v] for v in Verdict) + " |",
-            "| --- | --- | --- | --- | " + " | ".join("---:" for _ in Verdict) + " |"]
+            "| --- | --- | --- | --- | --- | --- | " + " | ".join("---:" for _ in Verdict) + " |"]
     for kernel in grid.kernels:
         info, t = grid.kernel_info[kernel], grid.totals[kernel]
         out.append(f"| {_md(kernel)} | {_md(version_of(info))} | {_md(info.uname or '?')} | "
-                   f"{_md(ran_on(info))} | " + " | ".join(str(t[v]) for v in Verdict) + " |")
+                   f"{_md(ran_on(info))} | {_md(info.architecture)} | {_md(info.jit)} | "
+                   + " | ".join(str(t[v]) for v in Verdict) + " |")
     out += ["", "Legend: " + " · ".join(f"{MD_ICONS[v]} {LABELS[v]}" for v in LABELS)
             + f" · – {NOT_RUN}. An expected difference is an older kernel doing what its version "
             "is documented to do, asserted like any other outcome.", ""]
     for group in grid.groups:
         out += [f"## {_md(group.name)}", "",
-                "| behaviour | " + " | ".join(_md(k) for k in grid.kernels) + " | changed at |",
+                "| behaviour | " + " | ".join(_md_column(k, grid.kernel_info[k])
+                                              for k in grid.kernels) + " | changed at |",
                 "| --- | " + " | ".join("---" for _ in grid.kernels) + " | --- |"]
         for row in group.rows:
             title = f"**{_md(row.key)}** {_md(row.title)}".strip()

@@ -1,8 +1,9 @@
 """JUnit XML from a results document, written with the junit-xml library.
 
 One <testsuite> per kernel, whose properties say which kernel ran (name, exact package version,
-`uname -r`), and one <testcase> per (behaviour case, kernel). The classname is "<kernel>.<topic>",
-so viewers that split packages on the last dot (Jenkins) group by kernel, then by doc topic.
+`uname -r`, kernel_arch, and bpf_jit_enable as the guest read it: empty when unknown), and one
+<testcase> per (behaviour case, kernel). The classname is "<kernel>.<topic>", so viewers that
+split packages on the last dot (Jenkins) group by kernel, then by doc topic.
 The testcase's status attribute holds kconform's verdict; expected differences pass, with their
 reason and source in system-out; failures carry the message, the reproduction lines and the
 guest console lines of that test.
@@ -56,9 +57,11 @@ def junit_text(results: Results, pretty: bool = True) -> str:
     suites = []
     for kernel in results.kernel_order():
         info = results.kernels[kernel]
+        jit = info.bpf_jit_enable
         properties = {"kernel": kernel, "kernel_version": info.version or "",
-                      "uname": info.uname or "", "machine": info.machine or "",
-                      "rootfs": info.rootfs or ""}
+                      "uname": info.uname or "", "kernel_arch": info.architecture,
+                      "bpf_jit_enable": str(jit) if jit is not None else "",
+                      "machine": info.machine or "", "rootfs": info.rootfs or ""}
         suites.append(TestSuite(f"kconform {kernel}",
                                 [_testcase(c) for c in results.for_kernel(kernel)],
                                 properties=properties))

@@ -9,7 +9,9 @@ Shape (format "kconform-results/1"):
   kernels:    name -> {name, version (exact package version), uname, upstream ("6.1.176"),
               boot (vng command line for an interactive shell on that kernel, or the ssh line),
               machine ("qemu", or the ssh:// target), rootfs ("host", a pinned root with its
-              digest and key package versions, or "target's own")}
+              digest and key package versions, or "target's own"), arch ("amd64", "arm64";
+              results from before it are amd64's), bpf_jit_enable (0, 1, 2 as the guest read
+              it; left out when unknown)}
   behaviours: id -> {title, section, order}, order = position in the expectations file
   cases:      one per (test case, kernel): behaviour, variant, case (id without the kernel),
               kernel, expected, observed, verdict, reason, source, duration, reproduce, ...
@@ -58,22 +60,47 @@ class KernelRecord:
     machine: str | None = None     # "qemu", or the ssh:// target
     rootfs: str | None = None      # "host", a pinned root, or "target's own"
     suite: str | None = None       # the Debian suite the package came from: bookworm-security
+    arch: str | None = None        # "amd64", "arm64"; None in results from before arm64 guests
+    bpf_jit_enable: int | None = None  # net.core.bpf_jit_enable in the guest; None: unknown
     extra: JsonObject = field(default_factory=dict)  # fields no report reads, kept as they came
+
+    @property
+    def architecture(self) -> str:
+        """The Debian architecture the kernel ran on: results from before kconform booted
+        anything but amd64 do not say, and were amd64's."""
+        return self.arch or "amd64"
+
+    @property
+    def jit(self) -> str:
+        """The BPF JIT's state as the reports show it: 'on (1)', 'off (0)', or 'unknown'."""
+        value = self.bpf_jit_enable
+        if value is None:
+            return "unknown"
+        return f"{JIT_STATES.get(value, 'unknown state')} ({value})"
 
     def to_json(self) -> JsonObject:
         data: JsonObject = {"name": self.name, "version": self.version, "uname": self.uname,
                             "upstream": self.upstream, "boot": self.boot}
         # Results written before these fields existed leave them out; so does a rewrite.
         for name, value in (("machine", self.machine), ("rootfs", self.rootfs),
-                            ("suite", self.suite)):
+                            ("suite", self.suite), ("arch", self.arch),
+                            ("bpf_jit_enable", self.bpf_jit_enable)):
             if value is not None:
                 data[name] = value
         return data | self.extra
 
     @classmethod
     def from_json(cls, data: JsonObject) -> KernelRecord:
-        return cls(**{name: _text(data, name) for name in KERNEL_FIELDS},
+        """A record whose fields _Checker.record has checked against KERNEL_FIELDS."""
+        jit = data.get("bpf_jit_enable")
+        return cls(**{name: _text(data, name) for name in KERNEL_TEXT_FIELDS},
+                   bpf_jit_enable=jit if isinstance(jit, int) else None,
                    extra=_unread(data, KERNEL_FIELDS))
+
+
+# net.core.bpf_jit_enable's values (Documentation/admin-guide/sysctl/net.rst): 0 the interpreter
+# runs BPF programs, 1 the JIT compiles them, 2 the JIT also logs each image (debugging only).
+JIT_STATES = {0: "off", 1: "on", 2: "on, debug"}
 
 
 @dataclass(kw_only=True)
@@ -298,9 +325,11 @@ _NONE: tuple[type, ...] = (type(None),)
 _NUM: tuple[type, ...] = (int, float)
 _JSON: tuple[type, ...] = (str, int, float, bool, list, dict, type(None))
 Fields = dict[str, tuple[bool, tuple[type, ...], str]]
-KERNEL_FIELDS: Fields = dict.fromkeys(
-    ("name", "version", "uname", "upstream", "boot", "machine", "rootfs", "suite"),
-    (False, _STR + _NONE, "text or null"))
+KERNEL_TEXT_FIELDS = ("name", "version", "uname", "upstream", "boot", "machine", "rootfs",
+                      "suite", "arch")
+KERNEL_FIELDS: Fields = {
+    **dict.fromkeys(KERNEL_TEXT_FIELDS, (False, _STR + _NONE, "text or null")),
+    "bpf_jit_enable": (False, (int, *_NONE), "net.core.bpf_jit_enable (0, 1 or 2) or null")}
 BEHAVIOUR_FIELDS: Fields = {
     "title": (False, _STR + _NONE, "text"), "section": (False, _STR + _NONE, "text"),
     "order": (True, (int,), "the behaviour's position in the expectations file")}
