@@ -30,7 +30,7 @@ from ..cache import bpf_cache_dir, cache_dir
 from ..errors import KconformError
 from ..kernels import KernelTree
 from ..paths import REPO_ROOT, agent_argv
-from .accel import Accel
+from .accel import Accel, host_arch
 from .channel import Console, GuestDied, LineChannel
 from .rootfs import GUEST_BPF, GUEST_REPO, Rootfs
 
@@ -321,12 +321,19 @@ def build_vng_command(tree: KernelTree, accel: Accel, guest_cmd: str, *, memory:
     image = tree.run_target or tree.vmlinuz
     if image is None:
         raise KconformError(f"{tree.name} has no kernel image to boot")
+    foreign = tree.arch != host_arch()
+    if foreign and (rootfs is None or rootfs.arch != tree.arch):
+        raise KconformError(f"{tree.name} is an {tree.arch} kernel: its guest needs an "
+                            f"{tree.arch} root (this host's root is {host_arch()}); run it "
+                            "with --rootfs NAME, which builds one for each architecture")
     # --cwd is a host path inside the guest's root: "/" of the guest either way (vng takes its
     # path relative to --root, so both go through the same link)
     root = vng_path(rootfs.path) if rootfs is not None else None
     cmd = ["vng", "--run", vng_kernel_path(image), "--verbose", "--name", name,
            "--cpus", str(cpus), "--memory", memory, "--cwd", root or "/",
            f"--qemu-opts=-cpu {cpu_model}"]
+    if foreign:  # vng then boots qemu-system-aarch64 -M virt, with its shell-script init
+        cmd += ["--arch", tree.arch]
     if accel.name != "kvm":
         cmd.append("--disable-kvm")
     if not virtiofs_usable():

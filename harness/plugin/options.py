@@ -26,6 +26,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="kernel to run on: a name from kernels/*.toml, 'all', 'default', 'host', "
                          "or a path to a bzImage or built kernel tree. Repeatable; comma lists "
                          "allowed. Default: the set in kernels/default.txt.")
+    group.addoption("--arch", default=None, metavar="ARCH[,ARCH]",
+                    help="run each named kernel (and 'default', 'all', versions) once per "
+                         "architecture, e.g. amd64,arm64: debian-6.12 becomes debian-6.12 and "
+                         "debian-6.12-arm64. Default: kernels as named, and 'all' is every amd64 "
+                         "kernel. An arm64 guest runs emulated, on an arm64 pinned root.")
     group.addoption("--build", action="store_true",
                     help="a --kernel path that is a kernel source tree is configured (virtme-ng's "
                          "minimal config, or its own .config, plus the options ./kconform config "
@@ -55,7 +60,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--rootfs", default="host", metavar="NAME",
                     help="guest root filesystem: 'host' (default: the host's own root, read-only, "
                          "as virtme-ng does) or a pinned root built from images/NAME.toml, e.g. "
-                         "debian-bookworm")
+                         "debian-bookworm. An arm64 kernel always runs on an arm64 build of the "
+                         "recipe (of debian-bookworm for 'host').")
     group.addoption("--target", action="append", default=[], metavar="ssh://USER@HOST[:PORT]",
                     help="also run on an already-running machine over SSH; its kernel is named "
                          "by its `uname -r`. Repeatable. Without --kernel, only the targets run.")

@@ -126,7 +126,7 @@ class Reporter:
         tree = self.run.pool.trees.get(kernel)
         facts: list[tuple[str, object]] = []
         if tree is not None:
-            rootfs = "target's own" if tree.target else self.run.rootfs_label()
+            rootfs = "target's own" if tree.target else self.run.rootfs_label(tree.arch)
             facts += [("kernel_version", tree.exact_version),
                       ("machine", tree.target or "qemu"), ("rootfs", rootfs),
                       ("kernel_arch", tree.arch)]

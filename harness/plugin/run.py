@@ -20,10 +20,11 @@ from ..judging.crashes import crash_fingerprint
 from ..judging.health import HealthRules, KnownCrash, KnownCrashes
 from ..kernels import KernelProvider, KernelTree, expand_kernel_args, load_specs
 from ..kernels.selectors import pinned_name
-from ..machines.accel import Accel, choose_accel
+from ..kernels.specs import parse_arches
+from ..machines.accel import Accel, choose_accel, host_arch
 from ..machines.channel import Machine
 from ..machines.qemu import QemuMachine, build_vng_command, check_memory
-from ..machines.rootfs import HOST, Rootfs, RootfsProvider, check_rootfs_name
+from ..machines.rootfs import FOREIGN_ROOT, HOST, Rootfs, RootfsProvider, check_rootfs_name
 from ..machines.session import BootFailure, GuestFailure, GuestSession
 from ..machines.ssh import (
     SshMachine,
@@ -177,7 +178,8 @@ class KconformRun:
                                              lambda: fragment_of_a_child(cache), self._log)
         self.kernel_names = list(expanded) if expanded is not None else expand_kernel_args(
             opt.kernel or ([] if opt.target else ["default"]), self.specs, cwd=caller_cwd(),
-            versions=lambda spec: self.provider.versions(spec))
+            versions=lambda spec: self.provider.versions(spec),
+            arches=parse_arches(opt.arch) if opt.arch else None)
         opt.results_dir = str(caller_path(opt.results_dir).resolve())
         self.results_dir = writable_directory(Path(opt.results_dir), "--results-dir",
                                               "give --results-dir a directory you can write")
@@ -196,11 +198,11 @@ class KconformRun:
         if opt.rootfs != HOST and not self.kernel_names:
             raise KconformError("--rootfs applies to the kernels kconform boots; an SSH target "
                                 "runs its own root")
-        self.rootfs_name = opt.rootfs
-        self._rootfs_chosen = False  # whether the root was built (or found) yet
-        self._rootfs: Rootfs | None = None  # None: the host's own root
+        self.rootfs_name: str = opt.rootfs
+        # per architecture: the root built (or found) for it, None for the host's own
+        self._roots: dict[str, Rootfs | None] = {}
         self._rootfs_provider: RootfsProvider | None = None
-        self._rootfs_error: KconformError | None = None
+        self._rootfs_errors: dict[str, KconformError] = {}
         self.memory = check_memory(opt.guest_memory)
         self.health = HealthRules()
         # Every target URL is checked before the first target is connected to.
@@ -228,7 +230,7 @@ class KconformRun:
         self.case_timeout = opt.case_timeout
         self._boot_timeout = opt.boot_timeout
         self._accel_choice = opt.accel
-        self._accel: Accel | None = None
+        self._accels: dict[str, Accel] = {}  # per guest architecture
         self.pool = GuestPool(self)
         self.kernels: dict[str, KernelInfo] = {}
 
@@ -268,39 +270,52 @@ class KconformRun:
                 print(f"kconform[{self.worker}]: {message}", file=sys.stderr, flush=True)
 
     def accel(self, tree: KernelTree) -> Accel:
-        """Chosen once per process, probing KVM with the first kernel it boots."""
-        if self._accel is None:
+        """Chosen once per process and guest architecture, probing KVM with the first kernel of
+        that architecture it boots."""
+        if tree.arch not in self._accels:
             if tree.vmlinuz is None:  # only an SSH target's kernel, and it boots no QEMU
                 raise KconformError(f"{tree.name}: no kernel image to boot under QEMU")
-            self._accel = choose_accel(tree.vmlinuz, self._accel_choice, cache=self.provider.cache)
-            self._log(f"accelerator: {self._accel.name} ({self._accel.reason})")
-        return self._accel
+            accel = choose_accel(tree.vmlinuz, self._accel_choice, cache=self.provider.cache,
+                                 arch=tree.arch)
+            self._accels[tree.arch] = accel
+            self._log(f"accelerator for {tree.arch} guests: {accel.name} ({accel.reason})")
+        return self._accels[tree.arch]
 
     @property
     def emulated(self) -> bool:
-        """Whether guests run without KVM: true under TCG, and for an SSH target, whose host
-        nobody measured (a bounded wait in the guest is then scaled up, not trusted short)."""
-        return self._accel is None or self._accel.name == "tcg"
+        """Whether some guest runs without KVM: under TCG, and an SSH target, whose host nobody
+        measured (a bounded wait in the guest is then scaled up, not trusted short)."""
+        return not self._accels or any(a.name == "tcg" for a in self._accels.values())
 
     def boot_timeout(self, accel: Accel | None) -> float:
         """accel None: an SSH target (connect, push the files, start the agent)."""
         return self._boot_timeout or (180.0 if accel and accel.name == "tcg" else 60.0)
 
+    def root_recipe(self, arch: str) -> str:
+        """The root a guest of this architecture boots: --rootfs, except that a guest of another
+        architecture than the host's cannot run the host's root, so it runs FOREIGN_ROOT."""
+        if self.rootfs_name == HOST and arch != host_arch():
+            return FOREIGN_ROOT
+        return self.rootfs_name
+
     def rootfs(self, tree: KernelTree) -> Rootfs | None:
-        """The guest root for this run (None: the host's), with this kernel's modules in it."""
-        if self._rootfs_error:
-            raise self._rootfs_error  # it failed for another kernel: do not build it again
-        if not self._rootfs_chosen:
-            provider = RootfsProvider(self.provider.cache, log=self._log)
+        """The guest root for this kernel's architecture (None: the host's), with this kernel's
+        modules in it."""
+        if tree.arch in self._rootfs_errors:
+            raise self._rootfs_errors[tree.arch]  # it failed for another kernel: not again
+        if tree.arch not in self._roots:
+            if self._rootfs_provider is None:
+                self._rootfs_provider = RootfsProvider(self.provider.cache, log=self._log)
             try:
-                self._rootfs = provider.get(self.rootfs_name)
+                self._roots[tree.arch] = self._rootfs_provider.get(self.root_recipe(tree.arch),
+                                                                   arch=tree.arch)
             except KconformError as exc:
-                self._rootfs_error = exc
+                self._rootfs_errors[tree.arch] = exc
                 raise
-            self._rootfs_provider, self._rootfs_chosen = provider, True
-        if self._rootfs is not None and self._rootfs_provider is not None:
-            self._rootfs_provider.add_modules(self._rootfs, tree)
-        return self._rootfs
+        root = self._roots[tree.arch]
+        if root is not None and self._rootfs_provider is not None:
+            self._rootfs_provider.add_modules(root, tree)
+        return root
 
     def failure_report(self, exc: GuestFailure, kernel: str, item: pytest.Item) -> str:
         known = self.known_crashes.match(crash_fingerprint(exc.console))
@@ -308,18 +323,20 @@ class KconformRun:
             item.user_properties.append(("known_crash", str(known)))
         return _failure_text(exc, self.kernels.get(kernel), self.health, known)
 
-    def rootfs_label(self) -> str:
-        return self._rootfs.describe() if self._rootfs else self.rootfs_name
+    def rootfs_label(self, arch: str = "amd64") -> str:
+        root = self._roots.get(arch)
+        return root.describe() if root else self.root_recipe(arch)
 
     def boot_command(self, tree: KernelTree) -> str | None:
         """The vng line this kernel's guest boots with, for the reports of a kernel whose guest
         never booted. None for an SSH target, or while no accelerator is chosen (choosing one
         may boot a probe guest, which a report must not do)."""
-        if tree.target or self._accel is None:
+        accel = self._accels.get(tree.arch)
+        if tree.target or accel is None:
             return None
         try:
-            return shlex.join(build_vng_command(tree, self._accel, "true", memory=self.memory,
-                                                rootfs=self._rootfs))
+            return shlex.join(build_vng_command(tree, accel, "true", memory=self.memory,
+                                                rootfs=self._roots.get(tree.arch)))
         except KconformError:
             return None  # a line that cannot be made safe: the kernel's tests already say why
 
