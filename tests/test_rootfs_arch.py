@@ -401,3 +401,20 @@ def test_a_refused_registration_names_the_fix(binfmt, conf_dirs):
         prepare_binfmt("arm64", lambda msg: None, binfmt, conf_dirs, mount=pytest.fail)
     assert "registering qemu-aarch64 from" in str(raised.value)
     assert "systemctl restart systemd-binfmt" in str(raised.value)
+
+
+def test_a_root_without_poweroff_gets_busyboxs_so_a_foreign_guest_powers_off(tmp_path):
+    # virtme-ng's shell-script init ends with `poweroff -f`; without one, init exits and the
+    # kernel panics at every guest's end (seen on the first arm64 boot of debian-bookworm).
+    bare = tmp_path / "bare"
+    (bare / "usr/bin").mkdir(parents=True)
+    (bare / "usr/bin/busybox").write_bytes(b"\x7fELF")
+    rootfs._link_poweroff(bare)
+    assert os.readlink(bare / "usr/local/sbin/poweroff") == "/usr/bin/busybox"
+    with_systemd = tmp_path / "systemd"
+    (with_systemd / "usr/sbin").mkdir(parents=True)
+    (with_systemd / "usr/bin").mkdir(parents=True)
+    (with_systemd / "usr/sbin/poweroff").write_text("")
+    (with_systemd / "usr/bin/busybox").write_bytes(b"\x7fELF")
+    rootfs._link_poweroff(with_systemd)
+    assert not (with_systemd / "usr/local/sbin/poweroff").exists()  # its own is kept

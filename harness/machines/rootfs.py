@@ -51,6 +51,10 @@ from .accel import host_arch
 
 IMAGES_DIR = REPO_ROOT / "images"
 HOST = "host"
+# The root of a guest whose architecture is not the host's (an arm64 kernel on an amd64 host) when
+# --rootfs says 'host', which such a guest cannot run: the pinned Debian 12 root, the release the
+# host's root is on this project's machines.
+FOREIGN_ROOT = "debian-bookworm"
 # Where a guest on a pinned root sees the repo and the BPF objects (machines/qemu.py mounts them);
 # the mount points are made when the root is built.
 GUEST_REPO = "/kconform/repo"
@@ -281,6 +285,7 @@ class RootfsProvider:
                 raise KconformError(_debootstrap_error(spec, mirror, proc, target, arch))
             for point in (GUEST_REPO, GUEST_BPF):
                 (target / point.lstrip("/")).mkdir(parents=True, exist_ok=True)
+            _link_poweroff(target)
             # The downloaded .debs are not part of the root.
             for deb in (target / "var/cache/apt/archives").glob("*.deb"):
                 deb.unlink()
@@ -528,3 +533,17 @@ def _binfmt_register_line(arch: str, name: str, conf_dirs: tuple[Path, ...]
                               f"restore that file, or {QEMU_BINFMT_FIX}")
     raise emulation_error(arch, f"binfmt_misc has no {name} entry, and no {name}.conf in "
                           f"{', '.join(map(str, conf_dirs))} says how to register one")
+
+
+def _link_poweroff(root: Path) -> None:
+    """virtme-ng's shell-script init (a foreign architecture's) ends a guest with `poweroff -f`;
+    a minbase root has no poweroff (systemd-sysv's), and without it the init exits and the kernel
+    panics on every guest's shutdown. busybox-static's applet does what -f asks: the reboot
+    syscall, no init to signal."""
+    link = root / "usr/local/sbin/poweroff"
+    if any((root / d / "poweroff").exists() for d in ("usr/sbin", "sbin", "usr/bin", "bin")) \
+            or not (root / "usr/bin/busybox").exists():
+        return
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.unlink(missing_ok=True)
+    link.symlink_to("/usr/bin/busybox")
