@@ -29,6 +29,7 @@ from .cache import (
     try_cache_lock,
 )
 from .errors import KconformError
+from .kernels.specs import ARCHITECTURES
 from .versions import DebianVersionKey, debian_version_key, upstream_version
 
 KINDS = ("kernel", "root", "bpf")
@@ -176,13 +177,18 @@ def _built_at(path: Path) -> float:
 
 def _root(path: Path) -> Entry:
     meta = read_manifest(path)
-    name = _text(meta, "name") or path.name.rpartition("-")[0] or path.name
+    stem = path.name.rpartition("-")[0] or path.name
+    # machines/rootfs.py names a foreign architecture's root <name>-<arch>-<digest>
+    arch = _text(meta, "arch") or next((a for a in ARCHITECTURES if stem.endswith(f"-{a}")),
+                                       "amd64")
+    name = _text(meta, "name") or stem.removesuffix(f"-{arch}")
     digest = _text(meta, "recipe_digest") or path.name.rpartition("-")[2]
     suite = _text(meta, "suite")
-    label = f"{name}@{digest}" + (f" ({suite})" if suite else "") + \
-        ("" if meta else " [no readable manifest]")
+    label = f"{name}@{digest}" + ("" if arch == "amd64" else f" {arch}") + \
+        (f" ({suite})" if suite else "") + ("" if meta else " [no readable manifest]")
     built = _built_at(path)
-    return Entry("root", path, label, group=name, newness=(built,), order=(name, built),
+    group = name if arch == "amd64" else f"{name} {arch}"  # --keep N keeps N of each
+    return Entry("root", path, label, group=group, newness=(built,), order=(name, arch, built),
                  builder_lock=(path.parent, path.name),  # machines/rootfs.py's key
                  last_use=last_use(path), inodes=_inodes(path))
 

@@ -80,17 +80,17 @@ def add_kernel(store: Path, version: str, abi: str, name: str = "debian-6.1", su
     return root
 
 
-def add_root(store: Path, digest: str, built_days_ago: float, name: str = "debian-bookworm"
-             ) -> Path:
+def add_root(store: Path, digest: str, built_days_ago: float, name: str = "debian-bookworm",
+             arch: str = "amd64") -> Path:
     roots = store / "rootfs"
     roots.mkdir(exist_ok=True)
-    path = roots / f"{name}-{digest}"
+    path = roots / rootfs.root_directory_name(name, arch, digest)
     with staging_dir(roots, name) as staging:
         target = staging / "root"
         (target / "usr/bin").mkdir(parents=True)
         (target / "usr/bin/python3").write_bytes(b"p" * 8000)
         publish(target, path, {"name": name, "suite": "bookworm", "recipe_digest": digest,
-                               "packages": {"python3": "3.11.2-1+b1"}})
+                               "arch": arch, "packages": {"python3": "3.11.2-1+b1"}})
     when = time.time() - built_days_ago * DAY
     os.utime(path / cache.MANIFEST, (when, when))
     _age(path, built_days_ago)
@@ -326,6 +326,18 @@ def test_what_prune_frees_counts_a_file_hard_linked_elsewhere_once_both_go(store
     both = _du(store, [tree, root])
     out = _run(capsys, "prune", "--older-than", "30d", "--dry-run")[1]
     assert out.splitlines()[-1] == f"would free {human_size(both)} ({both} bytes) from 2 entries"
+
+
+def test_keep_1_keeps_a_root_of_each_architecture(store, capsys):
+    # an arm64 kernel boots the arm64 build of the recipe: it is not an older amd64 one
+    add_root(store, "aaaaaaaaaaaa", 5)
+    add_root(store, "bbbbbbbbbbbb", 1, arch="arm64")
+    add_root(store, "cccccccccccc", 3, arch="arm64")
+    assert cli.main(["cache", "prune", "--keep", "1"]) == 0
+    assert {p.name for p in (store / "rootfs").iterdir() if not p.name.startswith(".")} == \
+        {"debian-bookworm-aaaaaaaaaaaa", "debian-bookworm-arm64-bbbbbbbbbbbb"}
+    assert cli.main(["cache"]) == 0
+    assert "debian-bookworm@bbbbbbbbbbbb arm64 (bookworm)" in capsys.readouterr().out
 
 
 def test_older_than_removes_what_no_run_used_for_that_long(filled, store, capsys):

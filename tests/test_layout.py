@@ -21,7 +21,8 @@ ALLOWED = {
     # the shared modules at the bottom
     "errors": set(), "paths": set(), "versions": set(),
     "datafiles": {"errors"}, "cache": {"errors", "paths"}, "bpf": {"errors", "cache", "paths"},
-    "cache_entries": {"errors", "cache", "paths", "versions"},
+    # cache_entries reads kernel trees and roots: the architectures are the kernel definitions'
+    "cache_entries": {"errors", "cache", "paths", "versions", "kernels"},
     # the suite's config fragment: it collects the cases in a child process, --build reads it
     "kernel_config": {"errors", "cache", "paths"},
 }
