@@ -6,7 +6,12 @@ import threading
 import pytest
 
 from harness.errors import KconformError
-from harness.machines.ssh import SshTarget, parse_description
+from harness.machines.ssh import (
+    SshTarget,
+    description_from_dict,
+    description_to_dict,
+    parse_description,
+)
 from harness.versions import RELEASE
 
 DEBIAN = ("Linux version 6.1.0-50-amd64 (debian-kernel@lists.debian.org) (gcc-12 (Debian "
@@ -135,3 +140,13 @@ def test_a_target_that_hangs_up_is_a_usage_error_without_paramikos_traceback(run
     assert proc.returncode == 4
     assert f"ssh://root@127.0.0.1:{port}" in proc.stderr
     assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout, proc.stderr
+
+
+@pytest.mark.parametrize("machine, arch", [("x86_64", "amd64"), ("aarch64", "arm64")])
+def test_a_target_says_its_architecture_with_uname_m(tmp_path, machine, arch):
+    # its BPF objects are built for it, and its results say which architecture ran
+    out = f"6.1.0-50-{arch}\n0\n{DEBIAN}\n\n---machine---\n{machine}\n---config---\n"
+    tree = parse_description(target(), out, "", tmp_path)
+    assert tree.arch == arch
+    assert description_from_dict(description_to_dict(tree)).arch == arch
+

@@ -241,8 +241,11 @@ def run(client: paramiko.SSHClient, command: str, timeout: float = 30.0) -> tupl
 _DEBIAN_VERSION = re.compile(r"#\d+ .*\bDebian (\d+\.\d+\.\d+[\w.+~:-]*)", re.ASCII)
 _UBUNTU_VERSION = re.compile(r"\d+\.\d+(?:\.\d+)?[\w.+~-]*", re.ASCII)
 DESCRIBE = ("uname -r; id -u; cat /proc/version; cat /proc/version_signature 2>/dev/null; "
-            "echo; echo ---config---; cat \"/boot/config-$(uname -r)\" 2>/dev/null || "
+            "echo; echo ---machine---; uname -m; "
+            "echo ---config---; cat \"/boot/config-$(uname -r)\" 2>/dev/null || "
             "zcat /proc/config.gz 2>/dev/null")
+# `uname -m` -> the Debian architecture the BPF objects are built for and results record.
+_DEBIAN_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
 
 # What a target says about itself is its own word: its `uname -r` becomes the kernel's name, and
 # so a file name, a test id and a report cell. A real release uses only these characters.
@@ -276,6 +279,9 @@ def describe_target(target: SshTarget, config_dir: Path) -> KernelTree:
 
 def parse_description(target: SshTarget, out: str, err: str, config_dir: Path) -> KernelTree:
     head, _, config = out.partition("---config---\n")
+    head, _, machine = head.partition("---machine---\n")
+    machine = _printable(machine.strip(), 32)
+    arch = _DEBIAN_ARCH.get(machine, machine or "amd64")  # an older DESCRIBE said none
     lines = head.splitlines()
     if len(lines) < 3:
         raise SshError(f"{target.url}: could not read the kernel's release ({err.strip()})")
@@ -303,7 +309,7 @@ def parse_description(target: SshTarget, out: str, err: str, config_dir: Path) -
         config_path = config_dir / f"{target_kernel_name(target.host)}_{target.port}-{name}.config"
         config_path.write_text(config)
     return KernelTree(name=name, vmlinuz=None, release=release, package_version=version,
-                      config_path=config_path, target=target.url)
+                      config_path=config_path, target=target.url, arch=arch)
 
 
 class TargetDescription(TypedDict):
@@ -313,20 +319,21 @@ class TargetDescription(TypedDict):
     package_version: str | None
     config_path: str | None
     target: str | None
+    arch: str
 
 
 def description_to_dict(tree: KernelTree) -> TargetDescription:
     """A target's description as plain data, for xdist workers (they do not connect again)."""
     return {"name": tree.name, "release": tree.release, "package_version": tree.package_version,
             "config_path": str(tree.config_path) if tree.config_path else None,
-            "target": tree.target}
+            "target": tree.target, "arch": tree.arch}
 
 
 def description_from_dict(data: TargetDescription) -> KernelTree:
     return KernelTree(name=data["name"], vmlinuz=None, release=data["release"],
                       package_version=data["package_version"],
                       config_path=Path(data["config_path"]) if data["config_path"] else None,
-                      target=data["target"])
+                      target=data["target"], arch=data["arch"])
 
 
 def check_remote_dir(target: SshTarget, out: str) -> str:
