@@ -317,11 +317,12 @@ class GuestSession:
 
     @property
     def agent_start_seconds(self) -> float | None:
-        """From virtme-ng-init starting our command to the agent's hello, by the guest's clock:
+        """From virtme-ng's init starting our command to the agent's hello, by the guest's clock:
         the part of a boot that is Python starting and importing the agent."""
         for line in list(self.machine.console.lines):
             # The console is the guest's to write: "[ 1.2.3]" is no time, 400 digits no finite one.
-            m = re.match(r"\[\s*(\d+\.\d+)\] virtme-ng-init: starting script", line)
+            # virtme-ng-init on the host's architecture; its shell-script init on another's
+            m = re.match(r"\[\s*(\d+\.\d+)\] virtme(?:-ng)?-init: starting script", line)
             if m and self.info and "uptime" in self.info:
                 seconds = self.info["uptime"] - float(m.group(1))
                 return seconds if math.isfinite(seconds) else None
