@@ -410,11 +410,11 @@ def test_a_root_without_poweroff_gets_busyboxs_so_a_foreign_guest_powers_off(tmp
     (bare / "usr/bin").mkdir(parents=True)
     (bare / "usr/bin/busybox").write_bytes(b"\x7fELF")
     rootfs._link_poweroff(bare)
-    assert os.readlink(bare / "usr/local/sbin/poweroff") == "/usr/bin/busybox"
+    assert os.readlink(bare / "usr/local/bin/poweroff") == "/usr/bin/busybox"
     with_systemd = tmp_path / "systemd"
     (with_systemd / "usr/sbin").mkdir(parents=True)
     (with_systemd / "usr/bin").mkdir(parents=True)
     (with_systemd / "usr/sbin/poweroff").write_text("")
     (with_systemd / "usr/bin/busybox").write_bytes(b"\x7fELF")
     rootfs._link_poweroff(with_systemd)
-    assert not (with_systemd / "usr/local/sbin/poweroff").exists()  # its own is kept
+    assert not (with_systemd / "usr/local/bin/poweroff").exists()  # its own is kept

@@ -539,8 +539,8 @@ def _link_poweroff(root: Path) -> None:
     """virtme-ng's shell-script init (a foreign architecture's) ends a guest with `poweroff -f`;
     a minbase root has no poweroff (systemd-sysv's), and without it the init exits and the kernel
     panics on every guest's shutdown. busybox-static's applet does what -f asks: the reboot
-    syscall, no init to signal."""
-    link = root / "usr/local/sbin/poweroff"
+    syscall, no init to signal. In /usr/local/bin: that init's PATH has no /usr/local/sbin."""
+    link = root / "usr/local/bin/poweroff"
     if any((root / d / "poweroff").exists() for d in ("usr/sbin", "sbin", "usr/bin", "bin")) \
             or not (root / "usr/bin/busybox").exists():
         return
