@@ -23,6 +23,17 @@ def child_pytest(results: Path, *args, env=None, timeout=900) -> subprocess.Comp
 
 
 @pytest.fixture
+def release_held_entries():
+    """hold_in_use holds a cache entry for the life of the process: a test that holds entries
+    (its own cache's) lets go of them, so the next test's prune or build sees them free."""
+    from harness import cache
+    yield
+    for fd in cache._held_in_use.values():
+        os.close(fd)
+    cache._held_in_use.clear()
+
+
+@pytest.fixture
 def run_pytest(tmp_path):
     def run(*args, env=None, timeout=900):
         return child_pytest(tmp_path / "results", *args, env=env, timeout=timeout)

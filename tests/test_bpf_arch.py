@@ -4,7 +4,6 @@ architecture's object is cached apart, an arm64 object really builds here, an un
 architecture is refused, and the bpf_object fixture builds for the test's kernel. No VM."""
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -13,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from harness import bpf, cache
+from harness import bpf
 from harness.errors import KconformError
 from harness.kernels import KernelTree
 from harness.plugin.fixtures import CaseGuest
@@ -28,13 +27,7 @@ DEFINES = {"amd64": "-D__TARGET_ARCH_x86", "arm64": "-D__TARGET_ARCH_arm64"}
 HOST_HEADERS = {"amd64": "usr/include/x86_64-linux-gnu", "arm64": "usr/aarch64-linux-gnu/include"}
 
 
-@pytest.fixture(autouse=True)
-def _release_held_entries():
-    """hold_in_use holds for the life of the process: each test lets go of what it held."""
-    yield
-    for fd in cache._held_in_use.values():
-        os.close(fd)
-    cache._held_in_use.clear()
+pytestmark = pytest.mark.usefixtures("release_held_entries")
 
 
 def _add_headers(root: Path, relative: str) -> Path:

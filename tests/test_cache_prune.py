@@ -33,13 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 DAY = 86400
 
 
-@pytest.fixture(autouse=True)
-def _release_held_entries():
-    """hold_in_use holds for the life of the process: each test lets go of what it held."""
-    yield
-    for fd in cache._held_in_use.values():
-        os.close(fd)
-    cache._held_in_use.clear()
+pytestmark = pytest.mark.usefixtures("release_held_entries")
 
 
 @pytest.fixture

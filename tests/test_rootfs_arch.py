@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from harness import cache
 from harness.cache import publish, staging_dir
 from harness.errors import KconformError
 from harness.kernels.specs import ARCHITECTURES
@@ -46,13 +45,7 @@ RECIPE = 'suite = "bookworm"\npackages = ["python3", "libbpf1"]\n'
 PACKAGES = {"python3": "3.11.2-1+b1", "libbpf1": "1:1.1.2-0+deb12u1"}
 
 
-@pytest.fixture(autouse=True)
-def _release_held_entries():
-    """hold_in_use holds for the life of the process: each test lets go of what it held."""
-    yield
-    for fd in cache._held_in_use.values():
-        os.close(fd)
-    cache._held_in_use.clear()
+pytestmark = pytest.mark.usefixtures("release_held_entries")
 
 
 # -- where a root lives, and how results name it
