@@ -24,8 +24,9 @@ def test_a_saved_results_file_is_written_back_as_it_was_read(path):
 
 
 def test_verdicts_are_todays_words_in_severity_order():
-    assert [v.value for v in Verdict] == ["pass", "expected-difference", "fail", "crashed",
-                                          "skipped"]
+    # flaky (--rerun-failed, issue 18): between expected difference and fail
+    assert [v.value for v in Verdict] == ["pass", "expected-difference", "flaky", "fail",
+                                          "crashed", "skipped"]
     assert worst([Verdict.PASS, Verdict.SKIPPED, Verdict.EXPECTED_DIFFERENCE]) == \
         Verdict.EXPECTED_DIFFERENCE
     assert worst([Verdict.FAIL, Verdict.CRASHED]) == Verdict.CRASHED

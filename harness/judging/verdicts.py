@@ -13,6 +13,10 @@ class Verdict(StrEnum):
     # Declared in the order the reports list them (the Markdown and HTML totals, JUnit counts).
     PASS = "pass"
     EXPECTED_DIFFERENCE = "expected-difference"
+    # --rerun-failed: a case that failed and then passed on a fresh guest. Neither good nor bad:
+    # the kernel did what is documented once, not every time, so it is never a pass and never
+    # a regression, and a reader is always shown the attempts that failed.
+    FLAKY = "flaky"
     FAIL = "fail"
     CRASHED = "crashed"
     SKIPPED = "skipped"
@@ -27,6 +31,12 @@ class Verdict(StrEnum):
         return self in (Verdict.FAIL, Verdict.CRASHED)
 
     @property
+    def failed_an_attempt(self) -> bool:
+        """Some run of the case failed: the reports show its evidence (a flaky case's is that of
+        the attempts that failed before it passed)."""
+        return self.bad or self == Verdict.FLAKY
+
+    @property
     def severity(self) -> int:
         """A cell holding several cases (variants of one behaviour) shows its most severe."""
         return _SEVERITY[self]
@@ -38,7 +48,7 @@ class Verdict(StrEnum):
 
 
 _SEVERITY = {Verdict.SKIPPED: 0, Verdict.PASS: 1, Verdict.EXPECTED_DIFFERENCE: 2,
-             Verdict.FAIL: 3, Verdict.CRASHED: 4}
+             Verdict.FLAKY: 3, Verdict.FAIL: 4, Verdict.CRASHED: 5}
 
 
 def worst(verdicts: Iterable[Verdict]) -> Verdict:

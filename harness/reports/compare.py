@@ -5,7 +5,10 @@ expected-difference on the base kernel: the new kernel breaks a documented behav
 base kernel kept. Observed differences that both kernels' expectations account for (an older
 kernel's expected difference) are listed but are not regressions; neither are fixes (bad -> good)
 or cases failing on both kernels. Cases are matched by their kernel-free id, so a sockmap
-variant is compared with the same sockmap variant; skipped cases are not compared.
+variant is compared with the same sockmap variant; skipped cases are not compared. Nor are flaky
+ones (--rerun-failed: failed, then passed on a fresh guest): one run of theirs is no evidence of
+what the kernel does, so a flaky case is never a regression, nor a fix; each is listed under the
+side it was flaky on ("flaky on NEW: ...").
 
 The two sides may be one kernel name at two versions (two runs of debian-6.1 a month apart, each
 at the version current then): the report then names them by their versions. They may also be one
@@ -80,6 +83,8 @@ class Comparison:
     only_new: list[str] = field(default_factory=list)
     skipped: int = 0
     compared_pairs: list[tuple[CaseResult, CaseResult]] = field(default_factory=list)
+    # (base, new) of the cases flaky on either side: listed, not compared
+    flaky: list[tuple[CaseResult, CaseResult]] = field(default_factory=list)
 
     @property
     def one_name(self) -> bool:
@@ -162,6 +167,9 @@ def compare(base: Side, new: Side) -> Comparison:
     result.only_new = sorted(new_cases[c].case for c in new_cases.keys() - base_cases.keys())
     for case in sorted(base_cases.keys() & new_cases.keys()):
         b, n = base_cases[case], new_cases[case]
+        if Verdict.FLAKY in (b.verdict, n.verdict):
+            result.flaky.append((b, n))
+            continue
         if Verdict.SKIPPED in (b.verdict, n.verdict):
             result.skipped += 1
             continue
@@ -230,6 +238,10 @@ def render(result: Comparison) -> str:
         out.append(result.jit_difference)
     if result.skipped:
         out.append(f"{result.skipped} cases skipped on one of the kernels (not compared)")
+    out += flaky_lines(result.shown(base), [(b, result.shown(new), n) for b, n in result.flaky
+                                            if b.verdict == Verdict.FLAKY])
+    out += flaky_lines(result.shown(new), [(n, result.shown(base), b) for b, n in result.flaky
+                                           if n.verdict == Verdict.FLAKY])
     for name, only in ((result.shown(base), result.only_base),
                        (result.shown(new), result.only_new)):
         if only:
@@ -266,6 +278,20 @@ def render(result: Comparison) -> str:
     out += ["", f"{len(regressed)} behaviour(s) regressed on {on}"
             + (f": {', '.join(regressed)}" if regressed else "")]
     return "\n".join(out)
+
+
+def flaky_lines(side: str, flaky: list[tuple[CaseResult, str, CaseResult]]) -> list[str]:
+    """'flaky on debian-6.1: 1 case ...', then each case with how often it failed and what the
+    other side's case came to: listed, never a regression (README, --rerun-failed)."""
+    if not flaky:
+        return []
+    out = [(f"flaky on {side}: {len(flaky)} case{'s' if len(flaky) > 1 else ''} failed, then "
+            "passed on a fresh guest (not compared, never a regression)")]
+    for case, other_side, other in flaky:
+        runs = len(case.attempts) + 1
+        out.append(f"  {case.behaviour or '-'} {case.case}: failed {runs - 1} of {runs} runs "
+                   f"({other_side}: {LABELS[other.verdict]}); rerun: {case.reproduce}")
+    return out
 
 
 def matrix_lines(found: support.Changes) -> list[str]:

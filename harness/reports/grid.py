@@ -27,6 +27,7 @@ from .results import (
     REPORT_JSON,
     REPORT_JUNIT,
     REPORT_MARKDOWN,
+    Attempt,
     CaseResult,
     KernelRecord,
     Results,
@@ -35,8 +36,8 @@ from .results import (
 )
 
 LABELS = {verdict: verdict.label for verdict in Verdict}
-MD_ICONS = {Verdict.PASS: "✅", Verdict.EXPECTED_DIFFERENCE: "🟨", Verdict.FAIL: "❌",
-            Verdict.CRASHED: "💥", Verdict.SKIPPED: "⏭️"}
+MD_ICONS = {Verdict.PASS: "✅", Verdict.EXPECTED_DIFFERENCE: "🟨", Verdict.FLAKY: "🔁",
+            Verdict.FAIL: "❌", Verdict.CRASHED: "💥", Verdict.SKIPPED: "⏭️"}
 NO_BEHAVIOUR = "not tied to a documented behaviour"
 NOT_RUN = "not run"
 
@@ -85,7 +86,7 @@ class Group:
 
 @dataclass(frozen=True)
 class Failure:
-    """A failing or crashed case, and the anchor its grid cell links to."""
+    """A failing, crashed or flaky case, and the anchor its grid cell links to."""
     anchor: str
     case: CaseResult
 
@@ -160,7 +161,7 @@ def build(results: Results) -> Grid:
                     why = (case.reason or "older documented outcome", case.source or "")
                     if why not in row.why.setdefault(kernel, []):
                         row.why[kernel].append(why)
-                elif case.verdict.bad:
+                elif case.verdict.failed_an_attempt:
                     failures.append(Failure(f"case-{len(failures) + 1}", case))
         groups.setdefault(group_name, Group(group_name, [])).rows.append(row)
     ordered = sorted(groups.values(), key=lambda g: doc_position(g.name))  # stable within a part
@@ -270,7 +271,8 @@ def markdown(results: Results) -> str:
                    + " | ".join(str(t[v]) for v in Verdict) + " |")
     out += ["", "Legend: " + " · ".join(f"{MD_ICONS[v]} {LABELS[v]}" for v in LABELS)
             + f" · – {NOT_RUN}. An expected difference is an older kernel doing what its version "
-            "is documented to do, asserted like any other outcome.", ""]
+            "is documented to do, asserted like any other outcome. Flaky: failed, then passed "
+            "when run again on a fresh guest (--rerun-failed): never a pass.", ""]
     for group in grid.groups:
         out += [f"## {_md(group.name)}", "",
                 "| behaviour | " + " | ".join(_md_column(k, grid.kernel_info[k])
@@ -287,7 +289,7 @@ def markdown(results: Results) -> str:
                 text = f"{MD_ICONS[cell.verdict]} {cell.summary}"
                 for reason, source in row.why.get(kernel, []):
                     text += f": {reason} (source: {source})"
-                if cell.verdict.bad:
+                if cell.verdict.failed_an_attempt:
                     text += " (see failures)"
                 cells.append(_md(text))
             changed = (f"{_md(row.changed_at)} (was {_md(row.changed_from)})"
@@ -344,10 +346,22 @@ def _support_markdown(kernels: list[support.KernelSupport]) -> list[str]:
 
 
 def _failure_text(case: CaseResult) -> str:
-    lines = [case.message.rstrip(), "", reproduction_text(case)]
+    lines = [case.message.rstrip(), ""] if case.message.strip() else []
+    lines.append(reproduction_text(case))
     if case.console:
         lines += ["", "guest console during this test:", *case.console[-40:]]
+    for attempt in case.attempts:
+        lines += ["", attempt_heading(case, attempt), attempt.message.rstrip()]
+        if attempt.console_log:
+            lines.append(f"console log: {attempt.console_log}")
+        if attempt.console:
+            lines += ["guest console during this attempt:", *attempt.console[-40:]]
     return "\n".join(lines).replace("````", "'```")
+
+
+def attempt_heading(case: CaseResult, attempt: Attempt) -> str:
+    """'attempt 1 of 2: fail': which run of the case this was, and what it alone came to."""
+    return f"attempt {attempt.number} of {len(case.attempts) + 1}: {attempt.verdict.label}"
 
 
 # ---------------------------------------------------------------------- HTML
@@ -365,6 +379,7 @@ def html_page(results: Results) -> str:
     return _PAGES.get_template("report.html.j2").render(
         grid=build(results), verdicts=list(Verdict), labels=LABELS, not_run=NOT_RUN,
         ran_on=ran_on, version_of=version_of, variant=variant, steps=steps,
+        attempt_heading=attempt_heading,
         support=support.build(results), support_legend=support.legend(),
         support_promise=SUPPORT_PROMISE, not_observed=support.NOT_OBSERVED_SYMBOL)
 

@@ -14,7 +14,10 @@ Shape (format "kconform-results/1"):
               it; left out when unknown)}
   behaviours: id -> {title, section, order}, order = position in the expectations file
   cases:      one per (test case, kernel): behaviour, variant, case (id without the kernel),
-              kernel, expected, observed, verdict, reason, source, duration, reproduce, ...
+              kernel, expected, observed, verdict, reason, source, duration, reproduce, ...;
+              attempts: under --rerun-failed, each run that failed before the last one
+              ({number, verdict, message, observed, console, console_log, duration}); results
+              from before it have none
   runs:       where the cases came from: started, finished, complete, command, host
 """
 from __future__ import annotations
@@ -149,6 +152,36 @@ _TIMINGS = ("guest_seconds", "boot_seconds", "agent_start_seconds")
 
 
 @dataclass(kw_only=True)
+class Attempt:
+    """One run of a case that failed and that --rerun-failed ran again on a fresh guest: its
+    evidence, kept whatever the case came to (flaky, fail, crashed)."""
+    number: int                      # 1: the case's first run; 2: the first rerun, ...
+    verdict: Verdict                 # what this attempt alone came to: fail (or crashed)
+    message: str = ""
+    observed: object = None
+    console: list[str] | None = None  # the guest console lines of this attempt
+    console_log: str | None = None   # the guest's whole console: one log per boot, so it names
+    #                                  the guest the attempt ran on
+    duration: float | None = None
+    extra: JsonObject = field(default_factory=dict)
+
+    def to_json(self) -> JsonObject:
+        return {"number": self.number, "verdict": self.verdict.value, "message": self.message,
+                "observed": self.observed, "console": self.console,
+                "console_log": self.console_log, "duration": self.duration} | self.extra
+
+    @classmethod
+    def from_json(cls, data: JsonObject) -> Attempt:
+        """An attempt whose fields _Checker.attempts has checked against ATTEMPT_FIELDS."""
+        console = data.get("console")
+        return cls(number=cast(int, data["number"]), verdict=Verdict(cast(str, data["verdict"])),
+                   message=cast(str, data.get("message", "")), observed=data.get("observed"),
+                   console=cast(list[str], console) if console is not None else None,
+                   console_log=_text(data, "console_log"), duration=_seconds(data, "duration"),
+                   extra=_unread(data, ATTEMPT_FIELDS))
+
+
+@dataclass(kw_only=True)
 class CaseResult:
     """One test case on one kernel: what was expected, what was observed, and the verdict."""
     id: str                          # the pytest node id, without the kernel's "@" group
@@ -179,6 +212,9 @@ class CaseResult:
     # a redirect-matrix case's cell of the support table: map, program, direction, source,
     # target, the outcome observed and the one expected (support_table.OUTCOMES), the rule
     matrix: JsonObject | None = None
+    # --rerun-failed: the runs that failed before the last one, first first (the last run is
+    # the case itself); none for a case that ran once
+    attempts: list[Attempt] = field(default_factory=list)
     extra: JsonObject = field(default_factory=dict)
 
     def to_json(self) -> JsonObject:
@@ -198,6 +234,8 @@ class CaseResult:
             if self.known_crash is not None:
                 data["known_crash"] = self.known_crash
             data |= {"boot": self.boot, "console": self.console, "console_log": self.console_log}
+        if self.attempts:  # results from before --rerun-failed, and a case run once, have none
+            data["attempts"] = [attempt.to_json() for attempt in self.attempts]
         return data | self.extra
 
     @classmethod
@@ -220,6 +258,8 @@ class CaseResult:
             console_log=_text(data, "console_log"),
             console=cast(list[str], console) if console is not None else None,
             matrix=cast(JsonObject | None, data.get("matrix")),
+            attempts=[Attempt.from_json(cast(JsonObject, attempt))
+                      for attempt in cast(list[object], data.get("attempts") or [])],
             extra=_unread(data, CASE_FIELDS))
 
 
@@ -305,6 +345,12 @@ class Results:
             if case["verdict"] not in VERDICTS:
                 raise check.problem(where, f"verdict {case['verdict']!r} is not one of "
                                     f"{', '.join(VERDICTS)}")
+            for j, attempt in enumerate(cast(list[object], case.get("attempts") or [])):
+                check.record(attempt, f"{where}: attempts[{j}]", ATTEMPT_FIELDS)
+                if cast(JsonObject, attempt)["verdict"] not in VERDICTS:
+                    raise check.problem(f"{where}: attempts[{j}]", "verdict "
+                                        f"{cast(JsonObject, attempt)['verdict']!r} is not one of "
+                                        f"{', '.join(VERDICTS)}")
             if case["kernel"] not in kernels:
                 raise check.problem(where, f"kernel {case['kernel']!r} is not in the file's "
                                     f"kernels ({', '.join(kernels) or 'none'})")
@@ -341,10 +387,20 @@ CASE_FIELDS: Fields = {
     "message": (False, _STR, "text"),
     "console": (False, (list, *_NONE), "a list of console lines"),
     "matrix": (False, (dict, *_NONE), "a redirect-matrix cell (a table) or null"),
+    "attempts": (False, (list, *_NONE), "a list of the case's failed attempts"),
     **dict.fromkeys(("variant", "section", "title", "reason", "source", "kernel_version", "boot",
                      "console_log", "known_crash"), (False, _STR + _NONE, "text or null")),
     **dict.fromkeys(("duration", "guest_seconds", "boot_seconds", "agent_start_seconds"),
                     (False, _NUM + _NONE, "a number of seconds or null")),
+}
+ATTEMPT_FIELDS: Fields = {
+    "number": (True, (int,), "the attempt's number, 1 for the first run"),
+    "verdict": (True, _STR, "text"),
+    "message": (False, _STR, "text"),
+    "observed": (False, _JSON, "the observation or null"),
+    "console": (False, (list, *_NONE), "a list of console lines"),
+    "console_log": (False, _STR + _NONE, "text or null"),
+    "duration": (False, _NUM + _NONE, "a number of seconds or null"),
 }
 RUN_FIELDS: Fields = {
     "started": (False, _STR + _NONE, "a time or null"),
