@@ -24,7 +24,8 @@ from ..machines.ssh import (
 )
 from .fixtures import behaviours, bpf_object, expect, guest
 from .options import pytest_addoption
-from .recording import Reporter, declared_behaviour, mark_console_start
+from .recording import RERUN, Reporter, declared_behaviour, mark_console_start
+from .reruns import Reruns
 from .run import (
     CASE_GUEST_KEY,
     KERNELS_KEY,
@@ -45,6 +46,9 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(str(exc)) from None
     selected_behaviours(config, config.stash[RUN_KEY])  # an unknown id: a usage error now
     config.pluginmanager.register(Reporter(config, config.stash[RUN_KEY]), "kconform-report")
+    if config.option.rerun_failed:
+        config.pluginmanager.register(Reruns(config.stash[RUN_KEY], config.option.rerun_failed),
+                                      "kconform-reruns")
     atexit.register(kill_all_guests)
     if hasattr(signal, "SIGTERM"):
         signal.signal(signal.SIGTERM, _terminate)
@@ -96,6 +100,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # A stable sort keeps each kernel's tests together, in their collected order.
     # Cases some kernel is expected to hang on (a cited stable-release deadlock) go last on their
     # kernel: a replacement guest booted after the last of them serves no test, so none is booted.
+    # --rerun-failed's rounds come after all of them (reruns.py): the kernel's last case is where
+    # its guest is freed below, and where its failed cases start again on a fresh one.
     run = config.stash[RUN_KEY]
     _deselect_other_behaviours(config, run, items)
     _check_behaviours_declared(config, run, items)
@@ -201,6 +207,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatu
             # a case is counted by its call, or by its setup when that failed (a guest that never
             # booted, a splat while it booted): report.json counts those too
             if "kernel" not in props or not (when == "call" or (when == "setup" and report.failed)):
+                continue
+            if report.outcome == RERUN:  # a failed run that ran again: its last run counts
                 continue
             entry = seen.setdefault(props["kernel"], {"version": props.get("kernel_version"),
                                                       "uname": props.get("uname"), "verdicts": {}})

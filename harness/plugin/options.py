@@ -20,6 +20,18 @@ def positive_seconds(text: str) -> float:
     return value
 
 
+def rounds(text: str) -> int:
+    """An argparse type: how many times --rerun-failed may run a failed case again (0: never)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of rounds; give a whole "
+                                         "number, e.g. 2 (0 runs no case again)")
+    return value
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("kconform", "kconform: documented kernel behaviour on real kernels")
     group.addoption("--kernel", action="append", default=[], metavar="NAME",
@@ -46,6 +58,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "(default 180 under TCG, 60 under KVM)")
     group.addoption("--case-timeout", type=positive_seconds, default=30.0, metavar="S",
                     help="seconds one guest-side call may take before the test fails (default 30)")
+    group.addoption("--rerun-failed", type=rounds, default=0, metavar="N",
+                    help="run each case that failed again after the rest of its kernel's cases, "
+                         "on one fresh guest per round, up to N rounds: one that then passes is "
+                         "reported as flaky (never as a pass), one that fails every round stays "
+                         "fail with every run's evidence. A crashed case (its guest died or hung, "
+                         "or the kernel reported a splat or a taint) is never run again. "
+                         "Default 0: no reruns.")
     group.addoption("--refresh-kernels", action="store_true",
                     help="ask the archive for the newest package of each kernel now, instead of "
                          "trusting a resolution made in the last 12 hours")

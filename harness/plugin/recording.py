@@ -11,6 +11,9 @@ Two halves, registered as one plugin object by harness/plugin/__init__.py:
   here with their user_properties), and when a case's teardown report arrives, the case is
   judged and report.json and the JUnit file are rewritten (one rename each), so an interrupted
   run leaves valid files holding every case that finished. The grid is written at the end.
+  A case --rerun-failed runs again is recorded once, from its last run's reports, which carry
+  the earlier failed runs as an "attempts" property (reruns.py); the reports of those earlier
+  runs (outcome "rerun") are shown but not recorded.
 """
 from __future__ import annotations
 
@@ -41,6 +44,7 @@ from ..reports.results import (
     REPORT_JSON,
     REPORT_JUNIT,
     REPORT_MARKDOWN,
+    Attempt,
     BehaviourRecord,
     CaseResult,
     KernelRecord,
@@ -177,6 +181,9 @@ class Reporter:
                 props = dict(report.user_properties)
         if "kernel" not in props and report.nodeid not in self.phases:
             return  # not a kernel case (kconform's own tests)
+        if report.outcome == RERUN:  # a failed run to be run again: its last run records it
+            self.phases.pop(report.nodeid, None)
+            return
         self.phases.setdefault(report.nodeid, []).append(report)
         if report.when not in ("setup", "call"):
             self._finish(self.phases.pop(report.nodeid))
@@ -310,6 +317,7 @@ def case_record(reports: list[pytest.TestReport],
     """One result from a test's setup/call/teardown reports and their user_properties."""
     props = _properties(reports)
     kernel = str(props["kernel"])
+    attempts = _attempts(props.get("attempts"))
     # xdist's loadgroup appends "@<group>" (here the kernel) to node ids; pytest takes them without
     nodeid = reports[0].nodeid.removesuffix(f"@{kernel}")
     failed = next((r for r in reports if r.failed), None)
@@ -323,6 +331,9 @@ def case_record(reports: list[pytest.TestReport],
         longrepr = skipped.longrepr
         message = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
         message = message.removeprefix("Skipped: ")
+    elif attempts:  # it failed before, and passed when run again on a fresh guest
+        verdict = Verdict.FLAKY
+        message = ""
     else:
         verdict = recorded if recorded is not None and recorded.good else Verdict.PASS
         message = ""
@@ -342,6 +353,7 @@ def case_record(reports: list[pytest.TestReport],
     cell = _json(props.get("matrix"))
     if isinstance(cell, dict):
         case.matrix = cell
+    case.attempts = attempts
     if verdict.bad:
         case.known_crash = _text(props, "known_crash")
         case.boot = _text(props, "boot")
@@ -349,6 +361,27 @@ def case_record(reports: list[pytest.TestReport],
         case.console = [str(line) for line in console] if isinstance(console, list) else []
         case.console_log = _text(props, "console_log")
     return case
+
+
+# The outcome of the reports of a run that --rerun-failed runs again (pytest-rerunfailures'
+# word): pytest counts it neither as passed nor as failed.
+RERUN = "rerun"
+
+
+def attempt_record(reports: list[pytest.TestReport], number: int) -> Attempt:
+    """One failed run of a case, from its reports: what the case's last run carries of it."""
+    case = case_record(reports)
+    return Attempt(number=number, verdict=case.verdict, message=case.message,
+                   observed=case.observed, console=case.console, console_log=case.console_log,
+                   duration=case.duration)
+
+
+def _attempts(text: object) -> list[Attempt]:
+    """The "attempts" property (JSON text: xdist sends properties between processes)."""
+    found = _json(text)
+    if not isinstance(found, list):
+        return []
+    return [Attempt.from_json(attempt) for attempt in found if isinstance(attempt, dict)]
 
 
 def _properties(reports: list[pytest.TestReport]) -> dict[str, object]:

@@ -61,6 +61,7 @@ class GuestPool:
         self.trees: dict[str, KernelTree] = {}
         self.failed: dict[str, Exception] = {}
         self.boots: dict[str, int] = {}
+        self.renewals: dict[str, int] = {}  # fresh guests asked for (--rerun-failed's rounds)
         self.fresh: dict[str, GuestSession] = {}
         self.machines: dict[str, Machine] = {}  # the last one started per kernel, even if it failed
 
@@ -91,8 +92,9 @@ class GuestPool:
         self._make_sure_gone(name)
         tree = self.tree(name)
         count = self.boots.get(name, 0)
-        if count > MAX_REPLACEMENTS:
-            self.failed[name] = BootFailure(f"{name}: the guest died {count - 1} times; "
+        deaths = count - 1 - self.renewals.get(name, 0)  # a renewal is no death
+        if deaths >= MAX_REPLACEMENTS:
+            self.failed[name] = BootFailure(f"{name}: the guest died {deaths} times; "
                                             "not booting it again in this run")
             raise self.failed[name]
         self.boots[name] = count + 1
@@ -145,6 +147,12 @@ class GuestPool:
                 f"not starting another beside it (console log: {previous.console.log_path})",
                 previous.console.tail())
             raise self.failed[name]
+
+    def renew(self, name: str) -> None:
+        """The kernel's next test gets a fresh guest (a round of --rerun-failed): the live one is
+        freed, and the boot that replaces it does not count as a death."""
+        self.release(name)
+        self.renewals[name] = self.renewals.get(name, 0) + 1
 
     def release(self, name: str) -> None:
         session = self.live.pop(name, None)
