@@ -251,3 +251,18 @@ def test_rerun_failed_takes_a_whole_number(run_pytest, value):
         in proc.stderr
     assert "Traceback" not in proc.stderr
 
+
+
+def test_a_rerun_in_another_module_than_the_kernels_last_case(run_pytest, tmp_path):
+    """The kernel's last case was torn down for the next kernel's first, in its own module: the
+    rerun's module is set up again, as pytest would for a next item (its SetupState)."""
+    state = tmp_path / "state"
+    state.mkdir()
+    proc = run_pytest("tests/faultcases/flaky_noguest.py", "tests/reportcases/fake.py",
+                      "--kernel", "debian-5.10,debian-7.2", "-k",
+                      "(debian-5.10 and not test_e) or (debian-7.2 and test_e)",
+                      "--rerun-failed", "1", env={"KCONFORM_FLAKY_STATE": str(state)})
+    assert proc.returncode == 1 and "INTERNALERROR" not in proc.stdout + proc.stderr
+    verdicts = {(c.case, c.kernel): c.verdict for c in results.load(proc.results).cases}
+    assert verdicts[("test_a_fails_on_its_first_attempt_only", "debian-5.10")] == "flaky"
+    assert verdicts[("test_e_killed", "debian-7.2")] == "pass"

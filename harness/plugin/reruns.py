@@ -184,7 +184,7 @@ def _reported_as(item: pytest.Item) -> Iterator[None]:
     worker = next((plugin for plugin in item.config.pluginmanager.get_plugins()
                    if type(plugin).__name__ == "WorkerInteractor"
                    and hasattr(plugin, "item_index")), None)
-    if worker is None:  # not an xdist worker
+    if worker is None or worker.session.items[worker.item_index] is item:  # no xdist, or no rerun
         yield
         return
     running = worker.item_index
