@@ -1,5 +1,5 @@
 """./kconform subcommands. suite, test and bench end in a pytest run, so pytest's own options pass
-through; merge and compare read results files only (no VM, no pytest)."""
+through; merge, compare and kcidb read results files only (no VM, no pytest)."""
 from __future__ import annotations
 
 import argparse
@@ -17,6 +17,7 @@ USAGE = """\
 ./kconform test [pytest args]                              kconform's own tests (tests/)
 ./kconform merge RESULTS... [-o DIR]                       one grid from several runs' report.json
 ./kconform compare RESULTS [RESULTS] [--base K --new K]    what differs; exit 1 on a regression
+./kconform kcidb RESULTS -o FILE [--origin NAME]           the run as KCIDB data (KernelCI)
 ./kconform bisect ID... [-k EXPR] --kernel RANGE          the version whose outcome changed
 ./kconform kernels [--versions NAME...]                    the known kernel names; their versions
 ./kconform cache [list]                                    what is cached: size, last use
@@ -156,6 +157,42 @@ def compare_main(argv: list[str]) -> int:
         return 2
     print(text)
     return 1 if result.regressions else 0
+
+
+def kcidb_main(argv: list[str]) -> int:
+    """`kcidb`: a results file as KCIDB data, validated with kcidb-io; nothing is sent."""
+    from .errors import KconformError
+    from .reports.kcidb import DEFAULT_ORIGIN, SCHEMA, checked_origin, kcidb_text
+    from .reports.results import load, write_atomic
+    parser = argparse.ArgumentParser(
+        prog="kconform kcidb", description=f"Write a run's results as KCIDB data (schema "
+        f"{SCHEMA}, validated with kcidb-io), the format KernelCI gathers kernel test results "
+        "in. Nothing is sent: submit the file with kcidb-submit.")
+    parser.add_argument("results", help="a report.json, or the directory holding one")
+    parser.add_argument("-o", "--output", required=True, metavar="FILE",
+                        help="where the KCIDB JSON goes (- for standard output)")
+    parser.add_argument("--origin", default=DEFAULT_ORIGIN, metavar="NAME",
+                        help="the submitting CI system, which every id starts with: lower-case "
+                        f"letters, digits and _ (default: {DEFAULT_ORIGIN})")
+    args = parser.parse_args(argv)
+    _caller_cwd()
+    try:
+        text = kcidb_text(load(args.results), checked_origin(args.origin))
+    except KconformError as exc:
+        print(f"kconform kcidb: {exc}", file=sys.stderr)
+        return 2
+    if args.output == "-":
+        sys.stdout.write(text)
+        return 0
+    try:
+        write_atomic(Path(args.output), text)
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the name
+        reason = getattr(exc, "strerror", None) or str(exc)
+        print(f"kconform kcidb: -o {args.output}: cannot write it ({reason}); give -o a file "
+              "in a directory you can write", file=sys.stderr)
+        return 2
+    print(args.output)
+    return 0
 
 
 def bisect_main(argv: list[str]) -> int:
@@ -317,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
         return merge_main(rest)
     elif command == "compare":
         return compare_main(rest)
+    elif command == "kcidb":
+        return kcidb_main(rest)
     elif command == "bench":
         from .bench import main as bench
         return bench(rest)
