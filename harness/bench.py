@@ -13,29 +13,41 @@ In one run, on the kernels given (default: BENCH_KERNELS, the generic flavour's 
   bisect   boots and wall time of `./kconform bisect U10` over the seven bookworm versions
   redirect the redirect matrix's share of each kernel's suite (its 576 cases): guest seconds and
            harness overhead per case
+  arm64    each arm64 kernel's floor and suite beside its amd64 sibling's (the same ratios)
+  cpus     seconds to the root-mount panic under TCG, per -cpu model and architecture (3 rounds,
+           interleaved; the median): which model the guests use
+  build    --build on a kernel source tree: a rerun with no change, an incremental rebuild after
+           one source file is touched, and the full build's time as recorded when it was made
 Targets (issue #6): suite <= 1.3 x floor + case work; overhead <= 50 ms/case; naive/suite >= 20;
 the full matrix with -n 2 <= 4 minutes. Issue #11: a bisect over N versions boots at most
 ceil(log2(N - 1)) + 2 kernels (5 for the seven bookworm versions). Issue #12: the redirect matrix
 adds at most 60 s of guest time per kernel, and its harness overhead stays <= 50 ms per case.
+Issue #13: an arm64 kernel keeps suite <= 1.3 x floor + case work. Issue #15: a --build rerun of
+an unchanged tree takes under 2 s.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypedDict
 
 from .errors import KconformError
 from .kernels import KernelProvider, KernelTree, expand_kernel_args, load_specs
-from .machines.accel import Accel, choose_accel
+from .kernels.specs import host_architecture
+from .machines.accel import TCG_CPU, Accel, choose_accel, probe_boot
 from .machines.qemu import build_vng_command, guest_python
+from .machines.rootfs import FOREIGN_ROOT, Rootfs, RootfsProvider
 from .paths import REPO_ROOT
 
 OVERHEAD_TARGET_MS = 50.0
@@ -47,6 +59,15 @@ REDIRECT_CASES_FILE = "cases/test_redirect_matrix.py"
 # The bisect row: U10 (unbound UDP) changed inside bookworm's point releases, at 6.1.187-1.
 BISECT_RANGE = "debian-6.1@6.1.170-3..6.1.192-3"
 BISECT_BEHAVIOUR = "U10"
+NO_CHANGE_BUILD_TARGET_S = 2.0
+# The build row's tree: the one tests/test_source_build_vm.py unpacks into the cache, and the
+# file it touches (the one whose fix that test reverts).
+BUILD_TREE_GLOB = "test-sources/linux-source-6.1_*/linux-source-6.1"
+BUILD_TOUCHED = "net/core/sock_map.c"
+# The CPU models the cpus row races, per architecture (TCG_CPU's choice among them).
+CPU_MODELS = {"amd64": ("qemu64", "max"),
+              "arm64": ("cortex-a57", "cortex-a53", "cortex-a72", "neoverse-n1", "max")}
+CPU_ROUNDS = 3
 
 # Guest functions a user without kconform would script one boot each for, with their arguments.
 NAIVE_SAMPLE: list[tuple[str, dict[str, object]]] = [
@@ -74,6 +95,7 @@ class MatrixFigures(MemoryFigures):
 class KernelFigures(TypedDict, total=False):
     """One kernel's figures: the floor first, the suite's split once it ran, then the ratios."""
     version: str
+    arch: str
     floor_s: float
     floor_qemu_peak_mib: float
     cases: int
@@ -112,9 +134,20 @@ class BisectFigures(TypedDict):
     change: str            # "older -> newer", or why none was found
 
 
+class BuildFigures(TypedDict):
+    tree: str
+    identity: str
+    full_build_s: float | None   # as recorded when the build was made (not re-measured)
+    no_change_s: float
+    incremental_s: float         # after touching BUILD_TOUCHED
+
+
 class Figures(TypedDict, total=False):
     """What bench saves as JSON (and prints as tables)."""
     accel: str
+    accels: dict[str, str]       # per architecture: "tcg cortex-a57"
+    cpus: dict[str, dict[str, float]]  # arch -> -cpu model -> median seconds to the panic
+    build: BuildFigures
     kernels: dict[str, KernelFigures]
     started: str
     matrix: dict[str, MatrixFigures]
@@ -172,7 +205,9 @@ class PeakMemory:
 # The generic flavour's series, one each, as the figures were first taken: 5.10 pinned to
 # 5.10.223-1, whose E1/E3 deadlock (expected hangs, replacement boots) the suite row measures;
 # not the cloud flavour (refused) nor the RC (its mirror may need KCONFORM_ARCHIVE_MAX_AGE).
-BENCH_KERNELS = ["debian-5.10@5.10.223-1", "debian-6.1", "debian-6.12", "debian-7.2", "debian-7.3"]
+# debian-6.12-arm64 beside its amd64 sibling: the arm64 row (issue #13).
+BENCH_KERNELS = ["debian-5.10@5.10.223-1", "debian-6.1", "debian-6.12", "debian-7.2", "debian-7.3",
+                 "debian-6.12-arm64"]
 
 def timed(cmd: list[str],
           cwd: Path | None = None) -> tuple[float, subprocess.CompletedProcess[str]]:
@@ -181,9 +216,9 @@ def timed(cmd: list[str],
     return time.monotonic() - start, proc
 
 
-def floor(tree: KernelTree, accel: Accel) -> float:
+def floor(tree: KernelTree, accel: Accel, rootfs: Rootfs | None = None) -> float:
     """A bare boot of the kernel with the suite's QEMU settings, doing nothing."""
-    seconds, proc = timed(build_vng_command(tree, accel, "true"))
+    seconds, proc = timed(build_vng_command(tree, accel, "true", rootfs=rootfs))
     if proc.returncode != 0:
         raise RuntimeError(f"vng --exec true failed on {tree.name}:\n{proc.stderr[-2000:]}")
     return seconds
@@ -272,6 +307,82 @@ def bisect_row(kernel_range: str, behaviour: str, results: Path) -> BisectFigure
             "change": change}
 
 
+def cpu_row(images: dict[str, Path]) -> dict[str, dict[str, float]]:
+    """Seconds from QEMU's start to the kernel's root-mount panic under TCG, per -cpu model: the
+    median of CPU_ROUNDS, the models interleaved so a noisy moment hits them alike."""
+    times: dict[str, dict[str, list[float]]] = {
+        arch: {cpu: [] for cpu in CPU_MODELS[arch]} for arch in images}
+    for _ in range(CPU_ROUNDS):
+        for arch, image in images.items():
+            for cpu in CPU_MODELS[arch]:
+                start = time.monotonic()
+                works, why = probe_boot(image, "tcg", cpu, timeout=120, arch=arch)
+                if not works:
+                    raise RuntimeError(f"cpus: {image.name} with -cpu {cpu}: {why}")
+                times[arch][cpu].append(time.monotonic() - start)
+    return {arch: {cpu: round(sorted(t)[len(t) // 2], 2) for cpu, t in models.items()}
+            for arch, models in times.items()}
+
+
+def build_row(source: Path, cache: Path, say: Callable[[str], None]) -> BuildFigures:
+    """--build on an already built tree: a rerun that must build nothing, then one source file
+    touched (a new state, so make rebuilds that file and links), then its mtime put back."""
+    from .kernel_config import fragment_of_a_child
+    from .kernels.build import SourceBuild
+    from .kernels.packages import BUILD_INFO
+    build = SourceBuild(source, cache / "builds", fragment_of_a_child(cache), say)
+    start = time.monotonic()
+    out = build.build()
+    no_change = time.monotonic() - start
+    recorded = json.loads((out / BUILD_INFO).read_text()).get("seconds")
+    touched = source / BUILD_TOUCHED
+    before = touched.stat()
+    try:
+        os.utime(touched)
+        start = time.monotonic()
+        incremental_out = build.build()
+        incremental = time.monotonic() - start
+    finally:
+        os.utime(touched, ns=(before.st_atime_ns, before.st_mtime_ns))
+    if incremental_out != out:  # the touched state's kernel: not one anybody will run again
+        shutil.rmtree(incremental_out, ignore_errors=True)
+    return {"tree": str(source), "identity": out.name,
+            "full_build_s": recorded if isinstance(recorded, (int, float)) else None,
+            "no_change_s": round(no_change, 2), "incremental_s": round(incremental, 1)}
+
+
+def _root_for(arch: str, cache: Path) -> Rootfs | None:
+    """The root the suite gives guests of this architecture when --rootfs is left as 'host'."""
+    if arch == host_architecture():
+        return None
+    return RootfsProvider(cache).get(FOREIGN_ROOT, arch=arch)
+
+
+def _build_tree(value: str | None, cache: Path) -> Path | None:
+    """--build-tree: a path, 'none', or (default) the tree the build test leaves in the cache."""
+    if value == "none":
+        return None
+    if value is not None:
+        return Path(value).resolve()
+    found = sorted(cache.glob(BUILD_TREE_GLOB))
+    return found[-1] if found else None
+
+
+def _sibling(name: str, names: list[str], arch: str) -> str | None:
+    """The kernel of `names` that is `name` built for another architecture (debian-6.12-arm64
+    -> debian-6.12), as the kernel definitions pair them."""
+    from .kernels.specs import sibling
+    specs = load_specs()
+    base, at, version = name.partition("@")
+    if base not in specs:
+        return None
+    try:
+        other = sibling(specs[base], arch, specs).name + at + version
+    except KconformError:
+        return None
+    return other if other in names else None
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="kconform bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -284,14 +395,26 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--bisect-range", default=BISECT_RANGE, metavar="RANGE",
                         help=f"versions the bisect row bisects {BISECT_BEHAVIOUR} over (default "
                              f"{BISECT_RANGE}); 'none' leaves the row out")
+    parser.add_argument("--build-tree", default=None, metavar="PATH",
+                        help="kernel source tree the build row measures --build on (default: the "
+                             "linux-source-6.1 tree kconform's tests unpack into the cache, if "
+                             "there); 'none' leaves the row out")
+    parser.add_argument("--cpu-models", choices=("yes", "no"), default="yes",
+                        help="whether to race the -cpu models (the cpus row; about 1 min)")
     args = parser.parse_args(argv)
     names = expand_kernel_args(args.kernel or BENCH_KERNELS, load_specs())
     provider = KernelProvider(log=lambda m: print(f"kconform: {m}", file=sys.stderr))
     trees = {n: provider.get(n) for n in names}
-    image = trees[names[0]].vmlinuz
-    if image is None:  # only an SSH target's kernel has none, and bench boots its own
-        raise KconformError(f"bench: {names[0]} has no kernel image to boot")
-    accel = choose_accel(image, cache=provider.cache)
+    accels: dict[str, Accel] = {}
+    roots: dict[str, Rootfs | None] = {}
+    for name in names:
+        tree = trees[name]
+        if tree.vmlinuz is None:  # only an SSH target's kernel has none, and bench boots its own
+            raise KconformError(f"bench: {name} has no kernel image to boot")
+        if tree.arch not in accels:
+            accels[tree.arch] = choose_accel(tree.vmlinuz, cache=provider.cache, arch=tree.arch)
+            roots[tree.arch] = _root_for(tree.arch, provider.cache)
+    accel = accels.get(host_architecture()) or next(iter(accels.values()))
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     work_dir = Path(tempfile.mkdtemp(prefix="kconform-bench-"))
@@ -299,13 +422,18 @@ def main(argv: list[str]) -> int:
     def say(message: str) -> None:
         print(f"kconform bench: {message}", file=sys.stderr, flush=True)
 
-    figures: Figures = {"accel": accel.name, "kernels": {}, "started": time.strftime("%F %T")}
+    figures: Figures = {"accel": accel.name, "kernels": {}, "started": time.strftime("%F %T"),
+                        "accels": {arch: f"{a.name} {a.cpu}" for arch, a in accels.items()}}
     kernels: dict[str, KernelFigures] = figures["kernels"]
     for name in names:
         say(f"floor: {name}")
+        tree = trees[name]
+        root = roots[tree.arch]
+        if root is not None:
+            RootfsProvider(provider.cache).add_modules(root, tree)
         with PeakMemory("vng --run") as floor_memory:
-            kernels[name] = {"version": trees[name].exact_version,
-                             "floor_s": round(floor(trees[name], accel), 1),
+            kernels[name] = {"version": tree.exact_version, "arch": tree.arch,
+                             "floor_s": round(floor(tree, accels[tree.arch], root), 1),
                              "floor_qemu_peak_mib": floor_memory.figures()["qemu_peak_mib"]}
     matrix: dict[str, MatrixFigures] = {}
     for workers in (1, 2):
@@ -318,11 +446,12 @@ def main(argv: list[str]) -> int:
     figures["matrix"] = matrix
     naive_kernel = args.naive_kernel or names[0]
     from .bpf import build
-    objects = {"sockmap_progs": str(build("sockmap_progs"))}
+    objects = {"sockmap_progs": str(build("sockmap_progs", arch=trees[naive_kernel].arch))}
     samples: list[float] = []
     for fn, kwargs in NAIVE_SAMPLE:
         say(f"naive: {fn} on {naive_kernel}")
-        samples.append(naive_case(trees[naive_kernel], accel, fn, kwargs, objects))
+        samples.append(naive_case(trees[naive_kernel], accels[trees[naive_kernel].arch], fn,
+                                  kwargs, objects))
     per_case = sum(samples) / len(samples)
     k = kernels[naive_kernel]
     figures["naive"] = {"kernel": naive_kernel, "sample_s": [round(s, 1) for s in samples],
@@ -333,6 +462,17 @@ def main(argv: list[str]) -> int:
         k["suite_budget_s"] = round(FLOOR_FACTOR * k["floor_s"] + k["work_s"]
                                     + k["expected_hangs_s"], 1)
         k["naive_over_suite"] = round(per_case * k["cases"] / k["suite_s"], 1)
+    if args.cpu_models == "yes":
+        say("cpus: the -cpu models to the root-mount panic")
+        images: dict[str, Path] = {}
+        for tree in trees.values():
+            if tree.vmlinuz is not None and tree.arch in CPU_MODELS:
+                images.setdefault(tree.arch, tree.vmlinuz)
+        figures["cpus"] = cpu_row(images)
+    build_tree = _build_tree(args.build_tree, provider.cache)
+    if build_tree is not None:
+        say(f"build: --build on {build_tree}")
+        figures["build"] = build_row(build_tree, provider.cache, say)
     if args.bisect_range != "none":
         say(f"bisect: {BISECT_BEHAVIOUR} over {args.bisect_range}")
         figures["bisect"] = bisect_row(args.bisect_range, BISECT_BEHAVIOUR, work_dir / "bisect")
@@ -347,7 +487,8 @@ def _met(ok: bool) -> str:
 
 
 def print_tables(f: Figures) -> None:
-    print(f"accelerator: {f['accel']}")
+    print(f"accelerator: {f['accel']}"
+          + "".join(f"; {arch} {a}" for arch, a in f.get("accels", {}).items()))
     print(f"{'kernel':24} {'floor s':>7} {'suite s':>7} {'boots':>5} {'boot':>6} {'agent':>6} "
           f"{'work':>6} "
           f"{'hangs':>6} {'cases':>5} {'ovh ms':>7} {'suite/floor':>11} {'budget s':>8} "
@@ -371,6 +512,25 @@ def print_tables(f: Figures) -> None:
             print(f"redirect matrix on {name}: {k['redirect_cases']} cases, "
                   f"{k['redirect_work_s']} s in the guest, {k['redirect_overhead_ms']} ms "
                   "overhead per case")
+    for name, k in f["kernels"].items():
+        amd64 = _sibling(name, list(f["kernels"]), "amd64") if k.get("arch") == "arm64" else None
+        if amd64 is not None:
+            a = f["kernels"][amd64]
+            print(f"arm64 {name} against {amd64}: floor {k['floor_s']} / {a['floor_s']} s "
+                  f"(x{k['floor_s'] / a['floor_s']:.1f}), suite {k['suite_s']} / {a['suite_s']} s "
+                  f"(x{k['suite_s'] / a['suite_s']:.1f}), work {k['work_s']} / {a['work_s']} s, "
+                  f"suite/floor {k['suite_over_floor']} / {a['suite_over_floor']}")
+    for arch, models in f.get("cpus", {}).items():
+        fastest = min(models, key=lambda cpu: models[cpu])
+        print(f"cpus {arch} (TCG, s to the root-mount panic, median of {CPU_ROUNDS}): "
+              + ", ".join(f"{cpu} {t}" for cpu, t in models.items())
+              + f"; fastest {fastest}, the guests use {TCG_CPU.get(arch, '?')}")
+    build = f.get("build")
+    if build is not None:
+        full = f"{build['full_build_s']} s as recorded" if build["full_build_s"] else "not recorded"
+        print(f"build {build['identity']}: full build {full}; rerun with no change "
+              f"{build['no_change_s']} s; after touching {BUILD_TOUCHED} "
+              f"{build['incremental_s']} s")
     b = f.get("bisect")
     if b is not None:
         print(f"bisect {b['behaviour']} over {b['range']}: {b['boots']} boots of {b['versions']} "
@@ -399,6 +559,10 @@ def print_tables(f: Figures) -> None:
               + _met(all(k["redirect_overhead_ms"] <= OVERHEAD_TARGET_MS
                          for k in redirect.values()))
               + f" (worst {max(k['redirect_overhead_ms'] for k in redirect.values())} ms)")
+    if build is not None:
+        print(f"  --build rerun with no change < {NO_CHANGE_BUILD_TARGET_S:.0f} s: "
+              f"{_met(build['no_change_s'] < NO_CHANGE_BUILD_TARGET_S)} "
+              f"({build['no_change_s']} s)")
     if b is not None:
         print(f"  bisect boots <= ceil(log2(N - 1)) + 2 = {b['bound']}: "
               f"{_met(b['boots'] <= b['bound'])} ({b['boots']} boots)")

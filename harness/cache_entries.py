@@ -194,7 +194,11 @@ def _root(path: Path) -> Entry:
 
 
 def _bpf(path: Path) -> Entry:
+    # <program>-<arch>-<digest>.o (bpf.py); before arm64, <program>-<digest>.o, built for amd64:
+    # one group per program and architecture, so --keep N keeps N of each
     program = path.stem.rpartition("-")[0] or path.stem
+    if not program.endswith(tuple(f"-{arch}" for arch in ARCHITECTURES)):
+        program += "-amd64"
     used = last_use(path)
     inodes = _inodes(path)
     for sidecar in path.parent.glob(f"{path.name}.*"):  # files kept beside an object are its own

@@ -59,7 +59,7 @@ def test_probe_says_no_when_qemu_cannot_start_the_kernel(tmp_path):
 
 def test_a_guest_of_another_architecture_is_emulated_without_a_probe(tmp_path, monkeypatch):
     # KVM runs only the host's own architecture; a probe of it would only cost a boot.
-    monkeypatch.setattr(accel, "host_arch", lambda: "amd64")
+    monkeypatch.setattr(accel, "host_architecture", lambda: "amd64")
     monkeypatch.setattr(accel, "require_qemu", lambda arch="amd64": "qemu")
     monkeypatch.setattr(accel, "_kvm_works", lambda *a: pytest.fail("probed KVM"))
     chosen = accel.choose_accel(tmp_path / "vmlinuz", "auto", arch="arm64")

@@ -334,6 +334,15 @@ def test_keep_1_keeps_a_root_of_each_architecture(store, capsys):
     assert "debian-bookworm@bbbbbbbbbbbb arm64 (bookworm)" in capsys.readouterr().out
 
 
+def test_keep_1_counts_bpf_objects_per_program_and_architecture(store, capsys):
+    # before arm64 an object was <program>-<digest>.o, built for amd64: it is amd64's older one
+    old = add_bpf(store, "prog", "0" * 24, days=3)
+    amd64 = add_bpf(store, "prog-amd64", "1" * 24, days=1)
+    arm64 = add_bpf(store, "prog-arm64", "2" * 24, days=2)
+    assert cli.main(["cache", "prune", "--keep", "1"]) == 0
+    assert (old.exists(), amd64.exists(), arm64.exists()) == (False, True, True)
+
+
 def test_older_than_removes_what_no_run_used_for_that_long(filled, store, capsys):
     status, out, _ = _run(capsys, "prune", "--older-than", "30d")
     assert status == 0

@@ -324,3 +324,43 @@ def test_guest_tools_in_a_venv_whose_path_a_shell_would_read_mean_9p(tmp_path, m
     monkeypatch.setattr(vm, "_guest_tools", lambda: "/home/me/venv $(id)/virtme/guest")
     cmd = build_vng_command(tree_for(fake_image(tmp_path / "bzImage")), TCG, "true")
     assert "--force-9p" in cmd
+
+
+# -- a guest of another architecture
+
+ARM64_TCG = Accel("tcg", "cortex-a57", "test", arch="arm64")
+
+
+def _arm64_root(tmp_path: Path) -> Rootfs:
+    root = tmp_path / "arm64-root"
+    (root / "usr" / "bin").mkdir(parents=True)
+    return Rootfs(name="test", path=root, digest="0" * 12, packages={}, arch="arm64")
+
+
+def test_an_arm64_kernel_boots_qemu_system_aarch64_on_its_arm64_root(tmp_path, monkeypatch):
+    monkeypatch.setattr(vm, "host_architecture", lambda: "amd64")
+    image = fake_image(tmp_path / "vmlinuz")
+    tree = KernelTree(name="arm", vmlinuz=image, release=RELEASE, arch="arm64")
+    cmd = build_vng_command(tree, ARM64_TCG, "true", rootfs=_arm64_root(tmp_path))
+    assert cmd[cmd.index("--arch") + 1] == "arm64" and "--disable-kvm" in cmd
+    assert "--qemu-opts=-cpu cortex-a57" in cmd
+    proc = dry_run(cmd, tmp_path / "cwd")
+    line = next((x for x in proc.stdout.splitlines() if "qemu-system" in x), proc.stderr[-2000:])
+    # virtme-ng's own -M virt and console for arm64, and our CPU model after its own
+    assert "qemu-system-aarch64" in line and "-M virt" in line, line
+    assert line.rindex("-cpu cortex-a57") > line.index("-M virt")
+    # the host's amd64 kernels get none of it
+    amd64 = build_vng_command(tree_for(image), TCG, "true")
+    assert "--arch" not in amd64
+
+
+@pytest.mark.parametrize("root", ["none", "amd64"])
+def test_an_arm64_kernel_without_an_arm64_root_is_refused_before_qemu(tmp_path, monkeypatch,
+                                                                     root):
+    monkeypatch.setattr(vm, "host_architecture", lambda: "amd64")
+    tree = KernelTree(name="arm", vmlinuz=fake_image(tmp_path / "vmlinuz"), release=RELEASE,
+                      arch="arm64")
+    rootfs = None if root == "none" else Rootfs(name="test", path=tmp_path, digest="0" * 12,
+                                                packages={})
+    with pytest.raises(KconformError, match="is an arm64 kernel: its guest needs an arm64 root"):
+        build_vng_command(tree, ARM64_TCG, "true", rootfs=rootfs)

@@ -59,6 +59,8 @@ def test_arch_runs_each_named_kernel_once_per_architecture():
     assert expand_kernel_args(["debian-7.3-arm64"], specs, arches=("amd64",)) == ["debian-7.3"]
     assert [specs[n].arch for n in expand_kernel_args(["all"], specs, arches=("arm64",))] == \
         ["arm64"] * 5
+    # 'all' of both is every definition, the flavours with no arm64 build among them
+    assert expand_kernel_args(["all"], specs, arches=both) == list(specs)
 
 
 def test_a_kernel_with_no_definition_for_an_architecture_is_a_usage_error():

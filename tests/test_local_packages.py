@@ -88,3 +88,21 @@ def test_a_directory_with_both_a_tree_and_debs_is_a_usage_error(tmp_path):
     (tree / "linux-image-x.deb").write_bytes(b"x")
     assert_usage_error(collect("--kernel", str(tree)), "holds both an extracted kernel tree",
                        "linux-image-x.deb")
+
+
+def test_a_candidate_package_is_the_architecture_its_control_file_names(tmp_path):
+    # an arm64 candidate boots in an arm64 guest, on an arm64 root, with arm64 BPF objects
+    release = "6.12.0-99-custom"  # a release that names no architecture: the control file says
+    root = tmp_path / "src"
+    (root / "DEBIAN").mkdir(parents=True)
+    (root / "DEBIAN" / "control").write_text(
+        f"Package: linux-image-{release}-unsigned\nVersion: 6.12.999-1\nArchitecture: arm64\n"
+        "Maintainer: kconform <kconform@example.org>\nDescription: a test package\n")
+    (root / "boot").mkdir()
+    (root / "boot" / f"vmlinuz-{release}").write_bytes(b"MZ arm64 Image")
+    (root / "lib" / "modules" / release / "kernel").mkdir(parents=True)
+    deb = tmp_path / f"linux-image-{release}-unsigned_6.12.999-1_arm64.deb"
+    subprocess.run(["dpkg-deb", "--build", "--root-owner-group", str(root), str(deb)],
+                   check=True, capture_output=True)
+    kernel = KernelProvider(cache=tmp_path / "cache").get(str(deb))
+    assert (kernel.release, kernel.exact_version, kernel.arch) == (release, "6.12.999-1", "arm64")

@@ -4,6 +4,7 @@ no debootstrap: the binfmt_misc directory and the binfmt.d directories are tempo
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -12,9 +13,8 @@ import pytest
 
 from harness.cache import publish, staging_dir
 from harness.errors import KconformError
-from harness.kernels.specs import ARCHITECTURES
+from harness.kernels.specs import ARCHITECTURES, host_architecture
 from harness.machines import rootfs
-from harness.machines.accel import host_arch
 from harness.machines.rootfs import (
     BinfmtStep,
     Rootfs,
@@ -188,7 +188,7 @@ def test_a_target_that_cannot_run_names_qemu_user_static(tmp_path, monkeypatch):
 @pytest.mark.parametrize("foreign", [False, True])
 def test_binfmt_misc_is_prepared_for_a_foreign_root_only(tmp_path, monkeypatch, foreign):
     """A native root needs no emulation: an amd64 build never touches binfmt_misc."""
-    host = host_arch()
+    host = host_architecture()
     arch = next(a for a in ARCHITECTURES if (a != host) == foreign)
     prepared: list[str] = []
     monkeypatch.setattr(rootfs.shutil, "which", lambda name: f"/usr/sbin/{name}")
@@ -411,3 +411,29 @@ def test_a_root_without_poweroff_gets_busyboxs_so_a_foreign_guest_powers_off(tmp
     (with_systemd / "usr/bin/busybox").write_bytes(b"\x7fELF")
     rootfs._link_poweroff(with_systemd)
     assert not (with_systemd / "usr/local/bin/poweroff").exists()  # its own is kept
+
+
+@pytest.mark.parametrize("rootfs_name, arches, arch, chosen", [
+    ("host", {"amd64"}, "amd64", "host"),                    # the default: the host's own root
+    ("host", {"arm64"}, "arm64", "debian-bookworm"),         # it cannot run the host's root
+    ("host", {"amd64", "arm64"}, "amd64", "debian-bookworm"),  # a compare: one release's root
+    ("debian-bookworm", {"amd64", "arm64"}, "arm64", "debian-bookworm"),
+])
+def test_each_architecture_boots_the_root_the_run_chooses_for_it(monkeypatch, rootfs_name,
+                                                                 arches, arch, chosen):
+    from types import SimpleNamespace
+
+    from harness.plugin import run
+    monkeypatch.setattr(run, "host_architecture", lambda: "amd64")
+    state = SimpleNamespace(rootfs_name=rootfs_name, arches=arches)
+    assert run.KconformRun.root_recipe(state, arch) == chosen  # type: ignore[arg-type]
+
+
+def test_the_poweroff_link_is_on_the_path_virtme_init_ends_a_guest_with():
+    # virtme-ng's shell-script init (run for a foreign architecture) calls `poweroff -f` with
+    # the PATH it sets itself: read it from the installed script, not from our own constant.
+    from virtme import resources
+    init = Path(resources.find_guest_tools()) / "virtme-init"
+    defaults = re.search(r"local defaults=(\S+)", init.read_text())
+    assert defaults, "virtme-init no longer sets its PATH as it did"
+    assert f"/{Path(rootfs.POWEROFF_LINK).parent}" in defaults[1].split(":")

@@ -150,3 +150,9 @@ def test_a_target_says_its_architecture_with_uname_m(tmp_path, machine, arch):
     assert tree.arch == arch
     assert description_from_dict(description_to_dict(tree)).arch == arch
 
+
+
+def test_a_target_of_an_architecture_kconform_cannot_build_for_is_refused_by_name(tmp_path):
+    out = f"6.1.0-50-riscv64\n0\n{DEBIAN}\n\n---machine---\nriscv64\n---config---\n"
+    with pytest.raises(KconformError, match="its machine is 'riscv64' .*amd64 and arm64"):
+        parse_description(target(), out, "", tmp_path)

@@ -97,14 +97,17 @@ def unpack(packages: LocalPackages, tree: Path, log: Callable[[str], None]) -> d
             facts["built_from"] = f"{info.get('source')} ({info.get('identity')})"
         return facts
     versions: dict[str, str] = {}
+    arch = None
     for deb, fields in packages.controls().items():
         versions[fields.get("Package", deb.name)] = fields.get("Version", "")
+        if fields.get("Package", "").startswith(IMAGE_PACKAGES):
+            arch = fields.get("Architecture")  # the image's: linux-base-* is "all"
         log(f"{packages.path}: unpacking {deb.name} ({fields.get('Package')} "
             f"{fields.get('Version')})")
         extract(deb, tree)
     image = next(v for name, v in versions.items() if name.startswith(IMAGE_PACKAGES))
     return {"package_version": image or None, "packages": sorted(versions),
-            "sha256": packages.sha256()}
+            "sha256": packages.sha256(), "arch": arch}
 
 
 def _link_or_copy(source: str, dest: str) -> None:
@@ -139,7 +142,7 @@ def debian_version_of(image: Path) -> str | None:
 
 def _control(deb: Path) -> dict[str, str]:
     try:
-        proc = subprocess.run(["dpkg-deb", "-f", str(deb), "Package", "Version"],
+        proc = subprocess.run(["dpkg-deb", "-f", str(deb), "Package", "Version", "Architecture"],
                               capture_output=True, text=True)
     except FileNotFoundError:
         raise KconformError(f"{deb}: reading a .deb needs dpkg-deb; install dpkg") from None

@@ -38,7 +38,7 @@ from .apt import (
 )
 from .packages import ExtractFailed, LocalPackages, classify, extract, unpack
 from .selectors import split_pinned, unknown_version_message
-from .specs import ARCHITECTURES, KernelSpec, _looks_like_path, load_specs
+from .specs import ARCHITECTURES, KernelSpec, _looks_like_path, host_architecture, load_specs
 from .trees import KernelTree, bzimage_release, local_kernel_image
 
 LISTS_MAX_AGE = 12 * 3600  # how long a resolution is trusted before apt asks the archive again
@@ -350,7 +350,8 @@ class KernelProvider:
                 publish(tree, root, {"name": name, "release": release, "local": True,
                                      "package_version": facts["package_version"] or release,
                                      "packages": facts["packages"], "sha256": facts["sha256"],
-                                     "built_from": facts.get("built_from")})
+                                     "built_from": facts.get("built_from"),
+                                     "arch": facts.get("arch")})
             meta, problem = check_manifest(root)
             if not meta:
                 raise KernelUnavailable(f"{name}: freshly unpacked tree is damaged: {problem}")
@@ -373,7 +374,7 @@ class KernelProvider:
             raise KconformError(f"--kernel host: {image} does not exist (the running kernel's "
                                 "image is not installed here); name a Debian kernel instead")
         return KernelTree(name="host", vmlinuz=image, release=release,
-                          config_path=Path(f"/boot/config-{release}"))
+                          config_path=Path(f"/boot/config-{release}"), arch=host_architecture())
 
 
 def _normalise_layout(tree: Path) -> str:

@@ -3,6 +3,7 @@ the --kernel values that name them."""
 from __future__ import annotations
 
 import os
+import platform
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -155,6 +156,12 @@ def default_kernel_names(directory: Path = KERNELS_DIR,
     return names
 
 
+def host_architecture() -> str:
+    """The host's Debian architecture (amd64, arm64, or what uname says for others)."""
+    machine = platform.machine()
+    return {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
+
+
 def parse_arches(value: str) -> tuple[str, ...]:
     """An --arch value: architectures, comma-separated, e.g. 'amd64,arm64'."""
     arches = tuple(a.strip() for a in value.split(","))
@@ -213,8 +220,11 @@ def expand_kernel_args(values: list[str], specs: dict[str, KernelSpec],
                 raise KconformError(f"--kernel {value!r} has an empty name in its comma list; "
                                     "write names separated by single commas, e.g. "
                                     "--kernel debian-5.10,debian-6.1")
-            if part == "all":
-                expanded = [n for n, spec in specs.items() if spec.arch in (arches or ("amd64",))]
+            if part == "all":  # already every kernel of those architectures: no siblings
+                for name in specs:
+                    if specs[name].arch in (arches or ("amd64",)) and name not in names:
+                        names.append(name)
+                continue
             elif part == "default":
                 expanded = default_kernel_names(specs=specs)
             elif part in specs or part == "host":

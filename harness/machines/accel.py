@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import platform
 import shutil
 import subprocess
 import tempfile
@@ -22,6 +21,7 @@ from pathlib import Path
 
 from ..cache import read_regular_file, write_atomic
 from ..errors import KconformError
+from ..kernels.specs import host_architecture
 
 # Each guest architecture's QEMU, its Debian package, and the console its kernels print to.
 QEMU_BY_ARCH = {"amd64": "qemu-system-x86_64", "arm64": "qemu-system-aarch64"}
@@ -45,12 +45,6 @@ class Accel:
     arch: str = "amd64"  # the guests' architecture
 
 
-def host_arch() -> str:
-    """The host's Debian architecture (amd64, arm64, or what uname says for others)."""
-    machine = platform.machine()
-    return {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
-
-
 def require_qemu(arch: str = "amd64") -> str:
     qemu = QEMU_BY_ARCH.get(arch)
     if qemu is None:
@@ -71,8 +65,9 @@ def choose_accel(kernel: Path, requested: str = "auto", cache: Path | None = Non
     tcg = "tcg", TCG_CPU[arch]
     if requested == "tcg":
         return Accel(*tcg, reason="--accel tcg", arch=arch)
-    if arch != host_arch():
-        why = f"an {arch} guest on an {host_arch()} host: KVM runs only the host's architecture"
+    host = host_architecture()
+    if arch != host:
+        why = f"an {arch} guest on an {host} host: KVM runs only the host's architecture"
         if requested == "kvm":
             raise KconformError(f"--accel kvm: {why}; use --accel auto or tcg for {arch} kernels")
         return Accel(*tcg, reason=f"emulated: {why}", arch=arch)

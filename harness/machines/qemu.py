@@ -29,8 +29,9 @@ from pathlib import Path
 from ..cache import bpf_cache_dir, cache_dir
 from ..errors import KconformError
 from ..kernels import KernelTree
+from ..kernels.specs import host_architecture
 from ..paths import REPO_ROOT, agent_argv
-from .accel import Accel, host_arch
+from .accel import Accel
 from .channel import Console, GuestDied, LineChannel
 from .rootfs import GUEST_BPF, GUEST_REPO, Rootfs
 
@@ -321,10 +322,10 @@ def build_vng_command(tree: KernelTree, accel: Accel, guest_cmd: str, *, memory:
     image = tree.run_target or tree.vmlinuz
     if image is None:
         raise KconformError(f"{tree.name} has no kernel image to boot")
-    foreign = tree.arch != host_arch()
+    foreign = tree.arch != host_architecture()
     if foreign and (rootfs is None or rootfs.arch != tree.arch):
         raise KconformError(f"{tree.name} is an {tree.arch} kernel: its guest needs an "
-                            f"{tree.arch} root (this host's root is {host_arch()}); run it "
+                            f"{tree.arch} root (this host's root is {host_architecture()}); run it "
                             "with --rootfs NAME, which builds one for each architecture")
     # --cwd is a host path inside the guest's root: "/" of the guest either way (vng takes its
     # path relative to --root, so both go through the same link)

@@ -45,12 +45,15 @@ from ..datafiles import read_table
 from ..errors import KconformError
 from ..kernels import KernelTree
 from ..kernels.apt import DEBIAN_KEYRING, require_debian_mirror
-from ..kernels.specs import ARCHITECTURES, DEBIAN_PACKAGE, DEBIAN_SUITE
+from ..kernels.specs import ARCHITECTURES, DEBIAN_PACKAGE, DEBIAN_SUITE, host_architecture
 from ..paths import REPO_ROOT
-from .accel import host_arch
 
 IMAGES_DIR = REPO_ROOT / "images"
 HOST = "host"
+# What building a root does besides debootstrap (_link_poweroff, the mount points), as part of
+# the root's digest: a change to them is a new root, not one reused from before it. Bump it with
+# any such change.
+BUILD_STEPS = "kconform root build steps 2: mount points, busybox poweroff in /usr/local/bin\n"
 # The root of a guest whose architecture is not the host's (an arm64 kernel on an amd64 host) when
 # --rootfs says 'host', which such a guest cannot run: the pinned Debian 12 root, the release the
 # host's root is on this project's machines.
@@ -150,7 +153,7 @@ class RootfsSpec:
             description=_recipe_string(path, data, "description",
                                        lambda v: not re.search(r"[\x00-\x1f\x7f]", v),
                                        "one line of text", default=""),
-            digest=hashlib.sha256(text.encode()).hexdigest()[:12])
+            digest=hashlib.sha256((BUILD_STEPS + text).encode()).hexdigest()[:12])
 
 
 @dataclass(frozen=True)
@@ -258,10 +261,10 @@ class RootfsProvider:
                                 "debootstrap (./kconform installs it)")
         if os.geteuid() != 0:
             # the host's root serves only the host's architecture
-            instead = ", or use --rootfs host" if arch == host_arch() else ""
+            instead = ", or use --rootfs host" if arch == host_architecture() else ""
             raise KconformError(f"--rootfs {spec.name}: building a root with debootstrap needs "
                                 f"root; run as root{instead}")
-        if arch != host_arch():
+        if arch != host_architecture():
             prepare_binfmt(arch, self.log)
         mirror = require_debian_mirror(f"rootfs {spec.name}")
         with staging_dir(self.dir, spec.name) as staging:
@@ -406,7 +409,7 @@ class BinfmtStep:
 
 def emulation_error(arch: str, problem: str, fix: str = QEMU_BINFMT_FIX) -> KconformError:
     return KconformError(
-        f"an {arch} root cannot be built on this {host_arch()} host: {problem}. "
+        f"an {arch} root cannot be built on this {host_architecture()} host: {problem}. "
         f"debootstrap runs the root's {arch} programs through qemu-user, started by binfmt_misc: "
         f"{fix}. (Building with debootstrap --foreign and running the second stage inside an "
         f"{arch} guest is not available.)")
@@ -535,12 +538,15 @@ def _binfmt_register_line(arch: str, name: str, conf_dirs: tuple[Path, ...]
                           f"{', '.join(map(str, conf_dirs))} says how to register one")
 
 
+POWEROFF_LINK = "usr/local/bin/poweroff"
+
+
 def _link_poweroff(root: Path) -> None:
     """virtme-ng's shell-script init (a foreign architecture's) ends a guest with `poweroff -f`;
     a minbase root has no poweroff (systemd-sysv's), and without it the init exits and the kernel
     panics on every guest's shutdown. busybox-static's applet does what -f asks: the reboot
     syscall, no init to signal. In /usr/local/bin: that init's PATH has no /usr/local/sbin."""
-    link = root / "usr/local/bin/poweroff"
+    link = root / POWEROFF_LINK
     if any((root / d / "poweroff").exists() for d in ("usr/sbin", "sbin", "usr/bin", "bin")) \
             or not (root / "usr/bin/busybox").exists():
         return

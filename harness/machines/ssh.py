@@ -28,6 +28,7 @@ import paramiko
 
 from ..errors import KconformError
 from ..kernels import KernelTree
+from ..kernels.specs import ARCHITECTURES
 from ..paths import REPO_ROOT, agent_argv
 from ..versions import upstream_version
 from .channel import Console, GuestDied, LineChannel
@@ -282,6 +283,9 @@ def parse_description(target: SshTarget, out: str, err: str, config_dir: Path) -
     head, _, machine = head.partition("---machine---\n")
     machine = _printable(machine.strip(), 32)
     arch = _DEBIAN_ARCH.get(machine, machine or "amd64")  # an older DESCRIBE said none
+    if arch not in ARCHITECTURES:  # its BPF objects could not be built: every case would fail
+        raise SshError(f"{target.url}: its machine is {machine!r} (uname -m); kconform runs its "
+                       f"cases on {' and '.join(ARCHITECTURES)} ({', '.join(_DEBIAN_ARCH)}) only")
     lines = head.splitlines()
     if len(lines) < 3:
         raise SshError(f"{target.url}: could not read the kernel's release ({err.strip()})")

@@ -83,7 +83,7 @@ class CaseGuest:
     def bounded_wait(self, seconds: float) -> float:
         """A wait in the guest that is enough on hardware, scaled for emulation: TCG runs a
         guest's softirqs and work queues several times slower."""
-        return seconds * (EMULATION_SLOWDOWN if self.run.emulated else 1.0)
+        return seconds * (EMULATION_SLOWDOWN if self.run.emulated(self.arch) else 1.0)
 
     def fail_if_down_unjudged(self) -> None:
         """A lost guest that no expectation accounted for fails the test as crashed."""

@@ -20,8 +20,8 @@ from ..judging.crashes import crash_fingerprint
 from ..judging.health import HealthRules, KnownCrash, KnownCrashes
 from ..kernels import KernelProvider, KernelTree, expand_kernel_args, load_specs
 from ..kernels.selectors import pinned_name
-from ..kernels.specs import parse_arches
-from ..machines.accel import Accel, choose_accel, host_arch
+from ..kernels.specs import host_architecture, parse_arches
+from ..machines.accel import Accel, choose_accel
 from ..machines.channel import Machine
 from ..machines.qemu import QemuMachine, build_vng_command, check_memory
 from ..machines.rootfs import FOREIGN_ROOT, HOST, Rootfs, RootfsProvider, check_rootfs_name
@@ -289,20 +289,29 @@ class KconformRun:
             self._log(f"accelerator for {tree.arch} guests: {accel.name} ({accel.reason})")
         return self._accels[tree.arch]
 
-    @property
-    def emulated(self) -> bool:
-        """Whether some guest runs without KVM: under TCG, and an SSH target, whose host nobody
-        measured (a bounded wait in the guest is then scaled up, not trusted short)."""
-        return not self._accels or any(a.name == "tcg" for a in self._accels.values())
+    def emulated(self, arch: str) -> bool:
+        """Whether this architecture's guests run without KVM: under TCG, and an SSH target, whose
+        host nobody measured (a bounded wait in the guest is then scaled up, not trusted short)."""
+        accel = self._accels.get(arch)
+        return accel is None or accel.name == "tcg"
 
     def boot_timeout(self, accel: Accel | None) -> float:
         """accel None: an SSH target (connect, push the files, start the agent)."""
         return self._boot_timeout or (180.0 if accel and accel.name == "tcg" else 60.0)
 
+    @functools.cached_property
+    def arches(self) -> set[str]:
+        """The architectures of the run's named kernels (a path or the host: the host's)."""
+        return {self.specs[name.partition("@")[0]].arch
+                if name.partition("@")[0] in self.specs else host_architecture()
+                for name in self.kernel_names}
+
     def root_recipe(self, arch: str) -> str:
         """The root a guest of this architecture boots: --rootfs, except that a guest of another
-        architecture than the host's cannot run the host's root, so it runs FOREIGN_ROOT."""
-        if self.rootfs_name == HOST and arch != host_arch():
+        architecture than the host's cannot run the host's root, so it runs FOREIGN_ROOT; and
+        in a run of several architectures, all of them do, so they are compared on one Debian
+        release's userspace, not the host's against Debian 12's."""
+        if self.rootfs_name == HOST and (arch != host_architecture() or len(self.arches) > 1):
             return FOREIGN_ROOT
         return self.rootfs_name
 
