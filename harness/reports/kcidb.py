@@ -148,12 +148,18 @@ def _checkout(origin: str, kernel_id: str, name: str, kernel: KernelRecord) -> J
     return checkout
 
 
+# KernelCI names architectures as its build configurations do (the kernel's own names, with
+# x86_64 for 64-bit x86), not as Debian does: builds from other origins group with ours by it.
+KERNELCI_ARCHITECTURE = {"amd64": "x86_64", "arm64": "arm64"}
+
+
 def _build(origin: str, kernel_id: str, name: str, kernel: KernelRecord) -> JsonObject:
     build: JsonObject = {"id": kernel_id, "checkout_id": kernel_id, "origin": origin,
                          "comment": f"{name} {kernel.version or ''}".rstrip()
                          + (f", uname -r {kernel.uname}" if kernel.uname else "")}
-    if _ARCHITECTURE.fullmatch(kernel.architecture):
-        build["architecture"] = kernel.architecture
+    architecture = KERNELCI_ARCHITECTURE.get(kernel.architecture, kernel.architecture)
+    if _ARCHITECTURE.fullmatch(architecture):
+        build["architecture"] = architecture
     flavour = debian_flavour(kernel)
     if flavour:
         build["config_name"] = flavour
