@@ -73,6 +73,10 @@ def suite_compare(rest: list[str]) -> int:
     if any(a == "--kernel" or a.startswith("--kernel=") for a in args):
         print("kconform: --compare names the kernels; leave out --kernel", file=sys.stderr)
         return 2
+    if any(a == "--arch" or a.startswith("--arch=") for a in args):
+        print("kconform: --compare names the two kernels, architecture and all; leave out "
+              "--arch, e.g. --compare debian-6.12 debian-6.12-arm64", file=sys.stderr)
+        return 2
     from .errors import KconformError
     from .kernels import expand_kernel_args, load_specs
     try:  # the names the run gives them (a path becomes absolute), so compare finds them

@@ -283,6 +283,9 @@ def test_suite_compare_checks_its_arguments():
     assert proc.returncode == 2 and "--compare takes two kernels" in proc.stderr
     proc = kconform("suite", "--compare", "debian-5.10", "debian-7.2", "--kernel", "debian-6.1")
     assert proc.returncode == 2 and "leave out --kernel" in proc.stderr
+    # the two names say the architectures; --arch would run other kernels than compare reads
+    proc = kconform("suite", "--compare", "debian-6.12", "debian-6.12-arm64", "--arch", "arm64")
+    assert proc.returncode == 2 and "leave out --arch" in proc.stderr
 
 
 # ---------------------------------------------------------------------- the run writes them
