@@ -25,7 +25,7 @@ from ..machines.ssh import (
 from .fixtures import behaviours, bpf_object, expect, guest
 from .options import pytest_addoption
 from .recording import RERUN, Reporter, declared_behaviour, mark_console_start
-from .reruns import Reruns
+from .reruns import Reruns, last_of_kernel
 from .run import (
     CASE_GUEST_KEY,
     KERNELS_KEY,
@@ -164,7 +164,7 @@ def _check_behaviours_declared(config: pytest.Config, run: KconformRun,
 
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
     kernel = kernel_of(item)
-    if kernel and (nextitem is None or kernel_of(nextitem) != kernel):
+    if kernel and last_of_kernel(item, nextitem):
         item.config.stash[RUN_KEY].pool.release(kernel)  # its last test here: free the CPU
 
 

@@ -1,9 +1,10 @@
 """--rerun-failed N: tell a flaky case from a real failure by running it again on a fresh guest.
 
-A case of a kernel that fails is held back; once the kernel's other cases have run (the last of
-them: the next item is another kernel's, or none, the test pytest_runtest_teardown frees the
-guest on), the held cases run again, in their order, on one fresh guest per round (not a boot
-per case), for up to N rounds, stopping when none fails any more. Under xdist a kernel's cases
+A case of a kernel that fails is held back; once the kernel's other cases have run (after its
+last one, last_of_kernel: where the plugin's pytest_runtest_teardown frees the kernel's guest,
+after the cases expected to hang, which pytest_collection_modifyitems orders last), the held
+cases run again, in their order, on one fresh guest per round (not a boot per case), for up to
+N rounds, stopping when none fails any more. Under xdist a kernel's cases
 are all on one worker (--dist loadgroup), so its reruns are too.
 
 A case that passes in a round is *flaky*: its last run is recorded, carrying the failed runs'
