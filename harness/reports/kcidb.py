@@ -36,8 +36,8 @@ import re
 import shlex
 from typing import cast
 
-import kcidb_io  # type: ignore[import-untyped]
-from jsonschema.exceptions import ValidationError  # type: ignore[import-untyped]
+import kcidb_io
+from jsonschema.exceptions import ValidationError
 
 from ..errors import KconformError
 from .results import CaseResult, JsonObject, KernelRecord, Results
