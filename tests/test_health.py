@@ -55,6 +55,14 @@ def test_an_arm64_panic_gives_a_fingerprint_past_its_return_address_after_vpanic
     assert {f.kind for f in HealthRules().check_lines(lines)} == {"Call Trace", "panic"}
 
 
+def test_an_arm64_sysrq_crash_has_the_fingerprint_of_the_amd64_one():
+    # A real arm64 console from tests/test_arm64_vm.py (Debian 6.12.118-1): the same crash gets
+    # the frames x86 gives it, so one known_crashes entry names it on both architectures.
+    lines = (DATA / "panic-6.12-arm64-sysrq.log").read_text().splitlines()
+    assert crash_fingerprint(lines) == \
+        "sysrq_handle_crash|__handle_sysrq|write_sysrq_trigger|proc_reg_write"
+
+
 def test_known_crashes_are_data_with_reasons_matched_by_their_first_frames(tmp_path):
     from harness.judging.health import KnownCrashes
     path = tmp_path / "known.toml"
