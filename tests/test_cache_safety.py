@@ -232,7 +232,8 @@ def test_a_staging_directory_whose_builder_died_is_removed_however_young(tmp_pat
 def kvm_probe(tmp_path, monkeypatch):
     probes = []
     monkeypatch.setattr(accel.os, "access", lambda path, mode: True)
-    monkeypatch.setattr(accel, "probe_kvm", lambda kernel: (probes.append(kernel), (True, "ok"))[1])
+    monkeypatch.setattr(accel, "probe_kvm",
+                        lambda kernel, arch="amd64": (probes.append(kernel), (True, "ok"))[1])
     return probes
 
 
