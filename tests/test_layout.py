@@ -25,6 +25,8 @@ ALLOWED = {
     "cache_entries": {"errors", "cache", "paths", "versions", "kernels"},
     # the suite's config fragment: it collects the cases in a child process, --build reads it
     "kernel_config": {"errors", "cache", "paths"},
+    # a boot's phases from its console's lines: pure parsing, for bench (and a machine, later)
+    "boot_phases": set(),
 }
 
 
