@@ -6,6 +6,9 @@ In one run, on the kernels given (default: BENCH_KERNELS, the generic flavour's 
   suite    the whole suite per kernel (from one `-n 1` run over all kernels): wall time split into
            boot (kernel + init), agent start, the cases' own work (time inside guest functions)
            and expected hangs (a known stable-release deadlock waits out its timeout)
+  phases   where each kernel's first boot of that run went, by the guest's clock from its console
+           (harness/boot_phases.py): to /init, initramfs, init set-up, udev, to the script, the
+           agent's start (issue #17)
   overhead (suite - boot - cases' work - expected hangs) / cases: what the harness adds per case
   naive    a sample of the same guest functions, each in its own `vng --exec` boot, extrapolated
   matrix   wall time of all kernels with -n 1 and with -n 2
@@ -30,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -42,13 +46,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypedDict
 
+from .boot_phases import PHASES, boot_phases
 from .errors import KconformError
 from .kernels import KernelProvider, KernelTree, expand_kernel_args, load_specs
 from .kernels.specs import host_architecture
 from .machines.accel import TCG_CPU, Accel, choose_accel, probe_boot
 from .machines.qemu import build_vng_command, guest_python
 from .machines.rootfs import FOREIGN_ROOT, Rootfs, RootfsProvider
-from .paths import REPO_ROOT
+from .paths import REPO_ROOT, safe_file_name
 
 OVERHEAD_TARGET_MS = 50.0
 FLOOR_FACTOR = 1.3
@@ -92,6 +97,14 @@ class MatrixFigures(MemoryFigures):
     wall_s: float
 
 
+class PhaseFigures(TypedDict):
+    """A kernel's first boot in the suite's -n 1 run, phase by phase (harness/boot_phases.py)."""
+    console: str                       # the console log's name in the run's console/
+    init: str | None                   # virtme-ng-init or virtme-init
+    seconds: dict[str, float | None]   # to_init ... agent, to_hello; None: not on the console
+    agent_boots: int                   # the boots whose agent start's median is the agent phase
+
+
 class KernelFigures(TypedDict, total=False):
     """One kernel's figures: the floor first, the suite's split once it ran, then the ratios."""
     version: str
@@ -113,6 +126,7 @@ class KernelFigures(TypedDict, total=False):
     redirect_cases: int
     redirect_work_s: float
     redirect_overhead_ms: float
+    phases: PhaseFigures
 
 
 class NaiveFigures(TypedDict):
@@ -290,6 +304,25 @@ def split_by_kernel(report: Report, name: str) -> KernelFigures:
             "redirect_overhead_ms": _overhead_ms(redirect)}
 
 
+def phases_row(results: Path, report: Report, name: str) -> PhaseFigures | None:
+    """The phases of `name`'s first boot in the suite run whose results are in `results`: its
+    console, console/<kernel>-<worker>-0.log (the pool's name for it). The agent's start is not on
+    the console: the report's, the median of the kernel's boots, as a report does not say which
+    case carried which boot (one boot per kernel in a run without crashes or expected hangs)."""
+    # the worker has no '-' (main, gw0): debian-6.12's console is not debian-6.12-arm64's
+    first = re.compile(re.escape(safe_file_name(name)) + r"-[^-]+-0\.log")
+    consoles = sorted(p for p in (results / "console").glob("*.log") if first.fullmatch(p.name))
+    if not consoles:
+        return None
+    starts = sorted(c["agent_start_seconds"] for c in report["cases"]
+                    if c["kernel"] == name and c.get("agent_start_seconds") is not None)
+    agent = starts[len(starts) // 2] if starts else None
+    lines = consoles[0].read_text(errors="replace").splitlines()
+    phases = boot_phases(lines, agent_start=agent)
+    return {"console": consoles[0].name, "init": phases.init, "seconds": phases.as_json(),
+            "agent_boots": len(starts)}
+
+
 def bisect_row(kernel_range: str, behaviour: str, results: Path) -> BisectFigures:
     """A bisect as `./kconform bisect` runs it (one child run of the behaviour's cases per
     version booted), timed whole: its boots against the bound."""
@@ -443,6 +476,9 @@ def main(argv: list[str]) -> int:
         if workers == 1:
             for name in names:
                 kernels[name].update(split_by_kernel(report, name))
+                phases = phases_row(work_dir / "n1", report, name)
+                if phases is not None:
+                    kernels[name]["phases"] = phases
     figures["matrix"] = matrix
     naive_kernel = args.naive_kernel or names[0]
     from .bpf import build
@@ -486,6 +522,26 @@ def _met(ok: bool) -> str:
     return "met" if ok else "MISSED"
 
 
+def print_phases(kernels: dict[str, KernelFigures]) -> None:
+    """The phases row: one line per kernel whose first boot's console was found."""
+    rows = {name: k["phases"] for name, k in kernels.items() if "phases" in k}
+    if not rows:
+        return
+    headings = [heading for _, _, _, heading in PHASES] + ["total to hello"]
+    print("phases of each kernel's first boot (guest clock, s; firmware and the kernel's "
+          "decompression come before that clock starts):")
+    print(f"{'kernel':24} " + " ".join(f"{h:>{max(len(h), 6)}}" for h in headings))
+    for name, p in rows.items():
+        values = [p["seconds"].get(phase) for phase, _, _, _ in PHASES] \
+            + [p["seconds"].get("to_hello")]
+        print(f"{name:24} " + " ".join(
+            f"{'-' if v is None else f'{v:.2f}':>{max(len(h), 6)}}"
+            for h, v in zip(headings, values, strict=True))
+            + f"  ({p['init'] or 'no init line'}"
+            + (f"; agent: median of {p['agent_boots']} boots" if p["agent_boots"] > 1 else "")
+            + ")")
+
+
 def print_tables(f: Figures) -> None:
     print(f"accelerator: {f['accel']}"
           + "".join(f"; {arch} {a}" for arch, a in f.get("accels", {}).items()))
@@ -500,6 +556,7 @@ def print_tables(f: Figures) -> None:
               f"{k['cases']:5d} {k['overhead_ms']:7.1f} {k['suite_over_floor']:11.2f} "
               f"{k['suite_budget_s']:8.1f} {k['naive_over_suite']:11.1f} "
               f"{k['floor_qemu_peak_mib']:8.0f}")
+    print_phases(f["kernels"])
     n = f["naive"]
     print(f"naive: {n['per_case_s']} s per case on {n['kernel']} (sample {n['sample_s']}), "
           f"{n['extrapolated_suite_s']} s for its suite")
