@@ -266,3 +266,16 @@ def test_a_rerun_in_another_module_than_the_kernels_last_case(run_pytest, tmp_pa
     verdicts = {(c.case, c.kernel): c.verdict for c in results.load(proc.results).cases}
     assert verdicts[("test_a_fails_on_its_first_attempt_only", "debian-5.10")] == "flaky"
     assert verdicts[("test_e_killed", "debian-7.2")] == "pass"
+
+
+def test_a_rerun_that_fails_in_setup_leaves_the_case_as_it_last_failed(run_pytest, tmp_path):
+    # Review finding: the setup error became the case, its observation lost, and KCIDB then
+    # called it a case whose guest never booted.
+    state = tmp_path / "state"
+    state.mkdir()
+    proc = run_pytest("tests/faultcases/flaky_setup.py", "--kernel", "debian-7.2",
+                      "--rerun-failed", "1", env={"KCONFORM_FLAKY_STATE": str(state)})
+    assert proc.returncode == 1
+    (case,) = results.load(proc.results).cases
+    assert (case.verdict, case.observed) == ("fail", {"update": "EBUSY"})
+    assert "observed 'EBUSY'" in case.message and "not booting it again" not in case.message

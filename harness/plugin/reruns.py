@@ -129,6 +129,13 @@ class Reruns:
             waiting = self.held.pop(kernel, [])
             if not waiting:
                 return
+            if kernel in self.run.pool.failed:  # not booted again: they end as they last failed
+                for held in waiting:
+                    *earlier, last = held.failed
+                    _log(held.item, last, earlier)
+                    held.item.ihook.pytest_runtest_logfinish(nodeid=held.item.nodeid,
+                                                             location=held.item.location)
+                return
             self.running = list(waiting)
             self.run.pool.renew(kernel)
             for i, held in enumerate(waiting):
@@ -141,8 +148,11 @@ class Reruns:
                 self.running.remove(held)
                 if rerunnable(reports) and round_number < self.rounds:
                     self._hold(kernel, held, reports)
-                elif any(report.skipped for report in reports):
-                    _log(held.item, held.failed[-1], held.failed[:-1])  # a skip proves nothing
+                elif any(report.skipped or (report.when == "setup" and report.failed)
+                         for report in reports):
+                    # a skip proves nothing, and neither does a round whose guest could not be
+                    # had: the case is what its last run came to, not a guest that never booted
+                    _log(held.item, held.failed[-1], held.failed[:-1])
                 else:
                     _log(held.item, reports, held.failed)
                 held.item.ihook.pytest_runtest_logfinish(nodeid=held.item.nodeid,

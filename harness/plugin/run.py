@@ -151,8 +151,10 @@ class GuestPool:
     def renew(self, name: str) -> None:
         """The kernel's next test gets a fresh guest (a round of --rerun-failed): the live one is
         freed, and the boot that replaces it does not count as a death."""
+        session = self.live.get(name)
+        if session is not None and not session.dead:  # a dead one's replacement is a death's
+            self.renewals[name] = self.renewals.get(name, 0) + 1
         self.release(name)
-        self.renewals[name] = self.renewals.get(name, 0) + 1
 
     def release(self, name: str) -> None:
         session = self.live.pop(name, None)
