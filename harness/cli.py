@@ -181,10 +181,16 @@ def kcidb_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     _caller_cwd()
     try:
-        text = kcidb_text(load(args.results), checked_origin(args.origin))
+        results = load(args.results)
+        text = kcidb_text(results, checked_origin(args.origin))
     except KconformError as exc:
         print(f"kconform kcidb: {exc}", file=sys.stderr)
         return 2
+    if any(not run.complete for run in results.runs):
+        print("kconform kcidb: warning: the run had not finished (or was interrupted) when its "
+              "results were written; its ids are those of what it holds now, so exporting it "
+              "again once it ends gives other ids, which KCIDB counts as another run",
+              file=sys.stderr)
     if args.output == "-":
         sys.stdout.write(text)
         return 0

@@ -472,3 +472,12 @@ def test_an_output_that_cannot_be_written_is_a_usage_error(tmp_path):
     assert_usage_error(kconform("kcidb", REGRESSION, "-o", tmp_path / "file" / "k.json"),
                        "cannot write it", "give -o a file")
     assert_usage_error(kconform("kcidb", REGRESSION, "-o", tmp_path), "cannot write it")
+
+
+def test_every_object_says_when_its_run_started():
+    # KernelCI's views select results by time: the run's own start, from report.json's runs
+    res = load(MATRIX)
+    started = min(run.started for run in res.runs if run.started)
+    data = exported(res)
+    assert {item.get("start_time") for kind in ("checkouts", "builds", "tests")
+            for item in data[kind]} == {started}

@@ -104,6 +104,11 @@ def kcidb_data(results: Results, origin: str = DEFAULT_ORIGIN) -> JsonObject:
                 issue = _issue(origin, case.known_crash)
                 issues.setdefault(cast(str, issue["id"]), issue)
                 incidents.append(_incident(origin, issue, test, case))
+    # When the run started (the earliest of merged runs): KernelCI's views select by time.
+    started = min((run.started for run in results.runs if run.started), default=None)
+    if started:
+        for item in (*checkouts, *builds, *tests):
+            item["start_time"] = started
     data: JsonObject = {"version": {"major": SCHEMA.major, "minor": SCHEMA.minor},
                         "checkouts": checkouts, "builds": builds, "tests": tests}
     if issues:
