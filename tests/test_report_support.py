@@ -143,6 +143,21 @@ def test_maps_that_disagree_show_both_and_a_failure_stands_out(saved_data, tmp_p
     assert page.cells["debian-7.3"]["R7"]["udp4"]["tcp4"]["class"] == "sc o-mixed m-crashed"
 
 
+def test_a_flaky_combination_stands_out_and_links_to_its_failed_runs(saved_data, tmp_path):
+    # review finding: a flaky matrix case looked like a plain outcome, with no way to its attempts
+    def change(cases):
+        c = cases[("debian-7.3", case_name("R10", "sockhash-tcp4-udp4"))]
+        c["verdict"] = "flaky"
+        c["attempts"] = [{"number": 1, "verdict": "fail", "message": "mismatch", "observed": None,
+                          "console": [], "console_log": None}]
+    res = results.load(doctored(saved_data, tmp_path, change))
+    cell = tables_of(support.build(res)[-1])["R10"].cell("tcp4", "udp4")
+    assert cell.marked == Verdict.FLAKY and len(cell.bad_cases) == 1
+    page = SupportCells(grid.html_page(res))
+    shown = page.cells["debian-7.3"]["R10"]["tcp4"]["udp4"]
+    assert shown["class"].endswith("m-flaky") and shown["href"] in page.anchors
+
+
 def test_an_expected_difference_is_marked_only_where_a_map_delivered(saved_data, tmp_path):
     def change(cases):
         cases[("debian-7.3", case_name("R7", "sockmap-tcp4-tcp4"))]["verdict"] = \

@@ -125,13 +125,14 @@ class Cell:
 
     @property
     def bad_cases(self) -> list[CaseResult]:
-        return [entry.case for entry in self.entries if entry.case.verdict.bad]
+        return [entry.case for entry in self.entries if entry.case.verdict.failed_an_attempt]
 
     @property
     def marked(self) -> Verdict | None:
-        """The verdict a reader must see: a fail or crash, or an expected difference where a
-        map delivered (an older kernel's documented change, not the usual refusal or drop)."""
-        if self.verdict.bad:
+        """The verdict a reader must see: a fail, crash or flaky case (with its failed runs), or an
+        expected difference where a map delivered (an older kernel's documented change, not the
+        usual refusal or drop)."""
+        if self.verdict.failed_an_attempt:
             return self.verdict
         if any(e.case.verdict == Verdict.EXPECTED_DIFFERENCE and e.outcome == "delivered"
                for e in self.entries):
