@@ -184,14 +184,20 @@ def _runs(state) -> list[list[str]]:
     return [line.split() for line in (state / "runs").read_text().splitlines()]
 
 
+def run_counted(run_pytest, tmp_path, *args):
+    """A child run whose cases count their attempts in a state directory of the host's (a
+    rerun's guest is a fresh one: only the host can count); the run and that directory."""
+    state = tmp_path / "state"
+    state.mkdir()
+    return run_pytest(*args, env={"KCONFORM_FLAKY_STATE": str(state)}), state
+
+
 @pytest.mark.parametrize("workers", ["0", "2"])
 def test_failed_cases_run_again_after_their_kernel_and_a_second_pass_is_flaky(run_pytest,
                                                                               tmp_path, workers):
-    state = tmp_path / "state"
-    state.mkdir()
-    proc = run_pytest("tests/faultcases/flaky_noguest.py", "--kernel", "debian-5.10,debian-7.2",
-                      "--rerun-failed", "2", "-n", workers,
-                      env={"KCONFORM_FLAKY_STATE": str(state)})
+    proc, state = run_counted(run_pytest, tmp_path, "tests/faultcases/flaky_noguest.py",
+                              "--kernel", "debian-5.10,debian-7.2", "--rerun-failed", "2",
+                              "-n", workers)
     assert proc.returncode == 1  # the case that always fails, and the crash
     assert re.search(r"= 4 failed, 2 passed, 6 rerun, 2 flaky in ", proc.stdout), proc.stdout
     res, _md, _page = check_reports_agree(proc.results)
@@ -220,11 +226,8 @@ def test_failed_cases_run_again_after_their_kernel_and_a_second_pass_is_flaky(ru
 
 
 def test_a_run_whose_only_failure_was_flaky_passes(run_pytest, tmp_path):
-    state = tmp_path / "state"
-    state.mkdir()
-    proc = run_pytest("tests/faultcases/flaky_noguest.py", "--kernel", "debian-7.2",
-                      "--rerun-failed", "1", "-k", "test_a or test_d",
-                      env={"KCONFORM_FLAKY_STATE": str(state)})
+    proc, _ = run_counted(run_pytest, tmp_path, "tests/faultcases/flaky_noguest.py",
+                          "--kernel", "debian-7.2", "--rerun-failed", "1", "-k", "test_a or test_d")
     assert proc.returncode == 0, proc.stdout  # as Surefire: "The build will be successful"
     assert re.search(r"= 1 passed, 2 deselected, 1 rerun, 1 flaky in ", proc.stdout)
     assert {c.case: c.verdict for c in results.load(proc.results).cases} == {
@@ -232,10 +235,8 @@ def test_a_run_whose_only_failure_was_flaky_passes(run_pytest, tmp_path):
 
 
 def test_without_rerun_failed_a_failure_is_a_failure(run_pytest, tmp_path):
-    state = tmp_path / "state"
-    state.mkdir()
-    proc = run_pytest("tests/faultcases/flaky_noguest.py", "--kernel", "debian-7.2",
-                      "-k", "test_a", env={"KCONFORM_FLAKY_STATE": str(state)})
+    proc, state = run_counted(run_pytest, tmp_path, "tests/faultcases/flaky_noguest.py",
+                              "--kernel", "debian-7.2", "-k", "test_a")
     assert proc.returncode == 1
     (case,) = results.load(proc.results).cases
     assert case.verdict == "fail" and case.attempts == []
@@ -256,12 +257,10 @@ def test_rerun_failed_takes_a_whole_number(run_pytest, value):
 def test_a_rerun_in_another_module_than_the_kernels_last_case(run_pytest, tmp_path):
     """The kernel's last case was torn down for the next kernel's first, in its own module: the
     rerun's module is set up again, as pytest would for a next item (its SetupState)."""
-    state = tmp_path / "state"
-    state.mkdir()
-    proc = run_pytest("tests/faultcases/flaky_noguest.py", "tests/reportcases/fake.py",
-                      "--kernel", "debian-5.10,debian-7.2", "-k",
-                      "(debian-5.10 and not test_e) or (debian-7.2 and test_e)",
-                      "--rerun-failed", "1", env={"KCONFORM_FLAKY_STATE": str(state)})
+    proc, _ = run_counted(run_pytest, tmp_path, "tests/faultcases/flaky_noguest.py",
+                          "tests/reportcases/fake.py", "--kernel", "debian-5.10,debian-7.2", "-k",
+                          "(debian-5.10 and not test_e) or (debian-7.2 and test_e)",
+                          "--rerun-failed", "1")
     assert proc.returncode == 1 and "INTERNALERROR" not in proc.stdout + proc.stderr
     verdicts = {(c.case, c.kernel): c.verdict for c in results.load(proc.results).cases}
     assert verdicts[("test_a_fails_on_its_first_attempt_only", "debian-5.10")] == "flaky"
@@ -271,10 +270,8 @@ def test_a_rerun_in_another_module_than_the_kernels_last_case(run_pytest, tmp_pa
 def test_a_rerun_that_fails_in_setup_leaves_the_case_as_it_last_failed(run_pytest, tmp_path):
     # Review finding: the setup error became the case, its observation lost, and KCIDB then
     # called it a case whose guest never booted.
-    state = tmp_path / "state"
-    state.mkdir()
-    proc = run_pytest("tests/faultcases/flaky_setup.py", "--kernel", "debian-7.2",
-                      "--rerun-failed", "1", env={"KCONFORM_FLAKY_STATE": str(state)})
+    proc, _ = run_counted(run_pytest, tmp_path, "tests/faultcases/flaky_setup.py",
+                          "--kernel", "debian-7.2", "--rerun-failed", "1")
     assert proc.returncode == 1
     (case,) = results.load(proc.results).cases
     assert (case.verdict, case.observed) == ("fail", {"update": "EBUSY"})
