@@ -46,10 +46,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypedDict
 
+from .arches import host_architecture
 from .boot_phases import PHASES, boot_phases
 from .errors import KconformError
 from .kernels import KernelProvider, KernelTree, expand_kernel_args, load_specs
-from .kernels.specs import host_architecture
 from .machines.accel import TCG_CPU, Accel, choose_accel, probe_boot
 from .machines.qemu import build_vng_command, guest_python
 from .machines.rootfs import FOREIGN_ROOT, Rootfs, RootfsProvider

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import platform
 import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .arches import host_architecture
 from .cache import bpf_cache_dir, hold_in_use
 from .errors import KconformError
 from .paths import REPO_ROOT
@@ -28,11 +28,10 @@ class TargetArch:
     """What building BPF objects for one guest architecture needs to know of it."""
     define: str    # __TARGET_ARCH_<define>: libbpf's bpf/bpf_tracing.h picks its registers by it
     triplet: str   # Debian's multiarch triplet, which names the directories of its asm/ headers
-    machine: str   # platform.machine() on a host of this architecture
 
 
-TARGET_ARCHES = {"amd64": TargetArch("x86", "x86_64-linux-gnu", "x86_64"),
-                 "arm64": TargetArch("arm64", "aarch64-linux-gnu", "aarch64")}
+TARGET_ARCHES = {"amd64": TargetArch("x86", "x86_64-linux-gnu"),
+                 "arm64": TargetArch("arm64", "aarch64-linux-gnu")}
 
 
 class BpfBuildError(KconformError):
@@ -56,8 +55,7 @@ def uapi_include(arch: str) -> Path:
     for directory in candidates:
         if (directory / "asm" / "types.h").is_file():
             return directory
-    package = "linux-libc-dev" if platform.machine() == spec.machine \
-        else f"linux-libc-dev-{arch}-cross"
+    package = "linux-libc-dev" if host_architecture() == arch else f"linux-libc-dev-{arch}-cross"
     raise BpfBuildError(f"no {arch} kernel headers (asm/types.h) in "
                         f"{' or '.join(str(c) for c in candidates)}, which BPF objects for "
                         f"{arch} guests are built with: install {package} (apt-get install "

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .arches import named_arch
 from .cache import (
     MANIFEST,
     Manifest,
@@ -29,7 +30,6 @@ from .cache import (
     try_cache_lock,
 )
 from .errors import KconformError
-from .kernels.specs import ARCHITECTURES
 from .versions import DebianVersionKey, debian_version_key, upstream_version
 
 KINDS = ("kernel", "root", "bpf")
@@ -179,8 +179,7 @@ def _root(path: Path) -> Entry:
     meta = read_manifest(path)
     stem = path.name.rpartition("-")[0] or path.name
     # machines/rootfs.py names a foreign architecture's root <name>-<arch>-<digest>
-    arch = _text(meta, "arch") or next((a for a in ARCHITECTURES if stem.endswith(f"-{a}")),
-                                       "amd64")
+    arch = _text(meta, "arch") or named_arch(stem) or "amd64"
     name = _text(meta, "name") or stem.removesuffix(f"-{arch}")
     digest = _text(meta, "recipe_digest") or path.name.rpartition("-")[2]
     suite = _text(meta, "suite")
@@ -197,7 +196,7 @@ def _bpf(path: Path) -> Entry:
     # <program>-<arch>-<digest>.o (bpf.py); before arm64, <program>-<digest>.o, built for amd64:
     # one group per program and architecture, so --keep N keeps N of each
     program = path.stem.rpartition("-")[0] or path.stem
-    if not program.endswith(tuple(f"-{arch}" for arch in ARCHITECTURES)):
+    if named_arch(program) is None:
         program += "-amd64"
     used = last_use(path)
     inodes = _inodes(path)

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from harness import bpf
+from harness import arches, bpf
 from harness.errors import KconformError
 from harness.kernels import KernelTree
 from harness.plugin.fixtures import CaseGuest
@@ -105,7 +105,7 @@ def test_the_headers_are_the_first_directory_that_has_them(tmp_path, monkeypatch
 def test_missing_headers_name_the_package_that_has_them(tmp_path, monkeypatch, source, clang,
                                                         machine, package):
     monkeypatch.setattr(bpf, "SYSTEM_ROOT", tmp_path)
-    monkeypatch.setattr(bpf.platform, "machine", lambda: machine)
+    monkeypatch.setattr(arches.platform, "machine", lambda: machine)  # the host is this one
     (tmp_path / "usr/include/aarch64-linux-gnu").mkdir(parents=True)  # libc's part, no asm/
     with pytest.raises(KconformError, match=rf"no arm64 kernel headers .*"
                                             rf"install {re.escape(package)} \(apt-get install"):

@@ -12,17 +12,17 @@ HARNESS = REPO_ROOT / "harness"
 # What each stage may import (besides the standard library, third-party packages and itself).
 ALLOWED = {
     "agent": set(),
-    "kernels": {"errors", "cache", "paths", "versions", "datafiles"},
-    "machines": {"errors", "cache", "paths", "versions", "kernels", "datafiles"},
+    "kernels": {"errors", "cache", "paths", "versions", "datafiles", "arches"},
+    "machines": {"errors", "cache", "paths", "versions", "kernels", "datafiles", "arches"},
     "judging": {"errors", "paths", "versions"},
     "reports": {"errors", "paths", "versions", "judging"},
     "plugin": {"errors", "cache", "paths", "versions", "kernels", "machines", "judging",
-               "reports", "bpf", "kernel_config"},
+               "reports", "bpf", "kernel_config", "arches"},
     # the shared modules at the bottom
-    "errors": set(), "paths": set(), "versions": set(),
-    "datafiles": {"errors"}, "cache": {"errors", "paths"}, "bpf": {"errors", "cache", "paths"},
-    # cache_entries reads kernel trees and roots: the architectures are the kernel definitions'
-    "cache_entries": {"errors", "cache", "paths", "versions", "kernels"},
+    "errors": set(), "paths": set(), "versions": set(), "arches": set(),
+    "datafiles": {"errors"}, "cache": {"errors", "paths"},
+    "bpf": {"errors", "cache", "paths", "arches"},
+    "cache_entries": {"errors", "cache", "paths", "versions", "arches"},
     # the suite's config fragment: it collects the cases in a child process, --build reads it
     "kernel_config": {"errors", "cache", "paths"},
     # a boot's phases from its console's lines: pure parsing, for bench (and a machine, later)

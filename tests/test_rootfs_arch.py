@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from harness.arches import ARCHITECTURES, host_architecture
 from harness.cache import publish, staging_dir
 from harness.errors import KconformError
-from harness.kernels.specs import ARCHITECTURES, host_architecture
 from harness.machines import rootfs
 from harness.machines.rootfs import (
     BinfmtStep,

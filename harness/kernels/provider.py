@@ -12,6 +12,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..arches import ARCHITECTURES, host_architecture, named_arch
 from ..cache import (
     MANIFEST,
     Manifest,
@@ -38,7 +39,7 @@ from .apt import (
 )
 from .packages import ExtractFailed, LocalPackages, classify, extract, unpack
 from .selectors import split_pinned, unknown_version_message
-from .specs import ARCHITECTURES, KernelSpec, _looks_like_path, host_architecture, load_specs
+from .specs import KernelSpec, _looks_like_path, load_specs
 from .trees import KernelTree, bzimage_release, local_kernel_image
 
 LISTS_MAX_AGE = 12 * 3600  # how long a resolution is trusted before apt asks the archive again
@@ -420,4 +421,4 @@ def tree_arch(meta: Manifest, release: str) -> str:
     arch = meta.get("arch")
     if isinstance(arch, str) and arch in ARCHITECTURES:
         return arch
-    return "arm64" if release.endswith("-arm64") else "amd64"
+    return named_arch(release) or "amd64"

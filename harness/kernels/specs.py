@@ -3,13 +3,13 @@ the --kernel values that name them."""
 from __future__ import annotations
 
 import os
-import platform
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..arches import ARCHITECTURES
 from ..datafiles import read_table
 from ..errors import KconformError
 from ..paths import REPO_ROOT
@@ -30,8 +30,7 @@ DEBIAN_SUITE = re.compile(r"[a-z0-9][a-z0-9.+-]*")
 DEBIAN_PACKAGE = re.compile(r"[a-z0-9][a-z0-9.+-]+")
 SERIES = re.compile(r"\d+\.\d+")
 # A flavour ends with its Debian architecture: amd64, rt-amd64, arm64, cloud-arm64.
-ARCHITECTURES = ("amd64", "arm64")
-FLAVOUR = re.compile(r"(?:[a-z][a-z0-9]*-)*(?:amd64|arm64)")
+FLAVOUR = re.compile(r"(?:[a-z][a-z0-9]*-)*(?:" + "|".join(ARCHITECTURES) + ")")
 SPEC_FIELDS = {
     "series": 'the kernel series as a quoted string, e.g. series = "6.1" (leave it out for a '
               'kernel that follows the newest of its suites, as the RC does)',
@@ -154,12 +153,6 @@ def default_kernel_names(directory: Path = KERNELS_DIR,
             raise KconformError(f"{path}: unknown kernel {name!r}; list names defined in "
                                 f"{directory}/*.toml ({', '.join(known) or 'none'})")
     return names
-
-
-def host_architecture() -> str:
-    """The host's Debian architecture (amd64, arm64, or what uname says for others)."""
-    machine = platform.machine()
-    return {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
 
 
 def parse_arches(value: str) -> tuple[str, ...]:

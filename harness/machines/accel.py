@@ -19,9 +19,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..arches import host_architecture
 from ..cache import read_regular_file, write_atomic
 from ..errors import KconformError
-from ..kernels.specs import host_architecture
 
 # Each guest architecture's QEMU, its Debian package, and the console its kernels print to.
 QEMU_BY_ARCH = {"amd64": "qemu-system-x86_64", "arm64": "qemu-system-aarch64"}

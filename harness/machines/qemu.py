@@ -26,10 +26,10 @@ import time
 import weakref
 from pathlib import Path
 
+from ..arches import host_architecture
 from ..cache import bpf_cache_dir, cache_dir
 from ..errors import KconformError
 from ..kernels import KernelTree
-from ..kernels.specs import host_architecture
 from ..paths import REPO_ROOT, agent_argv
 from .accel import Accel
 from .channel import Console, GuestDied, LineChannel

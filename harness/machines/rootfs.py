@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from ..arches import ARCHITECTURES, host_architecture, named_arch
 from ..cache import (
     Manifest,
     cache_dir,
@@ -45,7 +46,7 @@ from ..datafiles import read_table
 from ..errors import KconformError
 from ..kernels import KernelTree
 from ..kernels.apt import DEBIAN_KEYRING, require_debian_mirror
-from ..kernels.specs import ARCHITECTURES, DEBIAN_PACKAGE, DEBIAN_SUITE, host_architecture
+from ..kernels.specs import DEBIAN_PACKAGE, DEBIAN_SUITE
 from ..paths import REPO_ROOT
 
 IMAGES_DIR = REPO_ROOT / "images"
@@ -132,7 +133,7 @@ class RootfsSpec:
             raise KconformError(f"{path}: {name!r} cannot be a root filesystem name (it becomes "
                                 "a directory name): rename the file to letters, digits and "
                                 f". _ + - only, not {HOST!r}, e.g. images/debian-bookworm.toml")
-        if name.endswith(tuple(f"-{arch}" for arch in ARCHITECTURES)):
+        if named_arch(name) is not None:
             # <name>-arm64-<digest> is the arm64 root of recipe <name>: a recipe named
             # <name>-arm64 with the same text would be cached in the same directory.
             raise KconformError(f"{path}: {name!r} cannot be a root filesystem name: a name "

@@ -26,9 +26,9 @@ from typing import TypedDict
 
 import paramiko
 
+from ..arches import ARCHITECTURES, MACHINES, of_machine
 from ..errors import KconformError
 from ..kernels import KernelTree
-from ..kernels.specs import ARCHITECTURES
 from ..paths import REPO_ROOT, agent_argv
 from ..versions import upstream_version
 from .channel import Console, GuestDied, LineChannel
@@ -245,8 +245,6 @@ DESCRIBE = ("uname -r; id -u; cat /proc/version; cat /proc/version_signature 2>/
             "echo; echo ---machine---; uname -m; "
             "echo ---config---; cat \"/boot/config-$(uname -r)\" 2>/dev/null || "
             "zcat /proc/config.gz 2>/dev/null")
-# `uname -m` -> the Debian architecture the BPF objects are built for and results record.
-_DEBIAN_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
 
 # What a target says about itself is its own word: its `uname -r` becomes the kernel's name, and
 # so a file name, a test id and a report cell. A real release uses only these characters.
@@ -282,10 +280,11 @@ def parse_description(target: SshTarget, out: str, err: str, config_dir: Path) -
     head, _, config = out.partition("---config---\n")
     head, _, machine = head.partition("---machine---\n")
     machine = _printable(machine.strip(), 32)
-    arch = _DEBIAN_ARCH.get(machine, machine or "amd64")  # an older DESCRIBE said none
+    # what the BPF objects are built for and results record; an older DESCRIBE said none
+    arch = of_machine(machine) if machine else "amd64"
     if arch not in ARCHITECTURES:  # its BPF objects could not be built: every case would fail
         raise SshError(f"{target.url}: its machine is {machine!r} (uname -m); kconform runs its "
-                       f"cases on {' and '.join(ARCHITECTURES)} ({', '.join(_DEBIAN_ARCH)}) only")
+                       f"cases on {' and '.join(ARCHITECTURES)} ({', '.join(MACHINES)}) only")
     lines = head.splitlines()
     if len(lines) < 3:
         raise SshError(f"{target.url}: could not read the kernel's release ({err.strip()})")

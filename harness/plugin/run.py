@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from ..arches import host_architecture
 from ..cache import cache_dir
 from ..errors import KconformError
 from ..judging import expectations
@@ -20,7 +21,7 @@ from ..judging.crashes import crash_fingerprint
 from ..judging.health import HealthRules, KnownCrash, KnownCrashes
 from ..kernels import KernelProvider, KernelTree, expand_kernel_args, load_specs
 from ..kernels.selectors import pinned_name
-from ..kernels.specs import host_architecture, parse_arches
+from ..kernels.specs import parse_arches
 from ..machines.accel import Accel, choose_accel
 from ..machines.channel import Machine
 from ..machines.qemu import QemuMachine, build_vng_command, check_memory
