@@ -421,12 +421,8 @@ def test_a_root_without_poweroff_gets_busyboxs_so_a_foreign_guest_powers_off(tmp
 ])
 def test_each_architecture_boots_the_root_the_run_chooses_for_it(monkeypatch, rootfs_name,
                                                                  arches, arch, chosen):
-    from types import SimpleNamespace
-
-    from harness.plugin import run
-    monkeypatch.setattr(run, "host_architecture", lambda: "amd64")
-    state = SimpleNamespace(rootfs_name=rootfs_name, arches=arches)
-    assert run.KconformRun.root_recipe(state, arch) == chosen  # type: ignore[arg-type]
+    monkeypatch.setattr(rootfs, "host_architecture", lambda: "amd64")
+    assert rootfs.root_recipe(rootfs_name, arch, arches) == chosen
 
 
 def test_the_poweroff_link_is_on_the_path_virtme_init_ends_a_guest_with():

@@ -23,7 +23,7 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,6 +174,16 @@ class Rootfs:
                         if p in self.packages)
         arch = "" if self.arch == "amd64" else f" {self.arch}"
         return f"{self.name}@{self.digest}{arch}" + (f" ({key})" if key else "")
+
+
+def root_recipe(rootfs_name: str, arch: str, run_arches: Collection[str]) -> str:
+    """The root a guest of this architecture boots in a run of these architectures: --rootfs,
+    except that a guest of another architecture than the host's cannot run the host's root, so
+    it runs FOREIGN_ROOT; and in a run of several architectures, all of them do, so they are
+    compared on one Debian release's userspace, not the host's against Debian 12's."""
+    if rootfs_name == HOST and (arch != host_architecture() or len(set(run_arches)) > 1):
+        return FOREIGN_ROOT
+    return rootfs_name
 
 
 def root_directory_name(name: str, arch: str, digest: str) -> str:

@@ -25,7 +25,13 @@ from ..kernels.specs import parse_arches
 from ..machines.accel import Accel, choose_accel
 from ..machines.channel import Machine
 from ..machines.qemu import QemuMachine, build_vng_command, check_memory
-from ..machines.rootfs import FOREIGN_ROOT, HOST, Rootfs, RootfsProvider, check_rootfs_name
+from ..machines.rootfs import (
+    HOST,
+    Rootfs,
+    RootfsProvider,
+    check_rootfs_name,
+    root_recipe,
+)
 from ..machines.session import BootFailure, GuestFailure, GuestSession
 from ..machines.ssh import (
     SshMachine,
@@ -310,13 +316,8 @@ class KconformRun:
                 for name in self.kernel_names}
 
     def root_recipe(self, arch: str) -> str:
-        """The root a guest of this architecture boots: --rootfs, except that a guest of another
-        architecture than the host's cannot run the host's root, so it runs FOREIGN_ROOT; and
-        in a run of several architectures, all of them do, so they are compared on one Debian
-        release's userspace, not the host's against Debian 12's."""
-        if self.rootfs_name == HOST and (arch != host_architecture() or len(self.arches) > 1):
-            return FOREIGN_ROOT
-        return self.rootfs_name
+        """The root this run's guests of `arch` boot (machines/rootfs.py root_recipe)."""
+        return root_recipe(self.rootfs_name, arch, self.arches)
 
     def rootfs(self, tree: KernelTree) -> Rootfs | None:
         """The guest root for this kernel's architecture (None: the host's), with this kernel's
