@@ -21,6 +21,20 @@ _VERSION = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?(?:[~-]rc(\d+))?")
 _BOUND = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?(?:-rc([1-9]\d*))?")
 
 
+# The part of a Debian kernel ABI (and `uname -r`) before its flavour: 6.1.0-50, 6.12.117+deb13,
+# 7.3 (an RC), 6.1.0-0.deb11.48. A flavour word (rt, cloud) never starts with a digit, so
+# 6.1.0-50-rt-amd64 is not the generic flavour's 6.1.0-50-rt.
+DEBIAN_ABI_VERSION = r"\d+\.\d+(?:\.\d+)?(?:\+[a-z0-9.]+)?(?:-rc\d+)?(?:-\d[0-9a-z.]*)?"
+_DEBIAN_RELEASE = re.compile(DEBIAN_ABI_VERSION + r"-(?P<flavour>[a-z][a-z0-9-]*)")
+
+
+def debian_release_flavour(release: str) -> str | None:
+    """The flavour a Debian kernel's release ends with ('6.1.0-50-rt-amd64' -> 'rt-amd64');
+    None when it is not a Debian release."""
+    match = _DEBIAN_RELEASE.fullmatch(release)
+    return match["flavour"] if match else None
+
+
 def _from_match(match: re.Match[str]) -> UpstreamVersion:
     major, minor, patch, rc = match.groups()
     return int(major), int(minor), int(patch or 0), int(rc) if rc is not None else RELEASE

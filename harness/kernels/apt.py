@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..cache import cache_lock, read_regular_file, write_atomic
 from ..errors import KconformError, KernelUnavailable
-from ..versions import debian_version_key, upstream_version
+from ..versions import DEBIAN_ABI_VERSION, debian_version_key, upstream_version
 from .specs import KernelSpec
 
 DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
@@ -121,10 +121,6 @@ def archive_max_age() -> int | None:
     return seconds
 
 
-# The part of an ABI before its flavour: 6.1.0-50, 6.12.117+deb13, 7.3 (an RC), 6.1.0-0.deb11.48.
-# A flavour word (rt, cloud) never starts with a digit, so 6.1.0-50-rt-amd64 is not the generic
-# flavour's 6.1.0-50-rt.
-_ABI_VERSION = r"\d+\.\d+(?:\.\d+)?(?:\+[a-z0-9.]+)?(?:-rc\d+)?(?:-\d[0-9a-z.]*)?"
 
 
 @dataclass(frozen=True)
@@ -139,14 +135,14 @@ class ArchiveVersion:
     @property
     def abi_number(self) -> str:
         """The ABI without its flavour, as users write it: 6.1.0-54."""
-        match = re.match(_ABI_VERSION, self.abi)
+        match = re.match(DEBIAN_ABI_VERSION, self.abi)
         return match[0] if match else self.abi
 
 
 def image_package_pattern(spec: KernelSpec) -> re.Pattern[str]:
     """The package names of the spec's first template for every ABI of its flavour."""
     template = re.escape(spec.packages[0]).replace(re.escape("{abi}"),
-                                                   f"(?P<abi>{_ABI_VERSION}-{spec.flavour})")
+                                                   f"(?P<abi>{DEBIAN_ABI_VERSION}-{spec.flavour})")
     return re.compile(template)
 
 

@@ -40,6 +40,7 @@ import kcidb_io
 from jsonschema.exceptions import ValidationError
 
 from ..errors import KconformError
+from ..versions import debian_release_flavour
 from .results import CaseResult, JsonObject, KernelRecord, Results
 
 # Written as v5.3 on purpose, not kcidb_io's LATEST: a newer kcidb-io with a newer schema is a
@@ -176,22 +177,16 @@ def _build(origin: str, kernel_id: str, name: str, kernel: KernelRecord) -> Json
     return build
 
 
-# The part of a Debian image's release before its flavour (harness/kernels/apt.py, _ABI_VERSION):
-# 6.1.0-50, 6.12.117+deb13, 7.3 (an RC), 6.1.0-0.deb11.48; a flavour word never starts with a digit.
-_DEBIAN_RELEASE = re.compile(r"\d+\.\d+(?:\.\d+)?(?:\+[a-z0-9.]+)?(?:-rc\d+)?(?:-\d[0-9a-z.]*)?"
-                             r"-(?P<flavour>[a-z][a-z0-9-]*)")
-
-
 def debian_flavour(kernel: KernelRecord) -> str | None:
     """The Debian flavour (rt-amd64) of a kernel packaged in a Debian suite: the configuration
     Debian built it with, named as Debian names it. None for anything else (a built tree, an SSH
     target's own kernel, results from before suites were recorded)."""
     if not kernel.suite or not kernel.uname:
         return None
-    match = _DEBIAN_RELEASE.fullmatch(kernel.uname)
-    if not match or not match["flavour"].endswith(kernel.architecture):
+    flavour = debian_release_flavour(kernel.uname)
+    if not flavour or not flavour.endswith(kernel.architecture):
         return None
-    return match["flavour"]
+    return flavour
 
 
 def _environment(kernel: KernelRecord) -> JsonObject:
