@@ -121,8 +121,6 @@ def archive_max_age() -> int | None:
     return seconds
 
 
-
-
 @dataclass(frozen=True)
 class ArchiveVersion:
     """One kernel build the archive holds: package version, ABI (with flavour), and the suite it
