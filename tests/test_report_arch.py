@@ -19,6 +19,7 @@ from harness.agent import agent
 from harness.kernels import KernelTree, load_specs
 from harness.machines.session import BootProtocolError, GuestSession, parse_hello
 from harness.plugin import recording
+from harness.plugin.run import KconformRun
 from harness.reports import compare, grid, junit, results
 from harness.reports.results import ResultsError
 from tests.conftest import REPO
@@ -93,6 +94,8 @@ class FakeRun(SimpleNamespace):
 
     def boot_command(self, tree: KernelTree) -> str | None:
         return None
+
+    arch_of = KconformRun.arch_of  # the run's own: it reads target_trees and specs
 
 
 def fake_run(tmp_path, trees=None, live=None, kernel_names=()):

@@ -298,10 +298,7 @@ def architectures_line(run: KconformRun) -> list[str]:
     which is after the header: the reports record it."""
     by_arch: dict[str, list[str]] = {}
     for name in run.kernel_names:
-        tree = run.target_trees.get(name)
-        spec = run.specs.get(split_pinned(name)[0])
-        arch = tree.arch if tree is not None else spec.arch if spec is not None else None
-        by_arch.setdefault(arch or "known once fetched", []).append(name)
+        by_arch.setdefault(run.arch_of(name) or "known once fetched", []).append(name)
     if list(by_arch) == ["known once fetched"]:
         return []
     if len(by_arch) == 1:

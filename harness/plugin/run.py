@@ -20,7 +20,7 @@ from ..judging import expectations
 from ..judging.crashes import crash_fingerprint
 from ..judging.health import HealthRules, KnownCrash, KnownCrashes
 from ..kernels import KernelProvider, KernelTree, expand_kernel_args, load_specs
-from ..kernels.selectors import pinned_name
+from ..kernels.selectors import pinned_name, split_pinned
 from ..kernels.specs import parse_arches
 from ..machines.accel import Accel, choose_accel
 from ..machines.channel import Machine
@@ -308,12 +308,21 @@ class KconformRun:
         """accel None: an SSH target (connect, push the files, start the agent)."""
         return self._boot_timeout or (180.0 if accel and accel.name == "tcg" else 60.0)
 
+    def arch_of(self, name: str) -> str | None:
+        """A kernel's architecture before its tree is fetched: an SSH target's as it said, a
+        definition's; None for a path or a build (known once fetched)."""
+        tree = self.target_trees.get(name)
+        if tree is not None:
+            return tree.arch
+        spec = self.specs.get(split_pinned(name)[0])
+        return spec.arch if spec is not None else None
+
     @functools.cached_property
     def arches(self) -> set[str]:
-        """The architectures of the run's named kernels (a path or the host: the host's)."""
-        return {self.specs[name.partition("@")[0]].arch
-                if name.partition("@")[0] in self.specs else host_architecture()
-                for name in self.kernel_names}
+        """The architectures of the kernels the run boots (a path or the host: the host's); an
+        SSH target runs on its own root, so it has no say in the roots'."""
+        return {self.arch_of(name) or host_architecture() for name in self.kernel_names
+                if name not in self.targets}
 
     def root_recipe(self, arch: str) -> str:
         """The root this run's guests of `arch` boot (machines/rootfs.py root_recipe)."""
