@@ -18,7 +18,8 @@ a splat or a new taint during the call or the boot (recording.Reporter marks tho
 crash is never flaky. Nor a case that failed in setup (the kernel could not be fetched, its guest
 did not boot, a required option is missing: the kernel's failure, not the case's) or in teardown,
 nor one that was skipped. A rerun that crashes ends the case as crashed, with the earlier runs'
-evidence; one that fails in setup ends it as that failure.
+evidence; one that is skipped or fails in setup (its round's guest could not be had), and a case
+of a kernel given up on before its round, end as their last run failed.
 
 A failed run that will be run again is reported with the outcome "rerun" (pytest-rerunfailures'
 word, R in the progress line): pytest counts it neither as passed nor as failed, and the reports
@@ -131,8 +132,7 @@ class Reruns:
                 return
             if kernel in self.run.pool.failed:  # not booted again: they end as they last failed
                 for held in waiting:
-                    *earlier, last = held.failed
-                    _log(held.item, last, earlier)
+                    _log_last_failure(held)
                     held.item.ihook.pytest_runtest_logfinish(nodeid=held.item.nodeid,
                                                              location=held.item.location)
                 return
@@ -152,7 +152,7 @@ class Reruns:
                          for report in reports):
                     # a skip proves nothing, and neither does a round whose guest could not be
                     # had: the case is what its last run came to, not a guest that never booted
-                    _log(held.item, held.failed[-1], held.failed[:-1])
+                    _log_last_failure(held)
                 else:
                     _log(held.item, reports, held.failed)
                 held.item.ihook.pytest_runtest_logfinish(nodeid=held.item.nodeid,
@@ -178,8 +178,7 @@ class Reruns:
                                     for held in self.held.pop(kernel)]
         self.running = []
         for held in undecided:
-            *earlier, last = held.failed
-            _log(held.item, last, earlier)
+            _log_last_failure(held)
 
 
 def _forget(item: pytest.Item, key: pytest.StashKey[T]) -> None:
@@ -204,6 +203,12 @@ def _reported_as(item: pytest.Item) -> Iterator[None]:
         yield
     finally:
         worker.item_index = running
+
+
+def _log_last_failure(held: Held) -> None:
+    """Report a held case as its last run failed, the runs before it as its attempts."""
+    *earlier, last = held.failed
+    _log(held.item, last, earlier)
 
 
 def _log(item: pytest.Item, reports: list[pytest.TestReport],
