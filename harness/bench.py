@@ -51,6 +51,7 @@ from .boot_phases import PHASES, boot_phases
 from .errors import KconformError
 from .kernels import KernelProvider, KernelTree, expand_kernel_args, load_specs
 from .machines.accel import TCG_CPU, Accel, choose_accel, probe_boot
+from .machines.guest_job import run_guest_job
 from .machines.qemu import build_vng_command, guest_python
 from .machines.rootfs import HOST, Rootfs, RootfsProvider, root_recipe
 from .paths import REPO_ROOT, safe_file_name
@@ -384,11 +385,12 @@ def build_row(source: Path, cache: Path, say: Callable[[str], None]) -> BuildFig
             "no_change_s": round(no_change, 2), "incremental_s": round(incremental, 1)}
 
 
-def _root_for(arch: str, run_arches: set[str], cache: Path) -> Rootfs | None:
-    """The root the suite run gives guests of this architecture (its --rootfs left as 'host'),
-    so a floor boots on the root its suite ran on: in a run of both architectures, amd64's too
-    is the pinned one."""
-    return RootfsProvider(cache).get(root_recipe(HOST, arch, run_arches), arch=arch)
+def _root_for(tree: KernelTree, run_arches: set[str], cache: Path) -> Rootfs | None:
+    """The root the suite run gives guests of this kernel's architecture (its --rootfs left as
+    'host'), so a floor boots on the root its suite ran on: in a run of both architectures,
+    amd64's too is the pinned one."""
+    return RootfsProvider(cache, guest_job=run_guest_job).get(
+        root_recipe(HOST, tree.arch, run_arches), arch=tree.arch, kernel=tree)
 
 
 def _build_tree(value: str | None, cache: Path) -> Path | None:
@@ -447,7 +449,7 @@ def main(argv: list[str]) -> int:
             raise KconformError(f"bench: {name} has no kernel image to boot")
         if tree.arch not in accels:
             accels[tree.arch] = choose_accel(tree.vmlinuz, cache=provider.cache, arch=tree.arch)
-            roots[tree.arch] = _root_for(tree.arch, run_arches, provider.cache)
+            roots[tree.arch] = _root_for(tree, run_arches, provider.cache)
     accel = accels.get(host_architecture()) or next(iter(accels.values()))
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)

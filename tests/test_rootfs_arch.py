@@ -111,7 +111,7 @@ def test_a_cached_root_built_for_another_architecture_is_built_again(tmp_path, m
     provider = RootfsProvider(cache=store, log=said.append)
     builds = []
 
-    def build(spec: RootfsSpec, arch: str, root: Path) -> None:
+    def build(spec: RootfsSpec, arch: str, root: Path, kernel: object = None) -> None:
         builds.append((spec.name, arch, root.name))
         raise KconformError("not building in a unit test")
     monkeypatch.setattr(provider, "_build", build)
@@ -182,7 +182,6 @@ def test_a_target_that_cannot_run_names_qemu_user_static(tmp_path, monkeypatch):
             spec, "http://deb.debian.org/debian", tmp_path, tmp_path / "root", "arm64")
     message = str(raised.value)
     assert "cannot run arm64 programs" in message and "qemu-user-static" in message
-    assert "--foreign" in message and "not available" in message
 
 
 @pytest.mark.parametrize("foreign", [False, True])
@@ -269,8 +268,7 @@ def test_a_line_for_another_entry_is_not_taken(binfmt, conf_dirs):
         next_binfmt_step("arm64", binfmt, conf_dirs)
 
 
-def test_no_entry_and_no_file_names_qemu_user_static_and_that_foreign_is_not_built(
-        binfmt, conf_dirs):
+def test_no_entry_and_no_file_names_qemu_user_static(binfmt, conf_dirs):
     (conf_dirs[2] / "qemu-aarch64.conf").unlink()
     with pytest.raises(KconformError) as raised:
         next_binfmt_step("arm64", binfmt, conf_dirs)
@@ -279,7 +277,6 @@ def test_no_entry_and_no_file_names_qemu_user_static_and_that_foreign_is_not_bui
     assert "no qemu-aarch64.conf" in message
     assert "apt-get install qemu-user-static" in message
     assert "mount -t binfmt_misc binfmt_misc" in message
-    assert "debootstrap --foreign" in message and "is not available" in message
 
 
 @pytest.mark.parametrize("entry, words", [
@@ -370,7 +367,6 @@ def test_a_failed_mount_names_the_fix(tmp_path, conf_dirs):
     message = str(raised.value)
     assert "mounting it failed: mount: permission denied" in message
     assert f"mount -t binfmt_misc binfmt_misc {tmp_path / 'binfmt_misc'}" in message
-    assert "--foreign" in message
 
 
 def test_a_mount_that_gives_no_register_file_is_refused(tmp_path, conf_dirs):

@@ -305,9 +305,11 @@ def refuse_without_9p(tree: KernelTree) -> None:
 def build_vng_command(tree: KernelTree, accel: Accel, guest_cmd: str, *, memory: str = "1G",
                       cpus: int = 1, kernel_args: tuple[str, ...] = (),
                       extra_vng: tuple[str, ...] = (), name: str | None = None,
-                      rootfs: Rootfs | None = None) -> list[str]:
+                      rootfs: Rootfs | None = None,
+                      rw_dirs: tuple[tuple[str, Path], ...] = ()) -> list[str]:
     """The whole virtme-ng command line for one guest; print it to reproduce a boot by hand.
-    Every value is checked or made plain here (see above); guest_cmd is the one vng quotes."""
+    Every value is checked or made plain here (see above); guest_cmd is the one vng quotes.
+    rw_dirs: (guest path, host directory) pairs the guest may write."""
     name = _check_word(name or guest_name(), "the guest name", _NAME,
                        "letters, digits and _ . - (up to 64)")
     check_memory(memory)
@@ -345,6 +347,9 @@ def build_vng_command(tree: KernelTree, accel: Accel, guest_cmd: str, *, memory:
         for host, guest in pinned_root_mounts():
             _require_plain_path(guest, "guest mount point", "name a plain guest path")
             cmd.append(f"--rodir={guest}={vng_path(host)}")
+    for guest, host in rw_dirs:
+        _require_plain_path(guest, "guest mount point", "name a plain guest path")
+        cmd.append(f"--rwdir={guest}={vng_path(host)}")
     for arg in (*BOOT_ARGS, *kernel_args):
         cmd += ["--append", arg]
     cmd += list(extra_vng)
@@ -360,7 +365,7 @@ class QemuMachine:
     def __init__(self, tree: KernelTree, accel: Accel, console_log: Path, *,
                  rootfs: Rootfs | None = None, command: str | None = None, memory: str = "1G",
                  cpus: int = 1, kernel_args: tuple[str, ...] = (),
-                 extra_vng: tuple[str, ...] = ()):
+                 extra_vng: tuple[str, ...] = (), rw_dirs: tuple[tuple[str, Path], ...] = ()):
         """command: what the guest runs (default: kconform's agent)."""
         self.tree = tree
         self.accel = accel
@@ -369,7 +374,8 @@ class QemuMachine:
             python = guest_python(rootfs)
             command = shlex.join(agent_argv(python, self.guest_path(REPO_ROOT), boot_log=True))
         self.cmd = build_vng_command(tree, accel, command, memory=memory, cpus=cpus,
-                                     kernel_args=kernel_args, extra_vng=extra_vng, rootfs=rootfs)
+                                     kernel_args=kernel_args, extra_vng=extra_vng, rootfs=rootfs,
+                                     rw_dirs=rw_dirs)
         self.console = Console(console_log)
         self.channel = LineChannel(self.console)
         self.proc: subprocess.Popen[bytes] | None = None

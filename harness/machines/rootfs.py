@@ -226,26 +226,44 @@ def check_rootfs_name(name: str, directory: Path = IMAGES_DIR) -> None:
     load_recipe(name, directory)
 
 
+# Boots a kernel on a root, runs one shell line with a host directory writable in the guest,
+# and waits for the guest to power off: None when it did, else what went wrong
+# (machines/guest_job.py; given by the caller, since booting is qemu.py's, which needs this
+# module's Rootfs). Arguments: root, kernel, command, host directory, its guest path, memory,
+# console log, timeout.
+GuestJob = Callable[[Rootfs, KernelTree, str, Path, str, str, Path, float], "str | None"]
+
+
 class RootfsProvider:
     def __init__(self, cache: Path | None = None,
-                 log: Callable[[str], None] = lambda msg: None) -> None:
+                 log: Callable[[str], None] = lambda msg: None,
+                 guest_job: GuestJob | None = None,
+                 second_stage_in_guest: bool = False) -> None:
+        """guest_job: how a foreign root's second stage runs in a guest, where the host's
+        binfmt_misc cannot run it (None: such a root is refused with the fix). With
+        second_stage_in_guest, a foreign root takes that path even where binfmt_misc works (how
+        the tests build it)."""
         self.dir = (cache or cache_dir()) / "rootfs"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.log = log
+        self.guest_job = guest_job
+        self.second_stage_in_guest = second_stage_in_guest
 
-    def get(self, name: str, arch: str = "amd64") -> Rootfs | None:
+    def get(self, name: str, arch: str = "amd64",
+            kernel: KernelTree | None = None) -> Rootfs | None:
         """The built root for a recipe name and a Debian architecture (None for the host's own
-        root)."""
+        root). kernel: the one the caller boots on it, which finishes building a foreign root
+        in a guest where the host cannot."""
         if name == HOST:
             return None
         check_rootfs_name(name)
         check_architecture(arch, f"rootfs {name}")
         try:
-            return self._get(name, arch)
+            return self._get(name, arch, kernel)
         except (OSError, subprocess.CalledProcessError) as exc:
             raise KconformError(f"rootfs {name} ({arch}): {exc}") from None
 
-    def _get(self, name: str, arch: str) -> Rootfs:
+    def _get(self, name: str, arch: str, kernel: KernelTree | None = None) -> Rootfs:
         spec = load_recipe(name)
         root = self.dir / root_directory_name(name, arch, spec.digest)
         with self._lock(root.name):
@@ -260,13 +278,14 @@ class RootfsProvider:
                 self.log(f"rootfs {name}: cached root {root} is damaged ({problem}); "
                          "building again")
                 remove_published(root)
-            self._build(spec, arch, root)
+            self._build(spec, arch, root, kernel)
             meta, problem = check_manifest(root)
             if not meta:
                 raise KconformError(f"rootfs {name}: freshly built root is damaged: {problem}")
             return Rootfs(name, root, spec.digest, _recorded_packages(root, meta), arch)
 
-    def _build(self, spec: RootfsSpec, arch: str, root: Path) -> None:
+    def _build(self, spec: RootfsSpec, arch: str, root: Path,
+               kernel: KernelTree | None = None) -> None:
         if not shutil.which("debootstrap"):
             raise KconformError(f"--rootfs {spec.name} needs debootstrap: apt-get install "
                                 "debootstrap (./kconform installs it)")
@@ -275,18 +294,57 @@ class RootfsProvider:
             instead = ", or use --rootfs host" if arch == host_architecture() else ""
             raise KconformError(f"--rootfs {spec.name}: building a root with debootstrap needs "
                                 f"root; run as root{instead}")
+        stage_kernel = None
         if arch != host_architecture():
-            prepare_binfmt(arch, self.log)
+            stage_kernel = self._second_stage_kernel(spec, arch, kernel)
         mirror = require_debian_mirror(f"rootfs {spec.name}")
         with staging_dir(self.dir, spec.name) as staging:
-            self._debootstrap(spec, mirror, staging, root, arch)
+            self._debootstrap(spec, mirror, staging, root, arch, stage_kernel)
+
+    def _second_stage_kernel(self, spec: RootfsSpec, arch: str,
+                             kernel: KernelTree | None) -> KernelTree | None:
+        """The kernel whose guest runs this foreign root's second stage, or None when the host
+        runs it (binfmt_misc ready, or made ready). A KconformError naming the fix when
+        neither can."""
+        if not self.second_stage_in_guest:
+            try:
+                prepare_binfmt(arch, self.log)
+                return None
+            except KconformError as exc:
+                problem = str(exc)
+        else:
+            problem = f"an {arch} root built with its second stage in a guest, as asked"
+        why_not = self._why_no_guest_stage(spec, arch, kernel)
+        if why_not:
+            raise KconformError(f"{problem}. The other way, debootstrap --foreign with its second "
+                                f"stage in an {arch} guest, cannot be taken: {why_not}")
+        assert kernel is not None  # _why_no_guest_stage says why when it is None
+        self.log(f"rootfs {spec.name}: {problem}. Building it with debootstrap --foreign instead, "
+                 f"its second stage (dpkg) inside an {arch} guest on {kernel.name}: slower under "
+                 "emulation, and once per recipe")
+        return kernel
+
+    def _why_no_guest_stage(self, spec: RootfsSpec, arch: str,
+                            kernel: KernelTree | None) -> str | None:
+        if self.guest_job is None:
+            return "this command boots no guest to run it in"
+        if kernel is None or kernel.arch != arch or kernel.vmlinuz is None:
+            return f"it needs an {arch} kernel to boot, and none was given for this root"
+        missing = [p for p in GUEST_BOOT_PACKAGES if p not in spec.packages]
+        if missing:
+            return (f"the guest boots the half-built root, so the recipe needs "
+                    f"{' and '.join(missing)} (virtme-ng's guest needs them); add "
+                    f"{', '.join(repr(p) for p in missing)} to its packages")
+        return None
 
     def _debootstrap(self, spec: RootfsSpec, mirror: str, staging: Path, root: Path,
-                     arch: str = "amd64") -> None:
+                     arch: str = "amd64", stage_kernel: KernelTree | None = None) -> None:
         target = staging / "root"
         # --arch always: the root's architecture is the one asked for, whatever the host's.
-        cmd = ["debootstrap", f"--arch={arch}", f"--variant={spec.variant}",
-               f"--include={','.join(spec.packages)}",
+        # --foreign: only the first stage (download, unpack the required packages), the second
+        # then runs in a guest of the root's architecture.
+        cmd = ["debootstrap", f"--arch={arch}", *(["--foreign"] if stage_kernel else []),
+               f"--variant={spec.variant}", f"--include={','.join(spec.packages)}",
                f"--keyring={DEBIAN_KEYRING}", "--force-check-gpg", spec.suite, str(target), mirror]
         self.log(f"rootfs {spec.name}: building for {arch} with {' '.join(cmd)} "
                  "(once per recipe and architecture)")
@@ -297,6 +355,11 @@ class RootfsProvider:
                                   env=dict(env, LC_ALL="C", DEBIAN_FRONTEND="noninteractive"))
             if proc.returncode != 0:
                 raise KconformError(_debootstrap_error(spec, mirror, proc, target, arch))
+            second_stage = "chroot on the host"
+            if stage_kernel is not None:
+                self._second_stage_in_guest(spec, target, arch, stage_kernel, staging)
+                second_stage = (f"in an {arch} guest on {stage_kernel.name} "
+                                f"({stage_kernel.release})")
             for point in (GUEST_REPO, GUEST_BPF):
                 (target / point.lstrip("/")).mkdir(parents=True, exist_ok=True)
             _link_poweroff(target)
@@ -305,6 +368,7 @@ class RootfsProvider:
                 deb.unlink()
             publish(target, root, {"name": spec.name, "arch": arch, "suite": spec.suite,
                                    "mirror": mirror, "recipe_digest": spec.digest,
+                                   "second_stage": second_stage,
                                    "packages": _installed_packages(target)})
         except OSError as exc:
             detail = str(exc)
@@ -313,16 +377,48 @@ class RootfsProvider:
                           "at a larger disk")
             raise KconformError(f"rootfs {spec.name}: {detail}") from None
 
+    def _second_stage_in_guest(self, spec: RootfsSpec, target: Path, arch: str,
+                               kernel: KernelTree, staging: Path) -> None:
+        """Finish a first-stage root by booting `kernel` on it to run debootstrap's second
+        stage; a KconformError with the evidence when that did not complete."""
+        assert self.guest_job is not None  # _why_no_guest_stage checked it
+        out = staging / "stage-out"
+        out.mkdir()
+        # The first stage's root as it is: what the guest boots with is added only after.
+        pack_root(target, out / STAGE_IN_TAR)
+        prepare_guest_stage(target)
+        half_built = Rootfs(spec.name, target, spec.digest, {}, arch)
+        self._link_modules(half_built, kernel)
+        console = staging / "second-stage-console.log"
+        self.log(f"rootfs {spec.name}: running debootstrap's second stage in an {arch} guest on "
+                 f"{kernel.name} (its console: {console})")
+        failure = self.guest_job(half_built, kernel, f"sh /{SECOND_STAGE_DIR}/run", out,
+                                 GUEST_STAGE_OUT, SECOND_STAGE_MEMORY, console,
+                                 SECOND_STAGE_SECONDS)
+        problem = second_stage_problem(out, failure)
+        if problem:
+            raise KconformError(f"rootfs {spec.name} ({spec.suite}, {arch}): debootstrap's second "
+                                f"stage in a guest on {kernel.name} did not complete: "
+                                f"{problem}\n{_tail(console, 'its console')}")
+        unpack_finished_root(out / STAGE_OUT_TAR, target)
+        shutil.rmtree(out)
+
     def add_modules(self, rootfs: Rootfs, tree: KernelTree) -> None:
         """Hard-link a kernel's modules into the root, where virtme-ng looks for them."""
+        self._link_modules(rootfs, tree)
+
+    def _link_modules(self, rootfs: Rootfs, tree: KernelTree) -> Path | None:
+        """Where the kernel's modules now are in the root (None: it has none to add)."""
         source = tree.root / "lib" / "modules" / tree.release if tree.root else None
         if source is None or not source.is_dir():
-            return  # a local or host kernel: the guest runs without loadable modules
+            return None  # a local or host kernel: the guest runs without loadable modules
+        dest = rootfs.path / "usr/lib/modules" / tree.release
         try:
-            self._add_modules(rootfs, source, rootfs.path / "usr/lib/modules" / tree.release)
+            self._add_modules(rootfs, source, dest)
         except OSError as exc:
             raise KconformError(f"rootfs {rootfs.name}: adding {tree.name}'s modules: {exc}") \
                 from None
+        return dest
 
     def _add_modules(self, rootfs: Rootfs, source: Path, dest: Path) -> None:
         # The tree they came from is recorded: a rebuilt kernel of the same release replaces them.
@@ -388,12 +484,183 @@ def _debootstrap_error(spec: RootfsSpec, mirror: str, proc: subprocess.Completed
                 f"to a reachable Debian mirror that carries {arch}")
     elif "Unable to execute target architecture" in text or "Exec format error" in text:
         # debootstrap's own check (arch-test, when installed), or a chroot that could not start
-        hint = (f"the host cannot run {arch} programs: {QEMU_BINFMT_FIX}; building with "
-                f"debootstrap --foreign and running the second stage inside an {arch} guest is "
-                "not available")
+        hint = f"the host cannot run {arch} programs: {QEMU_BINFMT_FIX}"
     else:
         hint = "debootstrap failed"
     return f"rootfs {spec.name} ({spec.suite}, {arch}): {hint}\n{text}"
+
+
+# ----------------------------------------------------------- foreign roots: a guest's second stage
+# Where the host cannot run the root's programs (no binfmt_misc, no qemu-user-static), debootstrap
+# --foreign does only its first stage on the host (download, unpack the required packages), and
+# its second stage (dpkg installing and configuring every package) runs natively in a guest of
+# the root's architecture, booted on the half-built root: debootstrap(8), --foreign and
+# --second-stage.
+
+SECOND_STAGE_DIR = ".kconform-stage"  # in the half-built root: the guest's script
+GUEST_STAGE_OUT = "/kconform/stage-out"  # in that guest: the host's directory for the job
+STAGE_IN_TAR, STAGE_OUT_TAR = "half-built.tar", "root.tar"  # the roots it passes, there
+SECOND_STAGE_MEMORY = "3G"  # the root is built in the guest's memory (SECOND_STAGE_SCRIPT)
+# Under TCG the second stage of images/debian-bookworm.toml takes ~N min here; an hour means it
+# hung.
+SECOND_STAGE_SECONDS = 3600.0
+# What virtme-ng's guest takes from the root it boots before dpkg ever ran there: a static busybox
+# (a foreign architecture's initramfs and its poweroff are the root's) and udev, through which its
+# init finds the virtio-serial ports that carry the command. The first stage unpacks only the
+# Priority: required packages, so these, and what they need that is not required, are unpacked
+# from the .debs it downloaded: files only; the second stage installs them over the same files.
+GUEST_BOOT_PACKAGES = ("busybox-static", "udev")
+# dpkg over 9p under TCG is slow (every file is unpacked, synced and renamed through the emulated
+# virtio queue: 53 of the bookworm root's ~190 unpack steps took 6.5 min), and so is reading a
+# tree of small files (cp -a of the 232 MB first-stage root: 4 min). So the host hands the guest
+# the half-built root as one tar file, the guest unpacks it into its memory, runs the second
+# stage there, and hands the finished root back as one tar file. container=lxc: debootstrap then
+# skips its check that the target holds a working device node (the chroot's /dev is the guest's
+# devtmpfs all the same).
+SECOND_STAGE_SCRIPT = f"""\
+#!/bin/sh
+# debootstrap's second stage, in a guest booted on this half-built root: kconform,
+# harness/machines/rootfs.py, says why each step is so.
+out={GUEST_STAGE_OUT}
+build=/run/kconform-build
+fail() {{ echo "$1" >> $out/log; echo 125 > $out/rc; exit 0; }}
+mkdir -p $build || fail "mkdir failed"
+mount -t tmpfs -o size=2600M,mode=0755 tmpfs $build || fail "mounting a tmpfs failed"
+tar -C $build --numeric-owner --xattrs -xf $out/{STAGE_IN_TAR} ||
+    fail "unpacking {STAGE_IN_TAR} into memory failed"
+rm $out/{STAGE_IN_TAR}
+mount -t proc proc $build/proc && mount -t sysfs sysfs $build/sys &&
+    mount --bind /dev $build/dev || fail "mounting /proc, /sys, /dev for the chroot failed"
+container=lxc DEBIAN_FRONTEND=noninteractive LC_ALL=C \\
+    chroot $build /debootstrap/debootstrap --second-stage >> $out/log 2>&1
+rc=$?
+umount $build/dev $build/sys $build/proc 2>/dev/null
+if [ $rc = 0 ]; then
+    # the .debs: the host removes them from every root it builds
+    tar -C $build --one-file-system --numeric-owner --xattrs \
+        --exclude=./var/cache/apt/archives/*.deb -cf $out/{STAGE_OUT_TAR} . ||
+        fail "writing {STAGE_OUT_TAR} failed"
+fi
+echo $rc > $out/rc
+"""
+
+
+def prepare_guest_stage(target: Path) -> None:
+    """Make a first-stage root bootable under virtme-ng: unpack GUEST_BOOT_PACKAGES with what
+    they need, give it a real /proc, its mount points and poweroff, and the second stage's
+    script."""
+    for deb in guest_boot_debs(target):
+        _unpack_deb(deb, target)
+    # On a host debootstrap takes for a docker container, the first stage leaves /proc a
+    # link to the host's (debian-common, setup_proc_symlink); the guest's init mounts proc there.
+    proc = target / "proc"
+    if proc.is_symlink():
+        proc.unlink()
+    proc.mkdir(exist_ok=True)
+    for point in (GUEST_REPO, GUEST_BPF, GUEST_STAGE_OUT):  # the guest's mounts (qemu.py)
+        (target / point.lstrip("/")).mkdir(parents=True, exist_ok=True)
+    _link_poweroff(target)
+    stage = target / SECOND_STAGE_DIR
+    stage.mkdir(exist_ok=True)
+    (stage / "run").write_text(SECOND_STAGE_SCRIPT)
+
+
+def guest_boot_debs(target: Path) -> list[Path]:
+    """The downloaded .debs of GUEST_BOOT_PACKAGES and of everything they depend on that the
+    first stage did not unpack, read from the first stage's lists (debootstrap/debpaths:
+    package and .deb; debootstrap/required: what it unpacked)."""
+    lists = target / "debootstrap"
+    try:
+        debpaths = dict(line.split(None, 1) for line in
+                        (lists / "debpaths").read_text().splitlines() if line.strip())
+        unpacked = set((lists / "required").read_text().split())
+    except (OSError, ValueError) as exc:
+        raise KconformError(f"{target}: debootstrap's first stage left no package lists "
+                            f"({exc}); remove {target.parent} and build again") from None
+    wanted: list[str] = []
+    todo = list(GUEST_BOOT_PACKAGES)
+    while todo:
+        package = todo.pop(0)
+        if package in wanted or package in unpacked:
+            continue
+        if package not in debpaths:
+            raise KconformError(f"{target}: debootstrap's first stage downloaded no {package}; "
+                                "it is needed to boot the half-built root")
+        wanted.append(package)
+        todo += _depends(target / debpaths[package].strip().lstrip("/"), set(debpaths))
+    return [target / debpaths[p].strip().lstrip("/") for p in wanted]
+
+
+def _depends(deb: Path, available: set[str]) -> list[str]:
+    """The packages a .deb's Depends and Pre-Depends name, each alternative group as its first
+    member that was downloaded (deb-control(5))."""
+    fields = subprocess.run(["dpkg-deb", "--field", str(deb), "Pre-Depends", "Depends"],
+                            capture_output=True, text=True, check=True).stdout
+    names: list[str] = []
+    for line in fields.splitlines():
+        _, _, value = line.partition(":")
+        for group in value.split(","):
+            choices = [re.split(r"[\s(:]", alt.strip(), maxsplit=1)[0] for alt in group.split("|")]
+            names += [name for name in choices if name in available][:1]
+    return names
+
+
+def _unpack_deb(deb: Path, target: Path) -> None:
+    # As debootstrap unpacks: through tar, keeping /bin and the other merged-/usr links links.
+    data = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE)
+    tar = subprocess.run(["tar", "-C", str(target), "--keep-directory-symlink", "-xf", "-"],
+                         stdin=data.stdout, capture_output=True, text=True)
+    assert data.stdout is not None
+    data.stdout.close()
+    if data.wait() != 0 or tar.returncode != 0:
+        raise KconformError(f"unpacking {deb.name} into {target} failed: {tar.stderr.strip()}")
+
+
+def second_stage_problem(out: Path, boot_failure: str | None) -> str | None:
+    """What went wrong with a second stage run in a guest (None: it completed), from what the
+    guest left in `out`: its status, its log, the finished root's tar."""
+    rc = _read_first_line(out / "rc")
+    log = _tail(out / "log", "the second stage's output")
+    if rc is None:
+        return f"{boot_failure or 'the guest ended'} before the script wrote its status\n{log}"
+    if rc != "0":
+        return f"the second stage failed (status {rc})\n{log}"
+    if not (out / STAGE_OUT_TAR).is_file():
+        return f"the guest wrote no {STAGE_OUT_TAR}\n{log}"
+    return None
+
+
+def pack_root(target: Path, tar: Path) -> None:
+    """A root as one tar file, for a guest to unpack (owners as numbers, extended attributes
+    kept)."""
+    proc = subprocess.run(["tar", "-C", str(target), "--numeric-owner", "--xattrs", "-cf",
+                           str(tar), "."], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise KconformError(f"packing {target} into {tar} failed: {proc.stderr.strip()[-500:]}")
+
+
+def unpack_finished_root(tar: Path, target: Path) -> None:
+    """Replace the half-built root with the one the guest finished (owners as numbers, as the
+    guest wrote them; modes, device nodes, links and extended attributes kept)."""
+    shutil.rmtree(target)
+    target.mkdir()
+    proc = subprocess.run(["tar", "-C", str(target), "--numeric-owner", "--same-owner",
+                           "--same-permissions", "--xattrs", "-xf", str(tar)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise KconformError(f"unpacking the root the guest built ({tar}) failed: "
+                            f"{proc.stderr.strip()[-500:]}")
+    if (target / "debootstrap").exists():
+        raise KconformError(f"the root the guest built ({tar}) still holds /debootstrap: its "
+                            "second stage did not finish")
+
+
+def _tail(path: Path, what: str, lines: int = 15) -> str:
+    try:
+        text = path.read_text(errors="replace").rstrip().splitlines()[-lines:]
+    except OSError:
+        return f"({what}: none, {path})"
+    return f"{what} ({path}), last lines:\n" + "\n".join(text)
 
 
 # ------------------------------------------------------------------ foreign roots: binfmt_misc
@@ -422,8 +689,7 @@ def emulation_error(arch: str, problem: str, fix: str = QEMU_BINFMT_FIX) -> Kcon
     return KconformError(
         f"an {arch} root cannot be built on this {host_architecture()} host: {problem}. "
         f"debootstrap runs the root's {arch} programs through qemu-user, started by binfmt_misc: "
-        f"{fix}. (Building with debootstrap --foreign and running the second stage inside an "
-        f"{arch} guest is not available.)")
+        f"{fix}")
 
 
 def next_binfmt_step(arch: str, binfmt_dir: Path = BINFMT_MISC,

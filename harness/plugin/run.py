@@ -24,6 +24,7 @@ from ..kernels.selectors import pinned_name, split_pinned
 from ..kernels.specs import parse_arches
 from ..machines.accel import Accel, choose_accel
 from ..machines.channel import Machine
+from ..machines.guest_job import run_guest_job
 from ..machines.qemu import QemuMachine, build_vng_command, check_memory
 from ..machines.rootfs import (
     HOST,
@@ -335,10 +336,11 @@ class KconformRun:
             raise self._rootfs_errors[tree.arch]  # it failed for another kernel: not again
         if tree.arch not in self._roots:
             if self._rootfs_provider is None:
-                self._rootfs_provider = RootfsProvider(self.provider.cache, log=self._log)
+                self._rootfs_provider = RootfsProvider(self.provider.cache, log=self._log,
+                                                       guest_job=run_guest_job)
             try:
-                self._roots[tree.arch] = self._rootfs_provider.get(self.root_recipe(tree.arch),
-                                                                   arch=tree.arch)
+                self._roots[tree.arch] = self._rootfs_provider.get(
+                    self.root_recipe(tree.arch), arch=tree.arch, kernel=tree)
             except KconformError as exc:
                 self._rootfs_errors[tree.arch] = exc
                 raise
