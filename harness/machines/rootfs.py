@@ -501,7 +501,7 @@ SECOND_STAGE_DIR = ".kconform-stage"  # in the half-built root: the guest's scri
 GUEST_STAGE_OUT = "/kconform/stage-out"  # in that guest: the host's directory for the job
 STAGE_IN_TAR, STAGE_OUT_TAR = "half-built.tar", "root.tar"  # the roots it passes, there
 SECOND_STAGE_MEMORY = "3G"  # the root is built in the guest's memory (SECOND_STAGE_SCRIPT)
-# Under TCG the second stage of images/debian-bookworm.toml takes ~N min here; an hour means it
+# Under TCG the second stage of images/debian-bookworm.toml takes ~10 min here; an hour means it
 # hung.
 SECOND_STAGE_SECONDS = 3600.0
 # What virtme-ng's guest takes from the root it boots before dpkg ever ran there: a static busybox
