@@ -16,8 +16,9 @@ from harness.machines.qemu import QemuMachine
 from harness.machines.rootfs import FOREIGN_ROOT, RootfsProvider, load_recipe
 from harness.machines.session import GuestSession
 
-# Under TCG the whole test takes about 14 minutes (the second stage 10), more than the arm64 path's part of a
-# cold CI run has left (README, Costs): scheduled.yml runs it every week, and anyone can.
+# Under TCG the whole test takes about 14 minutes (the second stage 10), more than the arm64
+# path's part of a cold CI run has left (README, Costs): scheduled.yml runs it every week, and
+# anyone can.
 pytestmark = [pytest.mark.vm, pytest.mark.skipif(
     os.environ.get("KCONFORM_TEST_GUEST_STAGE") != "1",
     reason="builds an arm64 root in an arm64 guest (~14 min under TCG): set "

@@ -360,8 +360,7 @@ class RootfsProvider:
                 self._second_stage_in_guest(spec, target, arch, stage_kernel, staging)
                 second_stage = (f"in an {arch} guest on {stage_kernel.name} "
                                 f"({stage_kernel.release})")
-            for point in (GUEST_REPO, GUEST_BPF):
-                (target / point.lstrip("/")).mkdir(parents=True, exist_ok=True)
+            _make_mount_points(target, GUEST_REPO, GUEST_BPF)
             _link_poweroff(target)
             # The downloaded .debs are not part of the root.
             for deb in (target / "var/cache/apt/archives").glob("*.deb"):
@@ -388,7 +387,7 @@ class RootfsProvider:
         pack_root(target, out / STAGE_IN_TAR)
         prepare_guest_stage(target)
         half_built = Rootfs(spec.name, target, spec.digest, {}, arch)
-        self._link_modules(half_built, kernel)
+        self.add_modules(half_built, kernel)
         console = staging / "second-stage-console.log"
         self.log(f"rootfs {spec.name}: running debootstrap's second stage in an {arch} guest on "
                  f"{kernel.name} (its console: {console})")
@@ -405,20 +404,14 @@ class RootfsProvider:
 
     def add_modules(self, rootfs: Rootfs, tree: KernelTree) -> None:
         """Hard-link a kernel's modules into the root, where virtme-ng looks for them."""
-        self._link_modules(rootfs, tree)
-
-    def _link_modules(self, rootfs: Rootfs, tree: KernelTree) -> Path | None:
-        """Where the kernel's modules now are in the root (None: it has none to add)."""
         source = tree.root / "lib" / "modules" / tree.release if tree.root else None
         if source is None or not source.is_dir():
-            return None  # a local or host kernel: the guest runs without loadable modules
-        dest = rootfs.path / "usr/lib/modules" / tree.release
+            return  # a local or host kernel: the guest runs without loadable modules
         try:
-            self._add_modules(rootfs, source, dest)
+            self._add_modules(rootfs, source, rootfs.path / "usr/lib/modules" / tree.release)
         except OSError as exc:
             raise KconformError(f"rootfs {rootfs.name}: adding {tree.name}'s modules: {exc}") \
                 from None
-        return dest
 
     def _add_modules(self, rootfs: Rootfs, source: Path, dest: Path) -> None:
         # The tree they came from is recorded: a rebuilt kernel of the same release replaces them.
@@ -557,12 +550,17 @@ def prepare_guest_stage(target: Path) -> None:
     if proc.is_symlink():
         proc.unlink()
     proc.mkdir(exist_ok=True)
-    for point in (GUEST_REPO, GUEST_BPF, GUEST_STAGE_OUT):  # the guest's mounts (qemu.py)
-        (target / point.lstrip("/")).mkdir(parents=True, exist_ok=True)
+    _make_mount_points(target, GUEST_REPO, GUEST_BPF, GUEST_STAGE_OUT)
     _link_poweroff(target)
     stage = target / SECOND_STAGE_DIR
     stage.mkdir(exist_ok=True)
     (stage / "run").write_text(SECOND_STAGE_SCRIPT)
+
+
+def _make_mount_points(root: Path, *points: str) -> None:
+    """The directories a guest on this root has host directories mounted at (qemu.py)."""
+    for point in points:
+        (root / point.lstrip("/")).mkdir(parents=True, exist_ok=True)
 
 
 def guest_boot_debs(target: Path) -> list[Path]:
@@ -571,8 +569,9 @@ def guest_boot_debs(target: Path) -> list[Path]:
     package and .deb; debootstrap/required: what it unpacked)."""
     lists = target / "debootstrap"
     try:
-        debpaths = dict(line.split(None, 1) for line in
-                        (lists / "debpaths").read_text().splitlines() if line.strip())
+        debs = {package: target / path.strip().lstrip("/") for package, path in
+                (line.split(None, 1) for line in
+                 (lists / "debpaths").read_text().splitlines() if line.strip())}
         unpacked = set((lists / "required").read_text().split())
     except (OSError, ValueError) as exc:
         raise KconformError(f"{target}: debootstrap's first stage left no package lists "
@@ -583,12 +582,12 @@ def guest_boot_debs(target: Path) -> list[Path]:
         package = todo.pop(0)
         if package in wanted or package in unpacked:
             continue
-        if package not in debpaths:
+        if package not in debs:
             raise KconformError(f"{target}: debootstrap's first stage downloaded no {package}; "
                                 "it is needed to boot the half-built root")
         wanted.append(package)
-        todo += _depends(target / debpaths[package].strip().lstrip("/"), set(debpaths))
-    return [target / debpaths[p].strip().lstrip("/") for p in wanted]
+        todo += _depends(debs[package], set(debs))
+    return [debs[p] for p in wanted]
 
 
 def _depends(deb: Path, available: set[str]) -> list[str]:
