@@ -364,3 +364,15 @@ def test_an_arm64_kernel_without_an_arm64_root_is_refused_before_qemu(tmp_path, 
                                                 packages={})
     with pytest.raises(KconformError, match="is an arm64 kernel: its guest needs an arm64 root"):
         build_vng_command(tree, ARM64_TCG, "true", rootfs=rootfs)
+
+
+def test_the_baseline_command_line_is_virtme_ngs_own_without_kconforms_boot_args(tmp_path):
+    """./kconform bench's baseline (issue #17) boots with virtme-ng's default kernel command line:
+    none of kconform's BOOT_ARGS, the rest of the command the same."""
+    tree = tree_for(fake_image(tmp_path / "boot" / "vmlinuz"))
+    own = build_vng_command(tree, TCG, "true")
+    bare = build_vng_command(tree, TCG, "true", own_boot_args=False)
+    for arg in vm.BOOT_ARGS:
+        assert arg in own and arg not in bare
+    assert [a for a in own if a not in vm.BOOT_ARGS and a != "--append"] == \
+        [a for a in bare if a != "--append"]

@@ -306,10 +306,13 @@ def build_vng_command(tree: KernelTree, accel: Accel, guest_cmd: str, *, memory:
                       cpus: int = 1, kernel_args: tuple[str, ...] = (),
                       extra_vng: tuple[str, ...] = (), name: str | None = None,
                       rootfs: Rootfs | None = None,
-                      rw_dirs: tuple[tuple[str, Path], ...] = ()) -> list[str]:
+                      rw_dirs: tuple[tuple[str, Path], ...] = (),
+                      own_boot_args: bool = True) -> list[str]:
     """The whole virtme-ng command line for one guest; print it to reproduce a boot by hand.
     Every value is checked or made plain here (see above); guest_cmd is the one vng quotes.
-    rw_dirs: (guest path, host directory) pairs the guest may write."""
+    rw_dirs: (guest path, host directory) pairs the guest may write. own_boot_args=False leaves
+    out kconform's BOOT_ARGS: virtme-ng's default kernel command line, the baseline that
+    ./kconform bench measures kconform's boot against."""
     name = _check_word(name or guest_name(), "the guest name", _NAME,
                        "letters, digits and _ . - (up to 64)")
     check_memory(memory)
@@ -317,7 +320,8 @@ def build_vng_command(tree: KernelTree, accel: Accel, guest_cmd: str, *, memory:
         raise KconformError(f"guest CPUs {cpus!r}: use a whole number of at least 1")
     cpu_model = _check_word(accel.cpu, "QEMU -cpu model", _CPU_MODEL,
                             "letters, digits and _ . , = + -")
-    for arg in (*BOOT_ARGS, *kernel_args):
+    boot_args = (*(BOOT_ARGS if own_boot_args else ()), *kernel_args)
+    for arg in boot_args:
         _check_word(arg, "kernel argument", _WORD, "letters, digits and _ . , : = / + @ -")
     for arg in extra_vng:
         _check_word(arg, "vng option", _WORD, "letters, digits and _ . , : = / + @ -")
@@ -350,7 +354,7 @@ def build_vng_command(tree: KernelTree, accel: Accel, guest_cmd: str, *, memory:
     for guest, host in rw_dirs:
         _require_plain_path(guest, "guest mount point", "name a plain guest path")
         cmd.append(f"--rwdir={guest}={vng_path(host)}")
-    for arg in (*BOOT_ARGS, *kernel_args):
+    for arg in boot_args:
         cmd += ["--append", arg]
     cmd += list(extra_vng)
     cmd += ["--exec", guest_cmd]
