@@ -94,6 +94,15 @@ MALFORMED_RESPONSES = {
     "an Infinity in the result": lambda request: [good(request).replace('"OK"', 'Infinity')],
     "nested too deeply": lambda request: ["{" + '"a": [' * 100000],
     "another request's answer": lambda request: [good({"id": request["id"] + 7})],
+    # the split of a call's time (harness/agent/timing.py): what ./kconform bench adds up
+    "timing is a list": with_field(timing=[0.0]),
+    "timing is null": with_field(timing=None),
+    "timing names an unknown kind": with_field(timing={"bpf_load": 0.0, "python": 0.0}),
+    "a timing that is a string": with_field(timing={"waiting": "0.5"}),
+    "a timing that is true": with_field(timing={"sockets": True}),
+    "a negative timing": with_field(timing={"waiting": -0.5}),
+    "timing that adds up past elapsed": with_field(elapsed=0.5, timing={
+        "bpf_load": 0.3, "waiting": 0.2, "sockets": 0.001}),
 }
 
 
@@ -112,6 +121,15 @@ def test_a_malformed_response_fails_the_call_with_what_was_received(tmp_path, re
     assert session.dead is failure.value and not machine.alive  # replaced, not reused
     with pytest.raises(GuestProtocolError):
         session.call(FN, timeout=1)
+
+
+def test_a_calls_timing_is_kept_as_sent_and_none_is_an_empty_split(tmp_path):
+    split = {"bpf_load": 0.25, "waiting": 0.5, "sockets": 0}
+    session, _ = started(tmp_path, replies=[[with_field(elapsed=0.75, timing=split)(
+        {"id": 1})[0]]])
+    assert session.call(FN, timeout=1).timing == split  # adding up to elapsed exactly is fine
+    assert session.call(FN, timeout=1).timing == {}  # the fake's own answer has no timing
+    session.close()
 
 
 def test_a_long_malformed_line_is_shown_shortened_with_its_size(tmp_path):

@@ -97,12 +97,21 @@ class GuestCallError(Exception):
         super().__init__(text)
 
 
+# Where a call's guest seconds went, as the agent measures them (harness/agent/timing.py KINDS;
+# this side may not import the agent's modules): kind -> seconds, the rest of elapsed "other".
+TIMING_KINDS = ("bpf_load", "waiting", "sockets")
+# How far the kinds may add up past elapsed: the agent measures both on one clock, the kinds
+# inside elapsed, so only float rounding may tip them over.
+TIMING_SLACK = 1e-6
+
+
 @dataclass
 class CallResult:
     result: object
     elapsed: float
     health: Health = field(default_factory=no_health)
     error: GuestError | None = None
+    timing: dict[str, float] = field(default_factory=dict)  # TIMING_KINDS; empty: not sent
 
 
 # ----------------------------------------------------------------------------- the protocol
@@ -121,6 +130,7 @@ class Response:
     error: GuestError | None   # when not ok
     elapsed: float
     health: Health
+    timing: dict[str, float]  # empty when the response had none
 
 
 def excerpt(line: str, head: int = 200, tail: int = 80) -> str:
@@ -218,6 +228,24 @@ def parse_health(value: object) -> Health:
             "taint_after": _int(value.get("taint_after", 0), "health.taint_after")}
 
 
+def parse_timing(value: object, elapsed: float) -> dict[str, float]:
+    """A call's seconds by kind: known kinds only, each a finite number >= 0, together no more
+    than the call's elapsed time (each second is one kind's at most)."""
+    if not isinstance(value, dict):
+        raise Malformed(f"timing is {_shape(value)}, not an object")
+    timing: dict[str, float] = {}
+    for kind, seconds in value.items():
+        if kind not in TIMING_KINDS:
+            raise Malformed(f"timing names {_shape(kind)}, not one of {', '.join(TIMING_KINDS)}")
+        timing[kind] = _number(seconds, f"timing.{kind}")
+        if timing[kind] < 0:
+            raise Malformed(f"timing.{kind} is negative ({timing[kind]})")
+    total = sum(timing.values())
+    if total > elapsed + TIMING_SLACK:
+        raise Malformed(f"timing adds up to {total}s, more than the call's elapsed {elapsed}s")
+    return timing
+
+
 def _optional_text(value: object, what: str) -> str | None:
     return None if value is None else _text(value, what)
 
@@ -236,7 +264,7 @@ def parse_error(value: object) -> GuestError:
 
 
 def parse_response(line: str) -> Response:
-    """One response line: {"id", "ok", "result" | "error", "elapsed", "health"}."""
+    """One response line: {"id", "ok", "result" | "error", "elapsed", "health", "timing"}."""
     response = _decode_object(line)
     request_id = _int(response.get("id"), "id")
     ok = response.get("ok")
@@ -251,8 +279,10 @@ def parse_response(line: str) -> Response:
     elapsed = _number(response.get("elapsed", 0.0), "elapsed")
     if elapsed < 0:
         raise Malformed(f"elapsed is negative ({elapsed})")
+    timing = parse_timing(response["timing"], elapsed) if "timing" in response else {}
     return Response(id=request_id, ok=ok, result=response.get("result"), error=error,
-                    elapsed=elapsed, health=parse_health(response.get("health", {})))
+                    elapsed=elapsed, health=parse_health(response.get("health", {})),
+                    timing=timing)
 
 
 class GuestSession:
@@ -364,7 +394,7 @@ class GuestSession:
                 f"Received {excerpt(line)}: {exc}",
                 self.machine.console.tail(60, since=mark) or self.machine.console.tail(20)))
         result = CallResult(result=response.result, elapsed=response.elapsed,
-                            health=response.health, error=response.error)
+                            health=response.health, error=response.error, timing=response.timing)
         if response.error is not None:  # parse_response gives one exactly when not ok
             if response.error["type"] == "CallTimeout":
                 raise GuestHang(f"{fn}: {response.error['message']}",
