@@ -31,12 +31,17 @@ def test_a_failed_call_sends_only_what_the_session_keeps():
     assert parsed.error["verifier_log"] == "invalid access to packet"
     assert "EACCES" in parsed.error["message"]
     assert set(response["health"]) == HEALTH_READ
+    assert parsed.timing == response["timing"]  # a failed call's time is split too
 
 
 def test_a_call_that_works_sends_its_result_time_and_health():
     request = {"op": "call", "id": 2, "fn": "harness.agent.sockets:loopback",
                "kwargs": {"family": 2}, "timeout": 5}
     response = agent.handle(request, QuietKernelLog())
-    assert set(response) == {"ok", "result", "elapsed", "health"}
-    assert parse_response(json.dumps({"id": 2, **response})).result == "127.0.0.1"
+    assert set(response) == {"ok", "result", "elapsed", "health", "timing"}
+    parsed = parse_response(json.dumps({"id": 2, **response}))
+    assert parsed.result == "127.0.0.1"
     assert set(response["health"]) == HEALTH_READ
+    # every kind the agent measures (harness/agent/timing.py KINDS), kept as sent
+    assert set(response["timing"]) == {"bpf_load", "waiting", "sockets"}
+    assert parsed.timing == response["timing"]

@@ -5,7 +5,8 @@ stdin (requests) and on the saved stdout (responses). fd 1 is pointed at stderr 
 saved, so anything a case prints lands in the console log, never in the protocol.
 
 Every call reports the kernel log records and taint seen before and after it, so the host can
-blame a splat on the test that caused it without an extra round trip.
+blame a splat on the test that caused it without an extra round trip, and where its time went
+(timing.py: BPF loads, waits, socket set-up), so ./kconform bench can say what a case costs.
 """
 from __future__ import annotations
 
@@ -133,9 +134,13 @@ def handle(request: Request, kmsg: KernelLog) -> dict[str, object]:
     if op == "ping":
         return {"ok": True, "result": "pong"}
     if op == "call":
+        # harness.agent.timing, the module the cases' imports measure with (this file runs as
+        # __main__, and the repo is on sys.path once main() put it there)
+        from harness.agent import timing
         kmsg.drain()  # what the kernel logged since the last call is not this call's
         before_taint = tainted()
         started = time.monotonic()
+        call_timing = timing.start()
         signal.signal(signal.SIGALRM, _alarm)
         signal.setitimer(signal.ITIMER_REAL, float(request.get("timeout") or 0))
         try:
@@ -148,7 +153,9 @@ def handle(request: Request, kmsg: KernelLog) -> dict[str, object]:
             response = {"ok": False, "error": describe_error(exc)}
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
+            timing.stop()  # once the alarm is off, so nothing interrupts the unwrapping
         response["elapsed"] = time.monotonic() - started
+        response["timing"] = call_timing.seconds
         response["health"] = {"log_during": kmsg.drain(),
                               "taint_before": before_taint, "taint_after": tainted()}
         return response

@@ -13,6 +13,8 @@ import struct
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Protocol, TypedDict, cast
 
+from .timing import timed
+
 if TYPE_CHECKING:
     from _ctypes import _CArgObject, _CData
 
@@ -372,6 +374,7 @@ class BpfObject:
 
     LOG_SIZE = 1 << 20
 
+    @timed("bpf_load")  # open and load, the verifier among it: the work row's bpf_load
     def __init__(self, path: str, only: list[str] | set[str] | None = None) -> None:
         self.path = path
         obj = lib().bpf_object__open_file(path.encode(), None)

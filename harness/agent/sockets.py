@@ -1,10 +1,13 @@
-"""Real sockets for guest-side cases: connected pairs of each family, with timeouts everywhere."""
+"""Real sockets for guest-side cases: connected pairs of each family, with timeouts everywhere.
+Making them is the "sockets" share of a call's time (timing.py; ./kconform bench's work row)."""
 from __future__ import annotations
 
 import contextlib
 import select
 import socket
 from collections.abc import Iterator
+
+from .timing import timed
 
 TIMEOUT = 2.0
 FAMILIES = {"ipv4": socket.AF_INET, "ipv6": socket.AF_INET6}  # as the cases name them
@@ -21,6 +24,7 @@ def _timed(first: socket.socket, second: socket.socket) -> tuple[socket.socket, 
     return first, second
 
 
+@timed("sockets")
 def tcp_listener(family: int = socket.AF_INET, port: int = 0) -> socket.socket:
     srv = socket.socket(family, socket.SOCK_STREAM)
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -30,6 +34,7 @@ def tcp_listener(family: int = socket.AF_INET, port: int = 0) -> socket.socket:
     return srv
 
 
+@timed("sockets")
 def tcp_pair(family: int = socket.AF_INET,
              listener: socket.socket | None = None) -> tuple[socket.socket, socket.socket]:
     """(client, server-side accepted socket), both established over loopback."""
@@ -43,6 +48,7 @@ def tcp_pair(family: int = socket.AF_INET,
     return _timed(cli, acc)
 
 
+@timed("sockets")
 def udp_pair(family: int = socket.AF_INET) -> tuple[socket.socket, socket.socket]:
     a = socket.socket(family, socket.SOCK_DGRAM)
     b = socket.socket(family, socket.SOCK_DGRAM)
@@ -53,6 +59,7 @@ def udp_pair(family: int = socket.AF_INET) -> tuple[socket.socket, socket.socket
     return _timed(a, b)
 
 
+@timed("sockets")
 def unix_pair(kind: int = socket.SOCK_STREAM) -> tuple[socket.socket, socket.socket]:
     return _timed(*socket.socketpair(socket.AF_UNIX, kind))
 
