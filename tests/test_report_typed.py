@@ -103,3 +103,59 @@ def test_the_reporter_imports_nothing_of_the_machines():
     assert not [m for m in modules if "machines" in m]
     source = (REPO / "harness" / "plugin" / "recording.py").read_text()
     assert "._accel" not in source and "._rootfs" not in source
+
+
+# ---------------------------------------------------------------- the split of a case's guest time
+
+class TimedSession:
+    """Stands in for a GuestSession: each call took 0.5 s, split as the agent would send it."""
+
+    def __init__(self, timing: dict[str, float]) -> None:
+        self.timing = timing
+
+    def call(self, fn, *, timeout, **kwargs):
+        from harness.machines.session import CallResult
+        return CallResult(result="OK", elapsed=0.5, timing=self.timing)
+
+
+def test_a_cases_guest_timing_goes_from_its_calls_into_report_json_and_back():
+    """fixtures.CaseGuest sums the calls' splits, recording.case_record reads the property,
+    results writes and loads it (harness/agent/timing.py's kinds)."""
+    from types import SimpleNamespace
+
+    from harness.plugin.fixtures import CaseGuest
+    from harness.plugin.recording import case_record
+
+    item = SimpleNamespace(fspath="cases/test_redirect.py", user_properties=[])
+    run = SimpleNamespace(case_timeout=10, health=SimpleNamespace(check=lambda health: []))
+    guest = CaseGuest(item, run, "debian-6.12", TimedSession(
+        {"bpf_load": 0.1, "waiting": 0.3, "sockets": 0.05}))
+    guest.call("redirect")
+    guest.call("redirect")
+    props = [("kernel", "debian-6.12"), *item.user_properties]
+    report = SimpleNamespace(nodeid="cases/test_redirect.py::test_x[debian-6.12]", when="call",
+                             failed=False, skipped=False, duration=1.5, user_properties=props)
+    case = case_record([report])
+    assert case.guest_seconds == 1.0
+    assert case.guest_timing == {"bpf_load": 0.2, "waiting": 0.6, "sockets": 0.1}
+    data = results.Results(kernels={"debian-6.12": results.KernelRecord(name="debian-6.12")},
+                           cases=[case]).to_json()
+    assert data["cases"][0]["guest_timing"] == case.guest_timing
+    assert results.Results.from_json(data).cases[0].guest_timing == case.guest_timing
+
+
+def test_a_case_without_a_split_writes_none_and_loads_as_none():
+    """Results from before guest_timing (every saved file in tests/data/results) load, and are
+    written back without it (test_a_saved_results_file_is_written_back_as_it_was_read)."""
+    res = results.load(REGRESSION)
+    assert all(case.guest_timing is None for case in res.cases)
+    assert all("guest_timing" not in case for case in res.to_json()["cases"])
+
+
+@pytest.mark.parametrize("split", [{"waiting": "0.5"}, {"waiting": -1}, {"waiting": True},
+                                   {"waiting": None}, [0.5]], ids=repr)
+def test_a_damaged_guest_timing_is_a_results_error_naming_it(split):
+    data = json.loads(REGRESSION.read_text())
+    data["cases"][0]["guest_timing"] = split
+    with pytest.raises(results.ResultsError, match=r"cases\[0\].*'guest_timing'"):
+        results.Results.from_json(data, "report.json")

@@ -44,6 +44,7 @@ class CaseGuest:
         self.item, self.run, self.kernel, self.session = item, run, kernel, session
         self.down: GuestDown | None = None  # set when a call lost the guest
         self.guest_seconds = 0.0  # time spent inside guest functions (the case's own work)
+        self.guest_timing: dict[str, float] = {}  # of those, seconds by kind (session.py)
         self.judged = False
         stem = Path(str(item.fspath)).stem
         self.module = f"cases.guest.{stem[len('test_'):] if stem.startswith('test_') else stem}"
@@ -73,6 +74,11 @@ class CaseGuest:
         self._check_health(result.health)
         self.guest_seconds += result.elapsed
         self.item.user_properties.append(("guest_seconds", round(self.guest_seconds, 4)))
+        if result.timing:  # the same calls as guest_seconds, so "other" is what they leave
+            for kind, seconds in result.timing.items():
+                self.guest_timing[kind] = self.guest_timing.get(kind, 0.0) + seconds
+            self.item.user_properties.append(("guest_timing", json.dumps(  # text: see expect
+                {kind: round(s, 4) for kind, s in self.guest_timing.items()}, sort_keys=True)))
         return result.result
 
     @property

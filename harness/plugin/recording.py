@@ -345,6 +345,7 @@ def case_record(reports: list[pytest.TestReport],
         reproduce=rerun_command(kernel, nodeid, expectations_file),
         # for ./kconform bench
         guest_seconds=_seconds(props, "guest_seconds"),
+        guest_timing=_guest_timing(props.get("guest_timing")),
         boot_seconds=_seconds(props, "boot_seconds"),
         agent_start_seconds=_seconds(props, "agent_start_seconds"))
     cell = _json(props.get("matrix"))
@@ -403,6 +404,16 @@ def _text(props: dict[str, object], name: str) -> str | None:
 def _seconds(props: dict[str, object], name: str) -> float | None:
     value = props.get(name)
     return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _guest_timing(text: object) -> dict[str, float] | None:
+    """The "guest_timing" property (JSON text, as the guest fixture writes it): kind -> seconds,
+    or None when the case's calls reported none."""
+    found = _json(text)
+    if not isinstance(found, dict):
+        return None
+    return {str(kind): float(seconds) for kind, seconds in found.items()
+            if isinstance(seconds, (int, float)) and not isinstance(seconds, bool)}
 
 
 def _json(text: object) -> object:

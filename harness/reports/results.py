@@ -17,7 +17,10 @@ Shape (format "kconform-results/1"):
               kernel, expected, observed, verdict, reason, source, duration, reproduce, ...;
               attempts: under --rerun-failed, each run that failed before the last one
               ({number, verdict, message, observed, console, console_log, duration}); results
-              from before it have none
+              from before it have none; for ./kconform bench: guest_seconds (time inside the
+              case's guest calls), guest_timing (of those seconds, each kind's the agent
+              measured: {bpf_load, waiting, sockets}, the rest being other; results from before
+              it have none), boot_seconds and agent_start_seconds (the boot a case carried)
   runs:       where the cases came from: started, finished, complete, command, host
 """
 from __future__ import annotations
@@ -202,6 +205,7 @@ class CaseResult:
     source: str | None = None
     duration: float | None = None
     guest_seconds: float | None = None   # timings for ./kconform bench, when measured
+    guest_timing: dict[str, float] | None = None  # of guest_seconds, seconds by kind
     boot_seconds: float | None = None
     agent_start_seconds: float | None = None
     # what a failed or crashed case carries for whoever investigates it
@@ -228,6 +232,8 @@ class CaseResult:
         for name in _TIMINGS:
             if getattr(self, name) is not None:
                 data[name] = getattr(self, name)
+        if self.guest_timing is not None:
+            data["guest_timing"] = self.guest_timing
         if self.matrix is not None:
             data["matrix"] = self.matrix
         if self.verdict.bad:
@@ -252,6 +258,7 @@ class CaseResult:
             section=_text(data, "section"), title=_text(data, "title"),
             reason=_text(data, "reason"), source=_text(data, "source"),
             duration=_seconds(data, "duration"), guest_seconds=_seconds(data, "guest_seconds"),
+            guest_timing=cast(dict[str, float] | None, data.get("guest_timing")),
             boot_seconds=_seconds(data, "boot_seconds"),
             agent_start_seconds=_seconds(data, "agent_start_seconds"),
             known_crash=_text(data, "known_crash"), boot=_text(data, "boot"),
@@ -392,6 +399,7 @@ CASE_FIELDS: Fields = {
                      "console_log", "known_crash"), (False, _STR + _NONE, "text or null")),
     **dict.fromkeys(("duration", "guest_seconds", "boot_seconds", "agent_start_seconds"),
                     (False, _NUM + _NONE, "a number of seconds or null")),
+    "guest_timing": (False, (dict, *_NONE), "a table of seconds by kind or null"),
 }
 ATTEMPT_FIELDS: Fields = {
     "number": (True, (int,), "the attempt's number, 1 for the first run"),
@@ -457,6 +465,12 @@ class _Checker:
                     and not all(isinstance(line, str) for line in value):
                 raise self.problem(where, "field 'console' holds something other than lines "
                                    "of text")
+            if name == "guest_timing" and isinstance(value, dict):
+                for kind, seconds in value.items():
+                    if type(seconds) not in (int, float) or not math.isfinite(seconds) \
+                            or seconds < 0:
+                        raise self.problem(where, f"field 'guest_timing' gives {kind!r} "
+                                           f"{_short(seconds)}, not a number of seconds")
         return cast(JsonObject, record)
 
 
