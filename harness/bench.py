@@ -3,12 +3,21 @@ loop (one `vng --exec` per case), printed as tables and saved as JSON to compare
 
 In one run, on the kernels given (default: BENCH_KERNELS, the generic flavour's five series):
   floor    `vng ... --exec true` with the suite's own QEMU settings, per kernel
+  baseline `vng ... --exec true` with virtme-ng's default kernel command line (none of kconform's
+           boot arguments), per kernel, beside the floor: issue #17's baseline
   suite    the whole suite per kernel (from one `-n 1` run over all kernels): wall time split into
            boot (kernel + init), agent start, the cases' own work (time inside guest functions)
            and expected hangs (a known stable-release deadlock waits out its timeout)
   phases   where each kernel's first boot of that run went, by the guest's clock from its console
            (harness/boot_phases.py): to /init, initramfs, init set-up, udev, to the script, the
            agent's start (issue #17)
+  work     the cases' guest seconds of that run by kind, as the agent measures them
+           (harness/agent/timing.py): BPF object open and load, waiting for the kernel, socket
+           set-up, and the other rest; in total and per case (issue #17)
+  old path the same suite run (-n 1 and -n 2, same kernels, same venv) from a git worktree of
+           --old-path REF (default OLD_PATH_REF, main before issue #17's cuts): per kernel, on the
+           cases both ran, suite wall, boot to a ready agent and guest time per case, old
+           against new
   overhead (suite - boot - cases' work - expected hangs) / cases: what the harness adds per case
   naive    a sample of the same guest functions, each in its own `vng --exec` boot, extrapolated
   matrix   wall time of all kernels with -n 1 and with -n 2
@@ -26,11 +35,16 @@ the full matrix with -n 2 <= 4 minutes. Issue #11: a bisect over N versions boot
 ceil(log2(N - 1)) + 2 kernels (5 for the seven bookworm versions). Issue #12: the redirect matrix
 adds at most 60 s of guest time per kernel, and its harness overhead stays <= 50 ms per case.
 Issue #13: an arm64 kernel keeps suite <= 1.3 x floor + case work. Issue #15: a --build rerun of
-an unchanged tree takes under 2 s.
+an unchanged tree takes under 2 s. Issue #17, from this run's figures: a cold boot to a ready agent
+<= 0.4 x baseline on every kernel; the cases' guest time per case <= 0.5 x the old path's; the
+suite with -n 2 <= 0.6 x the old path's; debian-5.10@5.10.223-1's suite <= 1.3 x baseline +
+case work + expected hangs; a restored guest answering in <= 0.1 x baseline (not measured: there
+is no snapshot restore yet).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -41,11 +55,12 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypedDict
 
+from .agent.timing import KINDS as TIMING_KINDS
 from .arches import host_architecture
 from .boot_phases import PHASES, boot_phases
 from .errors import KconformError
@@ -75,6 +90,17 @@ CPU_MODELS = {"amd64": ("qemu64", "max"),
               "arm64": ("cortex-a57", "cortex-a53", "cortex-a72", "neoverse-n1", "max")}
 CPU_ROUNDS = 3
 
+# Issue #17's goals, as ratios within one run (see the module's docstring).
+BOOT_GOAL = 0.4            # a cold boot to a ready agent, of the baseline
+RESTORE_GOAL = 0.1         # a restored guest's answer, of the baseline
+CASE_WORK_GOAL = 0.5       # the cases' guest time per case, of the old path's
+MATRIX_GOAL = 0.6          # the suite with -n 2, of the old path's
+GOAL_KERNEL = "debian-5.10@5.10.223-1"  # whose suite (its expected hangs) has a budget
+# The old path: main before issue #17's cuts to the boot and to the cases' work.
+OLD_PATH_REF = "95dff92fc1e99ef4fc00e974891879a4029e5298"
+# The work row's kinds: what the agent measures, and the rest of the cases' guest time.
+WORK_KINDS = (*TIMING_KINDS, "other")
+
 # Guest functions a user without kconform would script one boot each for, with their arguments.
 NAIVE_SAMPLE: list[tuple[str, dict[str, object]]] = [
     ("cases.guest.create:create_with_value_sizes", {"map_type": "sockmap"}),
@@ -96,6 +122,47 @@ class MemoryFigures(TypedDict):
 
 class MatrixFigures(MemoryFigures):
     wall_s: float
+    cases: int   # of every kernel: the case set the wall time is of
+
+
+class WorkFigures(TypedDict):
+    """A kernel's cases' guest seconds in the -n 1 run, by kind (WORK_KINDS)."""
+    seconds: dict[str, float]
+    per_case_ms: dict[str, float]   # over every case of the kernel
+    unsplit_s: float   # guest seconds of cases that sent no split (an agent from before it)
+
+
+class PathFigures(TypedDict):
+    """One path's run of one kernel, on the cases both paths ran."""
+    suite_s: float     # those cases' wall time, with every boot of the kernel's run (a boot is
+    #                    the kernel's, whichever case started it)
+    boots: int
+    boot_to_agent_s: float | None   # per boot: the machine's start to the agent's hello
+    work_ms_per_case: float         # guest time per case
+
+
+class OldPathKernel(TypedDict):
+    shared_cases: int
+    new_only: int      # cases only this tree ran (new ones), left out of the ratios
+    old_only: int
+    new: PathFigures
+    old: PathFigures
+    suite_ratio: float | None       # new / old
+    boot_ratio: float | None
+    work_ratio: float | None
+
+
+class OldPathFigures(TypedDict):
+    ref: str
+    commit: str
+    matrix: dict[str, MatrixFigures]   # n1, n2: the old path's runs
+    kernels: dict[str, OldPathKernel]
+
+
+class GoalFigures(TypedDict):
+    goal: str
+    met: bool | None   # None: not measured
+    detail: str
 
 
 class PhaseFigures(TypedDict):
@@ -128,6 +195,9 @@ class KernelFigures(TypedDict, total=False):
     redirect_work_s: float
     redirect_overhead_ms: float
     phases: PhaseFigures
+    baseline_s: float            # issue #17's: vng's default command line, the same root
+    boot_to_agent_s: float       # per boot of the -n 1 run: the machine's start to the hello
+    work: WorkFigures
 
 
 class NaiveFigures(TypedDict):
@@ -168,6 +238,8 @@ class Figures(TypedDict, total=False):
     matrix: dict[str, MatrixFigures]
     naive: NaiveFigures
     bisect: BisectFigures
+    old_path: OldPathFigures
+    goals: list[GoalFigures]     # issue #17's
 
 
 class PeakMemory:
@@ -231,9 +303,12 @@ def timed(cmd: list[str],
     return time.monotonic() - start, proc
 
 
-def floor(tree: KernelTree, accel: Accel, rootfs: Rootfs | None = None) -> float:
-    """A bare boot of the kernel with the suite's QEMU settings, doing nothing."""
-    seconds, proc = timed(build_vng_command(tree, accel, "true", rootfs=rootfs))
+def floor(tree: KernelTree, accel: Accel, rootfs: Rootfs | None = None, *,
+          own_boot_args: bool = True) -> float:
+    """A bare boot of the kernel with the suite's QEMU settings, doing nothing; without
+    own_boot_args, with virtme-ng's default kernel command line (issue #17's baseline)."""
+    seconds, proc = timed(build_vng_command(tree, accel, "true", rootfs=rootfs,
+                                            own_boot_args=own_boot_args))
     if proc.returncode != 0:
         raise RuntimeError(f"vng --exec true failed on {tree.name}:\n{proc.stderr[-2000:]}")
     return seconds
@@ -254,13 +329,14 @@ def naive_case(tree: KernelTree, accel: Accel, fn: str, kwargs: dict[str, object
     return seconds
 
 
-def run_suite(names: list[str], workers: int,
-              results: Path) -> tuple[float, Report, MemoryFigures]:
-    """The conformance suite over `names` with -n workers; wall time, report.json, memory."""
+def run_suite(names: list[str], workers: int, results: Path,
+              repo: Path = REPO_ROOT) -> tuple[float, Report, MemoryFigures]:
+    """The conformance suite over `names` with -n workers, from the kconform tree at `repo` (an
+    old path's worktree, run with this venv); wall time, report.json, memory."""
     cmd = [sys.executable, "-m", "pytest", "cases", "-q", "-p", "no:cacheprovider",
            "--kernel", ",".join(names), "-n", str(workers), f"--results-dir={results}"]
     with PeakMemory(str(results)) as memory:
-        seconds, proc = timed(cmd, cwd=REPO_ROOT)
+        seconds, proc = timed(cmd, cwd=repo)  # python -m puts the tree's harness first
     if proc.returncode not in (0, 1):
         raise RuntimeError(f"suite run failed ({proc.returncode}):\n{proc.stdout[-3000:]}")
     report: Report = json.loads((results / "report.json").read_text())
@@ -296,13 +372,113 @@ def split_by_kernel(report: Report, name: str) -> KernelFigures:
     for c in cases:
         verdicts[c["verdict"]] = verdicts.get(c["verdict"], 0) + 1
     boots = sum(1 for c in cases if c.get("boot_seconds"))
-    return {"cases": count, "suite_s": round(wall, 1), "boots": boots,
-            "boot_s": round(boot - agent, 1),
-            "agent_start_s": round(agent, 1), "work_s": round(work, 1),
-            "expected_hangs_s": round(hangs, 1), "overhead_ms": _overhead_ms(cases),
-            "verdicts": verdicts, "redirect_cases": len(redirect),
-            "redirect_work_s": round(sum(c.get("guest_seconds") or 0 for c in redirect), 1),
-            "redirect_overhead_ms": _overhead_ms(redirect)}
+    figures: KernelFigures = {
+        "cases": count, "suite_s": round(wall, 1), "boots": boots,
+        "boot_s": round(boot - agent, 1),
+        "agent_start_s": round(agent, 1), "work_s": round(work, 1),
+        "expected_hangs_s": round(hangs, 1), "overhead_ms": _overhead_ms(cases),
+        "verdicts": verdicts, "redirect_cases": len(redirect),
+        "redirect_work_s": round(sum(c.get("guest_seconds") or 0 for c in redirect), 1),
+        "redirect_overhead_ms": _overhead_ms(redirect), "work": work_row(cases)}
+    if boots:
+        figures["boot_to_agent_s"] = round(boot / boots, 2)
+    return figures
+
+
+def work_row(cases: list[dict[str, Any]]) -> WorkFigures:
+    """The cases' guest seconds by kind: each kind the agent measured (a case's guest_timing),
+    and other, the rest of the case's guest_seconds (Python, map operations, ...). A case
+    without a split (results of an agent before it) counts in unsplit_s only."""
+    seconds = dict.fromkeys(WORK_KINDS, 0.0)
+    unsplit = 0.0
+    for c in cases:
+        work = c.get("guest_seconds") or 0.0
+        split = c.get("guest_timing")
+        if not isinstance(split, dict):
+            unsplit += work
+            continue
+        measured = sum(split.get(kind, 0.0) for kind in TIMING_KINDS)
+        for kind in TIMING_KINDS:
+            seconds[kind] += split.get(kind, 0.0)
+        # each kind is rounded to 0.1 ms as recorded, so the rest may come out a hair below 0
+        seconds["other"] += max(0.0, work - measured)
+    count = max(len(cases), 1)
+    return {"seconds": {kind: round(s, 2) for kind, s in seconds.items()},
+            "per_case_ms": {kind: round(s / count * 1000, 2) for kind, s in seconds.items()},
+            "unsplit_s": round(unsplit, 2)}
+
+
+def _ratio(new: float | None, old: float | None) -> float | None:
+    return round(new / old, 3) if new is not None and old else None
+
+
+def _path_figures(cases: list[dict[str, Any]], shared: set[str]) -> PathFigures:
+    boots = [c["boot_seconds"] for c in cases if c.get("boot_seconds")]
+    on_shared = [c for c in cases if c["id"] in shared]
+    wall = sum(c["duration"] for c in on_shared) + sum(
+        c.get("boot_seconds") or 0 for c in cases if c["id"] not in shared)
+    work = sum(c.get("guest_seconds") or 0 for c in on_shared)
+    return {"suite_s": round(wall, 1), "boots": len(boots),
+            "boot_to_agent_s": round(sum(boots) / len(boots), 2) if boots else None,
+            "work_ms_per_case": round(work / len(on_shared) * 1000, 2) if on_shared else 0.0}
+
+
+def compare_paths(new: Report, old: Report, name: str) -> OldPathKernel | None:
+    """`name`'s run on this tree against the old path's, on the case ids both reports hold for
+    it (a case either path added or dropped is left out of the ratios, and counted); None when
+    they share none."""
+    new_cases = [c for c in new["cases"] if c["kernel"] == name]
+    old_cases = [c for c in old["cases"] if c["kernel"] == name]
+    new_ids, old_ids = {c["id"] for c in new_cases}, {c["id"] for c in old_cases}
+    shared = new_ids & old_ids
+    if not shared:
+        return None
+    new_path, old_path = _path_figures(new_cases, shared), _path_figures(old_cases, shared)
+    return {"shared_cases": len(shared), "new_only": len(new_ids - shared),
+            "old_only": len(old_ids - shared), "new": new_path, "old": old_path,
+            "suite_ratio": _ratio(new_path["suite_s"], old_path["suite_s"]),
+            "boot_ratio": _ratio(new_path["boot_to_agent_s"], old_path["boot_to_agent_s"]),
+            "work_ratio": _ratio(new_path["work_ms_per_case"], old_path["work_ms_per_case"])}
+
+
+def _git(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
+
+
+def old_path_commit(ref: str, repo: Path = REPO_ROOT) -> str:
+    """The commit --old-path names, checked before anything boots: a KconformError when `repo`
+    is no git checkout or has no such commit."""
+    if shutil.which("git") is None:
+        raise KconformError("bench --old-path: git is not installed; install git, or give "
+                            "--old-path none to leave the old path out")
+    if _git(repo, "rev-parse", "--git-dir").returncode != 0:
+        raise KconformError(f"bench --old-path: {repo} is not a git checkout, so it has no old "
+                            "path to run; run bench from a clone of kconform, or give "
+                            "--old-path none")
+    found = _git(repo, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}")
+    if found.returncode != 0:
+        raise KconformError(f"bench --old-path {ref!r}: no such commit in {repo} (a shallow "
+                            "clone lacks old ones: git fetch --unshallow); give a commit or ref "
+                            "it has, or none to leave the old path out")
+    return found.stdout.strip()
+
+
+@contextlib.contextmanager
+def old_path_worktree(commit: str, work_dir: Path, repo: Path = REPO_ROOT) -> Iterator[Path]:
+    """A detached git worktree of `commit` in `work_dir`, removed again afterwards. Not under
+    /tmp: a guest on the host's root sees its own tmpfs there, not the tree its agent runs from."""
+    path = work_dir / "old-path"
+    added = _git(repo, "worktree", "add", "--detach", str(path), commit)
+    if added.returncode != 0:
+        raise KconformError(f"bench --old-path: cannot check {commit} out into {path} "
+                            f"({added.stderr.strip()}); free space there, or give --old-path "
+                            "none")
+    try:
+        yield path
+    finally:
+        if _git(repo, "worktree", "remove", "--force", str(path)).returncode != 0:
+            shutil.rmtree(path, ignore_errors=True)
+            _git(repo, "worktree", "prune")
 
 
 def phases_row(results: Path, report: Report, name: str) -> PhaseFigures | None:
@@ -436,7 +612,13 @@ def main(argv: list[str]) -> int:
                              "there); 'none' leaves the row out")
     parser.add_argument("--cpu-models", choices=("yes", "no"), default="yes",
                         help="whether to race the -cpu models (the cpus row; about 1 min)")
+    parser.add_argument("--old-path", default=OLD_PATH_REF, metavar="REF",
+                        help="the kconform commit whose suite the issue #17 goals compare with, "
+                             f"run from a git worktree of it (default {OLD_PATH_REF}, main "
+                             "before issue #17's cuts); 'none' leaves it out")
     args = parser.parse_args(argv)
+    # before anything is fetched or booted: a bad REF is a usage error, not a failure at the end
+    old_commit = None if args.old_path == "none" else old_path_commit(args.old_path)
     names = expand_kernel_args(args.kernel or BENCH_KERNELS, load_specs())
     provider = KernelProvider(log=lambda m: print(f"kconform: {m}", file=sys.stderr))
     trees = {n: provider.get(n) for n in names}
@@ -453,7 +635,8 @@ def main(argv: list[str]) -> int:
     accel = accels.get(host_architecture()) or next(iter(accels.values()))
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    work_dir = Path(tempfile.mkdtemp(prefix="kconform-bench-"))
+    # beside the JSON, not under /tmp: the old path's worktree must be visible to its guests
+    work_dir = Path(tempfile.mkdtemp(prefix="kconform-bench-", dir=out.parent.resolve()))
 
     def say(message: str) -> None:
         print(f"kconform bench: {message}", file=sys.stderr, flush=True)
@@ -471,18 +654,49 @@ def main(argv: list[str]) -> int:
             kernels[name] = {"version": tree.exact_version, "arch": tree.arch,
                              "floor_s": round(floor(tree, accels[tree.arch], root), 1),
                              "floor_qemu_peak_mib": floor_memory.figures()["qemu_peak_mib"]}
+        say(f"baseline: {name}")  # right after its floor, so both see the same moment
+        kernels[name]["baseline_s"] = round(
+            floor(tree, accels[tree.arch], root, own_boot_args=False), 1)
     matrix: dict[str, MatrixFigures] = {}
-    for workers in (1, 2):
-        say(f"suite on {len(names)} kernels with -n {workers}")
-        wall, report, memory = run_suite(names, workers, work_dir / f"n{workers}")
-        matrix[f"n{workers}"] = {"wall_s": round(wall, 1), **memory}
-        if workers == 1:
-            for name in names:
-                kernels[name].update(split_by_kernel(report, name))
-                phases = phases_row(work_dir / "n1", report, name)
-                if phases is not None:
-                    kernels[name]["phases"] = phases
+    old_matrix: dict[str, MatrixFigures] = {}
+    new_n1: Report = {"cases": [], "kernels": {}}  # the -n 1 reports, once run
+    old_n1: Report = {"cases": [], "kernels": {}}
+    with contextlib.ExitStack() as cleanup:
+        old_repo = cleanup.enter_context(old_path_worktree(old_commit, work_dir)) \
+            if old_commit is not None else None
+        for workers in (1, 2):  # each path's -n 1, then each's -n 2: drift hits both alike
+            say(f"suite on {len(names)} kernels with -n {workers}")
+            wall, report, memory = run_suite(names, workers, work_dir / f"n{workers}")
+            matrix[f"n{workers}"] = {"wall_s": round(wall, 1), "cases": len(report["cases"]),
+                                     **memory}
+            if workers == 1:
+                for name in names:
+                    kernels[name].update(split_by_kernel(report, name))
+                    phases = phases_row(work_dir / "n1", report, name)
+                    if phases is not None:
+                        kernels[name]["phases"] = phases
+                new_n1 = report
+            if old_repo is not None:
+                say(f"old path ({args.old_path}): suite on {len(names)} kernels with "
+                    f"-n {workers}")
+                wall, report, memory = run_suite(names, workers, work_dir / f"old-n{workers}",
+                                                 repo=old_repo)
+                old_matrix[f"n{workers}"] = {"wall_s": round(wall, 1),
+                                             "cases": len(report["cases"]), **memory}
+                if workers == 1:
+                    old_n1 = report
     figures["matrix"] = matrix
+    if old_commit is not None:
+        figures["old_path"] = {"ref": args.old_path, "commit": old_commit, "matrix": old_matrix,
+                               "kernels": {}}
+        for name in names:
+            versions = {r["kernels"].get(name, {}).get("version") for r in (new_n1, old_n1)}
+            if len(versions) > 1:
+                say(f"old path: {name} booted other versions on the two paths "
+                    f"({', '.join(sorted(str(v) for v in versions))}): its ratios compare them")
+            compared = compare_paths(new_n1, old_n1, name)
+            if compared is not None:
+                figures["old_path"]["kernels"][name] = compared
     naive_kernel = args.naive_kernel or names[0]
     from .bpf import build
     objects = {"sockmap_progs": str(build("sockmap_progs", arch=trees[naive_kernel].arch))}
@@ -515,14 +729,124 @@ def main(argv: list[str]) -> int:
     if args.bisect_range != "none":
         say(f"bisect: {BISECT_BEHAVIOUR} over {args.bisect_range}")
         figures["bisect"] = bisect_row(args.bisect_range, BISECT_BEHAVIOUR, work_dir / "bisect")
+    figures["goals"] = issue17_goals(figures)
     out.write_text(json.dumps(figures, indent=1))
     print_tables(figures)
-    print(f"saved {out}")
+    print(f"saved {out}; the runs' results are in {work_dir}")
     return 0
 
 
 def _met(ok: bool) -> str:
     return "met" if ok else "MISSED"
+
+
+def issue17_goals(f: Figures) -> list[GoalFigures]:
+    """Issue #17's goals, each met, missed or not measured, from this run's figures alone."""
+    kernels = f["kernels"]
+    old = f.get("old_path")
+    no_old = "not measured: --old-path none"
+    goals: list[GoalFigures] = []
+
+    boots = {name: (k["boot_to_agent_s"], k["baseline_s"]) for name, k in kernels.items()
+             if "boot_to_agent_s" in k and "baseline_s" in k}
+    goals.append({
+        "goal": f"cold boot to a ready agent <= {BOOT_GOAL} x baseline, every kernel",
+        "met": all(boot <= BOOT_GOAL * base for boot, base in boots.values()) if boots else None,
+        "detail": ", ".join(f"{name} {boot:.1f} s against {base:.1f} s (x{boot / base:.2f})"
+                            for name, (boot, base) in boots.items()) or "not measured: no boots"})
+
+    restore = f"a restored guest answers in <= {RESTORE_GOAL} x baseline"
+    goals.append({"goal": restore, "met": None,
+                  "detail": "not measured: no snapshot restore yet"})
+
+    work_goal = f"cases' guest time per case <= {CASE_WORK_GOAL} x the old path's"
+    if old is None:
+        goals.append({"goal": work_goal, "met": None, "detail": no_old})
+    else:
+        ratios = {name: k["work_ratio"] for name, k in old["kernels"].items()
+                  if k["work_ratio"] is not None}
+        goals.append({
+            "goal": work_goal,
+            "met": all(r <= CASE_WORK_GOAL for r in ratios.values()) if ratios else None,
+            "detail": ", ".join(
+                f"{name} {old['kernels'][name]['new']['work_ms_per_case']:.1f} ms against "
+                f"{old['kernels'][name]['old']['work_ms_per_case']:.1f} ms (x{r:.2f}, "
+                f"{old['kernels'][name]['shared_cases']} cases)" for name, r in ratios.items())
+            or "not measured: no cases both paths ran"})
+
+    matrix_goal = f"the suite of {len(kernels)} kernels with -n 2 <= {MATRIX_GOAL} x the old path's"
+    new_n2 = f.get("matrix", {}).get("n2")
+    old_n2 = old["matrix"].get("n2") if old is not None else None
+    if old is None:
+        goals.append({"goal": matrix_goal, "met": None, "detail": no_old})
+    elif new_n2 is None or old_n2 is None or not old_n2["wall_s"]:
+        goals.append({"goal": matrix_goal, "met": None, "detail": "not measured: no -n 2 run"})
+    else:
+        ratio = new_n2["wall_s"] / old_n2["wall_s"]
+        differ = "" if new_n2["cases"] == old_n2["cases"] else (
+            f"; the case sets differ: {new_n2['cases']} cases against {old_n2['cases']}, so "
+            "the ratio is not of the same work")
+        goals.append({"goal": matrix_goal, "met": ratio <= MATRIX_GOAL,
+                      "detail": f"{new_n2['wall_s']} s against {old_n2['wall_s']} s "
+                                f"(x{ratio:.2f}){differ}"})
+
+    hang_goal = f"{GOAL_KERNEL}'s suite <= {FLOOR_FACTOR} x baseline + case work + expected hangs"
+    k = kernels.get(GOAL_KERNEL)
+    if k is None or "baseline_s" not in k or "suite_s" not in k:
+        goals.append({"goal": hang_goal, "met": None,
+                      "detail": f"not measured: {GOAL_KERNEL} was not among the kernels"})
+    else:
+        budget = FLOOR_FACTOR * k["baseline_s"] + k["work_s"] + k["expected_hangs_s"]
+        goals.append({"goal": hang_goal, "met": k["suite_s"] <= budget,
+                      "detail": f"{k['suite_s']} s against {budget:.1f} s"})
+    return goals
+
+
+def print_goals(goals: list[GoalFigures]) -> None:
+    print("issue #17 goals:")
+    for g in goals:
+        state = "not measured" if g["met"] is None else _met(g["met"])
+        detail = g["detail"].removeprefix("not measured: ") if g["met"] is None else g["detail"]
+        print(f"  {g['goal']}: {state} ({detail})")
+
+
+def print_work(kernels: dict[str, KernelFigures]) -> None:
+    """The work row: each kernel's cases' guest seconds by kind, and per case in ms."""
+    rows = {name: k["work"] for name, k in kernels.items() if "work" in k}
+    if not rows:
+        return
+    print("work: the cases' guest seconds by kind (-n 1 run), s and [ms per case]:")
+    print(f"{'kernel':24} " + " ".join(f"{kind:>17}" for kind in WORK_KINDS) + f" {'total':>17}")
+    for name, w in rows.items():
+        total = sum(w["seconds"].values())
+        per_case = sum(w["per_case_ms"].values())
+        print(f"{name:24} " + " ".join(
+            f"{w['seconds'][kind]:7.2f} [{w['per_case_ms'][kind]:7.2f}]" for kind in WORK_KINDS)
+            + f" {total:7.2f} [{per_case:7.2f}]"
+            + (f"  (+{w['unsplit_s']} s of cases without a split)" if w["unsplit_s"] else ""))
+
+
+def print_old_path(old: OldPathFigures) -> None:
+    """The old path against this tree: per kernel on the cases both ran; the matrix runs."""
+    print(f"old path {old['commit'][:12]} ({old['ref']}) against this tree, per kernel on the "
+          "cases both ran (old -> new, new/old):")
+    print(f"{'kernel':24} {'cases':>5} {'suite s':>22} {'boot to agent s':>22} "
+          f"{'guest ms/case':>22}")
+
+    def cell(old_value: float | None, new_value: float | None, ratio: float | None) -> str:
+        if old_value is None or new_value is None:
+            return f"{'-':>22}"
+        return f"{old_value:7.1f} -> {new_value:6.1f} x{ratio or 0:.2f}".rjust(22)
+
+    for name, k in old["kernels"].items():
+        print(f"{name:24} {k['shared_cases']:5d} "
+              f"{cell(k['old']['suite_s'], k['new']['suite_s'], k['suite_ratio'])} "
+              f"{cell(k['old']['boot_to_agent_s'], k['new']['boot_to_agent_s'], k['boot_ratio'])} "
+              f"{cell(k['old']['work_ms_per_case'], k['new']['work_ms_per_case'], k['work_ratio'])}"
+              + (f"  (left out: {k['new_only']} new, {k['old_only']} old-only cases)"
+                 if k["new_only"] or k["old_only"] else ""))
+    for key, m in old["matrix"].items():
+        print(f"old path matrix -{key[0]} {key[1:]}: {m['wall_s']} s wall, {m['cases']} cases")
 
 
 def print_phases(kernels: dict[str, KernelFigures]) -> None:
@@ -548,25 +872,30 @@ def print_phases(kernels: dict[str, KernelFigures]) -> None:
 def print_tables(f: Figures) -> None:
     print(f"accelerator: {f['accel']}"
           + "".join(f"; {arch} {a}" for arch, a in f.get("accels", {}).items()))
-    print(f"{'kernel':24} {'floor s':>7} {'suite s':>7} {'boots':>5} {'boot':>6} {'agent':>6} "
-          f"{'work':>6} "
+    print(f"{'kernel':24} {'floor s':>7} {'base s':>6} {'suite s':>7} {'boots':>5} {'boot':>6} "
+          f"{'agent':>6} {'work':>6} "
           f"{'hangs':>6} {'cases':>5} {'ovh ms':>7} {'suite/floor':>11} {'budget s':>8} "
           f"{'naive/suite':>11} {'qemu MiB':>8}")
     for name, k in f["kernels"].items():
-        print(f"{name:24} {k['floor_s']:7.1f} {k['suite_s']:7.1f} {k.get('boots', 1):5d} "
-              f"{k['boot_s']:6.1f} "
+        baseline = f"{k['baseline_s']:6.1f}" if "baseline_s" in k else f"{'-':>6}"
+        print(f"{name:24} {k['floor_s']:7.1f} {baseline} {k['suite_s']:7.1f} "
+              f"{k.get('boots', 1):5d} {k['boot_s']:6.1f} "
               f"{k['agent_start_s']:6.1f} {k['work_s']:6.1f} {k['expected_hangs_s']:6.1f} "
               f"{k['cases']:5d} {k['overhead_ms']:7.1f} {k['suite_over_floor']:11.2f} "
               f"{k['suite_budget_s']:8.1f} {k['naive_over_suite']:11.1f} "
               f"{k['floor_qemu_peak_mib']:8.0f}")
     print_phases(f["kernels"])
+    print_work(f["kernels"])
     n = f["naive"]
     print(f"naive: {n['per_case_s']} s per case on {n['kernel']} (sample {n['sample_s']}), "
           f"{n['extrapolated_suite_s']} s for its suite")
     for key, m in f["matrix"].items():
-        print(f"matrix -{key[0]} {key[1:]}: {m['wall_s']} s wall; peak RSS: QEMU "
+        print(f"matrix -{key[0]} {key[1:]}: {m['wall_s']} s wall ({m.get('cases', '?')} cases); "
+              f"peak RSS: QEMU "
               f"{m['qemu_peak_mib']} MiB, host process {m['host_peak_mib']} MiB "
               f"(all host processes {m['host_total_peak_mib']} MiB)")
+    if "old_path" in f:
+        print_old_path(f["old_path"])
     for name, k in f["kernels"].items():
         if k.get("redirect_cases"):
             print(f"redirect matrix on {name}: {k['redirect_cases']} cases, "
@@ -626,3 +955,5 @@ def print_tables(f: Figures) -> None:
     if b is not None:
         print(f"  bisect boots <= ceil(log2(N - 1)) + 2 = {b['bound']}: "
               f"{_met(b['boots'] <= b['bound'])} ({b['boots']} boots)")
+    if "goals" in f:
+        print_goals(f["goals"])
