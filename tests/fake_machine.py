@@ -109,6 +109,7 @@ class _Stream:
 
 class FakeMachine:
     noun = "the fake guest"
+    boot_kind = "fake"
 
     def __init__(self, console_log: Path, *, boot: Reply | None = None,
                  replies: Script = (), live: LiveCount | None = None,
@@ -173,6 +174,9 @@ class FakeMachine:
     def command_line(self) -> str:
         return "fake-machine"
 
+
+    def shell_command(self) -> str:
+        return self.command_line()
     def failure_hint(self) -> str:
         return ""
 

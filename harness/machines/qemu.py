@@ -380,6 +380,10 @@ class QemuMachine:
         self.cmd = build_vng_command(tree, accel, command, memory=memory, cpus=cpus,
                                      kernel_args=kernel_args, extra_vng=extra_vng, rootfs=rootfs,
                                      rw_dirs=rw_dirs)
+        self._attach(console_log)
+
+    def _attach(self, console_log: Path) -> None:
+        """The console log and the agent's channel, for a process not started yet."""
         self.console = Console(console_log)
         self.channel = LineChannel(self.console)
         self.proc: subprocess.Popen[bytes] | None = None
@@ -387,8 +391,14 @@ class QemuMachine:
         self._threads: list[threading.Thread] = []
         self.started_at: float | None = None
 
+    boot_kind = "virtme-ng"  # how it boots, as results record it
+
     def command_line(self) -> str:
         return shlex.join(self.cmd)
+
+    def shell_command(self) -> str:
+        """A vng line that boots this kernel the same way, for a shell by hand."""
+        return self.command_line()
 
     def guest_path(self, path: Path, within: float | None = None) -> str:
         """Where the guest sees a host file of the repo or the BPF cache (mounted: nothing is

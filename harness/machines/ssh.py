@@ -369,6 +369,7 @@ class SshMachine:
     """The agent on an SSH target, over one connection."""
 
     noun = "the SSH session"  # in failure messages
+    boot_kind = "ssh"          # nothing booted: a machine that was already running
 
     def __init__(self, target: SshTarget, console_log: Path, connect_within: float = 30.0,
                  start_within: float = 60.0):
@@ -394,6 +395,9 @@ class SshMachine:
 
     def command_line(self) -> str:
         return self.target.ssh_command()
+
+    def shell_command(self) -> str:
+        return self.command_line()
 
     def failure_hint(self) -> str:
         return ""

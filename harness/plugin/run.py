@@ -24,8 +24,9 @@ from ..kernels.selectors import pinned_name, split_pinned
 from ..kernels.specs import parse_arches
 from ..machines.accel import Accel, choose_accel
 from ..machines.channel import Machine
+from ..machines.factory import guest_machine
 from ..machines.guest_job import run_guest_job
-from ..machines.qemu import QemuMachine, build_vng_command, check_memory
+from ..machines.qemu import build_vng_command, check_memory
 from ..machines.rootfs import (
     HOST,
     Rootfs,
@@ -58,6 +59,7 @@ class KernelInfo:
     vng_command: str = ""   # for an SSH target: the ssh line that logs in the same way
     console_log: str = ""
     by_hand: str = "boot it by hand"  # what vng_command does
+    boot_kind: str = ""     # "direct", "virtme-ng" or "ssh": which machine booted it
 
 
 class GuestPool:
@@ -121,7 +123,8 @@ class GuestPool:
         info = self.run.kernels.setdefault(name, KernelInfo(name, tree.exact_version,
                                                             suite=tree.suite))
         info.uname, info.boot_seconds = session.uname, session.boot_seconds
-        info.vng_command, info.console_log = machine.command_line(), str(log)
+        info.vng_command, info.console_log = machine.shell_command(), str(log)
+        info.boot_kind = machine.boot_kind
         if tree.target:
             info.by_hand = "log in by hand"
         return session
@@ -136,7 +139,8 @@ class GuestPool:
         accel = self.run.accel(tree)
         try:  # a root or a command line that cannot be made fails every test of this kernel
             rootfs = self.run.rootfs(tree)
-            guest = QemuMachine(tree, accel, log, rootfs=rootfs, memory=self.run.memory)
+            guest = guest_machine(tree, accel, log, rootfs=rootfs, memory=self.run.memory,
+                                  boot=self.run.guest_boot, cache=self.run.provider.cache)
         except KconformError as exc:
             self.failed[name] = exc
             raise
@@ -222,6 +226,7 @@ class KconformRun:
         self._rootfs_provider: RootfsProvider | None = None
         self._rootfs_errors: dict[str, KconformError] = {}
         self.memory = check_memory(opt.guest_memory)
+        self.guest_boot: str = opt.guest_boot
         self.health = HealthRules()
         # Every target URL is checked before the first target is connected to.
         parsed_targets = [
