@@ -4,6 +4,7 @@ the old path's git worktree; on reports written here (the shape report.json has:
 harness/reports/results.py) and a throwaway git repository. No VM."""
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -205,3 +206,22 @@ def test_bench_checks_the_old_path_before_it_fetches_or_boots_anything(monkeypat
     monkeypatch.setattr(bench, "KernelProvider", no_kernels)
     with pytest.raises(KconformError, match="no such commit"):
         bench.main(["--old-path", "0000000000000000000000000000000000000000"])
+
+
+SAVED = Path(__file__).parent / "data" / "bench" / "redirect-6.12.report.json"
+
+
+def test_a_real_runs_split_adds_up_and_round_trips():
+    """tests/data/bench/redirect-6.12.report.json: `./kconform suite --kernel debian-6.12 -k
+    "redirect and not matrix"` under TCG (30 cases, 2026-12-02). Each case's kinds add up to at
+    most its guest seconds (each rounded to 0.1 ms as recorded); the work row is their sum."""
+    from harness.reports import results
+    report = json.loads(SAVED.read_text())
+    cases = report["cases"]
+    assert len(cases) == 30 and all("guest_timing" in c for c in cases)
+    for c in cases:
+        assert sum(c["guest_timing"].values()) <= c["guest_seconds"] + 3 * 0.00005, c["id"]
+    row = bench.work_row(cases)
+    assert row["unsplit_s"] == 0.0
+    assert row["seconds"] == {"bpf_load": 1.81, "waiting": 11.37, "sockets": 0.18, "other": 1.17}
+    assert results.load(SAVED).to_json() == report
