@@ -17,7 +17,8 @@ Phases, each from one console line to the next (contiguous: they add up to `to_h
   to_script   -> "<init>: starting script" (what init does after udev, before our command)
   agent       -> the agent's hello (the guest command, kconform's agent: Python starting it)
 <init> is virtme-ng-init (the Rust init, on the host's architecture) or virtme-init (the shell
-script, for a guest of another architecture). The end of initramfs is its "switching to real
+script, for a guest of another architecture). A direct boot (machines/direct.py) has no init
+set-up, udev or script phase: its initramfs ("kconform-init") runs from /init to the agent. The end of initramfs is its "switching to real
 root", not init's first line: between the two, the kernel execs init and init mounts the kernel's
 filesystems before it prints (2.5 s of bash on an arm64 guest), which is init's time.
 
@@ -33,11 +34,14 @@ from dataclasses import dataclass
 
 # A printk stamp: bounded digits, so a stamp is always a finite number ("[ 1.2.3]" is none)
 _STAMP = r"\[\s*(\d{1,9}\.\d{1,9})\] "
-_INIT = r"(virtme-ng-init|virtme-init): "
+_INIT = r"(virtme-ng-init|virtme-init|kconform-init): "
+# A direct boot's initramfs (machines/initramfs.py) starts the agent itself: its last line ends
+# both the initramfs and the way to the script.
+_DIRECT_AGENT = r"kconform-init: starting the agent"
 # The milestones, each found as its first stamped occurrence in the boot.
 MILESTONES: dict[str, str] = {
     "run_init": r"Run \S+ as init process",
-    "root_switched": r"virtme initramfs: done; switching to real root",
+    "root_switched": r"(?:virtme initramfs: done; switching to real root|" + _DIRECT_AGENT + ")",
     "init_started": _INIT,  # init's first line ("Setting hostname to ...")
     "tmpfiles": _INIT + r"running systemd-tmpfiles",
     "basic_done": _INIT + r"basic initialization done",
@@ -46,7 +50,7 @@ MILESTONES: dict[str, str] = {
     "coldplug": _INIT + r"triggering udev coldplug",
     "settle": _INIT + r"waiting for udev to settle",
     "udev_done": _INIT + r"udev is done",
-    "script": _INIT + r"starting script",
+    "script": r"(?:(?:virtme-ng-init|virtme-init): starting script|" + _DIRECT_AGENT + ")",
 }
 _PATTERNS = {name: re.compile(_STAMP + pattern) for name, pattern in MILESTONES.items()}
 # The kernel's banner, first on every boot's console: a second one is a second boot.

@@ -171,3 +171,17 @@ def test_the_phases_cover_the_kernel_start_to_the_hello_in_order():
     """Each phase starts where the one before ended, so their sum is the clock at the hello."""
     assert PHASES[0][1] == "kernel_start" and PHASES[-1][2] == "hello"
     assert all(a[2] == b[1] for a, b in itertools.pairwise(PHASES))
+
+
+def test_a_direct_boot_has_no_init_set_up_udev_or_script_phase():
+    """boot-6.12-direct.log, a debian-6.12 guest booted by machines/direct.py under TCG:
+      [    3.556806] Run /init as init process
+      [    3.711709] kconform-init: loading modules
+      [    4.277963] kconform-init: starting the agent on /dev/vport0p1
+    and a hello at 6.0 s by the guest's clock (this console's run recorded none)."""
+    phases = boot_phases(console("boot-6.12-direct.log"), hello_uptime=6.0)
+    assert phases.init == "kconform-init"
+    assert seconds(phases) == {"to_init": 3.556806, "initramfs": round(4.277963 - 3.556806, 6),
+                               "init_setup": None, "udev": None, "to_script": None,
+                               "agent": round(6.0 - 4.277963, 6)}
+    assert phases.to_hello == 6.0
