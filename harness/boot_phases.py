@@ -18,9 +18,10 @@ Phases, each from one console line to the next (contiguous: they add up to `to_h
   agent       -> the agent's hello (the guest command, kconform's agent: Python starting it)
 <init> is virtme-ng-init (the Rust init, on the host's architecture) or virtme-init (the shell
 script, for a guest of another architecture). A direct boot (machines/direct.py) has no init
-set-up, udev or script phase: its initramfs ("kconform-init") runs from /init to the agent. The end of initramfs is its "switching to real
-root", not init's first line: between the two, the kernel execs init and init mounts the kernel's
-filesystems before it prints (2.5 s of bash on an arm64 guest), which is init's time.
+set-up, udev or script phase: its initramfs ("kconform-init") runs from /init to the agent.
+The end of initramfs is its "switching to real root", not init's first line: between the two,
+the kernel execs init and init mounts the kernel's filesystems before it prints (2.5 s of bash
+on an arm64 guest), which is init's time.
 
 The console is the guest's to write: a line that does not parse is no time, a phase whose line is
 missing or whose end comes before its start is None, never an exception.
@@ -53,6 +54,9 @@ MILESTONES: dict[str, str] = {
     "script": r"(?:(?:virtme-ng-init|virtme-init): starting script|" + _DIRECT_AGENT + ")",
 }
 _PATTERNS = {name: re.compile(_STAMP + pattern) for name, pattern in MILESTONES.items()}
+# Where the guest command (the agent) starts, stamp in group 1: what the agent's start is timed
+# from (machines/session.py), whichever way the guest booted.
+SCRIPT_STARTED = _PATTERNS["script"]
 # The kernel's banner, first on every boot's console: a second one is a second boot.
 _BANNER = re.compile(_STAMP + r"Linux version ")
 

@@ -13,7 +13,8 @@ HARNESS = REPO_ROOT / "harness"
 ALLOWED = {
     "agent": set(),
     "kernels": {"errors", "cache", "paths", "versions", "datafiles", "arches"},
-    "machines": {"errors", "cache", "paths", "versions", "kernels", "datafiles", "arches"},
+    "machines": {"errors", "cache", "paths", "versions", "kernels", "datafiles", "arches",
+                 "boot_phases"},
     "judging": {"errors", "paths", "versions"},
     "reports": {"errors", "paths", "versions", "judging"},
     "plugin": {"errors", "cache", "paths", "versions", "kernels", "machines", "judging",
@@ -25,7 +26,7 @@ ALLOWED = {
     "cache_entries": {"errors", "cache", "paths", "versions", "arches"},
     # the suite's config fragment: it collects the cases in a child process, --build reads it
     "kernel_config": {"errors", "cache", "paths"},
-    # a boot's phases from its console's lines: pure parsing, for bench (and a machine, later)
+    # a boot's phases from its console's lines: pure parsing, for bench and a machine's timings
     "boot_phases": set(),
 }
 

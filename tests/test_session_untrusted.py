@@ -404,10 +404,13 @@ def test_a_console_stamp_that_is_no_time_gives_no_agent_start_time(tmp_path, sta
     assert session.agent_start_seconds is None
 
 
-@pytest.mark.parametrize("init", ["virtme-ng-init", "virtme-init"])  # arm64 guests: the latter
-def test_the_agent_start_time_is_the_hello_uptime_less_the_scripts_start(tmp_path, init):
+@pytest.mark.parametrize("start", ["virtme-ng-init: starting script",
+                                   "virtme-init: starting script",  # arm64 guests
+                                   # a direct boot's initramfs (machines/initramfs.py)
+                                   "kconform-init: starting the agent on /dev/vport0p1"])
+def test_the_agent_start_time_is_the_hello_uptime_less_the_scripts_start(tmp_path, start):
     session, machine = started(tmp_path)  # the hello says uptime 16.5
-    machine.console.pump([f"[    4.250000] {init}: starting script\n".encode()])
+    machine.console.pump([f"[    4.250000] {start}\n".encode()])
     assert session.agent_start_seconds == pytest.approx(12.25)
 
 

@@ -26,12 +26,14 @@ from pathlib import Path
 from ..errors import KconformError
 from ..kernels import KernelTree
 
-# The modules a 9p root needs, and overlay for the writable /usr/lib that holds the kernel's
-# /lib/modules link; each with what it depends on (modprobe --show-depends).
-ROOT_MODULES = ("9p", "9pnet_virtio", "overlay")
+# What the guest needs before the agent starts, each with what it depends on (modprobe
+# --show-depends; a built-in one needs no file): the virtio PCI transport and the console's
+# ports (modules in Debian's 5.10 and 6.1, built in from 6.12 on), the 9p root, and overlay for
+# the writable /usr/lib that holds the kernel's /lib/modules link.
+GUEST_MODULES = ("virtio_pci", "virtio_console", "9p", "9pnet_virtio", "overlay")
 BUSYBOX_PATHS = ("/bin/busybox", "/usr/bin/busybox")
 APPLETS = ("sh", "mount", "insmod", "mkdir", "cat", "ip", "switch_root", "ln", "echo", "chmod",
-           "poweroff")
+           "poweroff", "sleep")
 AGENT_PORT = "kconform.agent"   # the virtserialport's name= on QEMU's command line
 ROOT_TAG = "kconform-root"      # the 9p mount_tag of the guest's root
 # Where the init sees the kernel's modules directory (a host path, through the 9p root) and the
@@ -69,11 +71,19 @@ mount -t overlay -o lowerdir=/newroot/usr/lib,upperdir=$over/lib-upper,workdir=$
 mkdir -p /newroot/usr/lib/modules
 [ -n "$modules" ] && ln -s "$modules" "/newroot/usr/lib/modules/$release"
 ip link set lo up
+# A port is announced by QEMU over the device's control queue after the driver binds: wait
+# for its name (up to 30 s) rather than race it.
 port=
-for p in /sys/class/virtio-ports/*; do
-  [ "$(cat "$p/name" 2>/dev/null)" = kconform.agent ] && port="/dev/${p##*/}"
+tries=0
+while [ -z "$port" ] && [ $tries -lt 300 ]; do
+  for p in /sys/class/virtio-ports/*; do
+    [ "$(cat "$p/name" 2>/dev/null)" = kconform.agent ] && port="/dev/${p##*/}"
+  done
+  [ -n "$port" ] || { sleep 0.1; tries=$((tries + 1)); }
 done
 [ -n "$port" ] || { log "no virtio-serial port named kconform.agent"; exec poweroff -f; }
+# devtmpfs makes the port's node as the port appears; wait for that too
+while [ ! -c "$port" ] && [ $tries -lt 300 ]; do sleep 0.1; tries=$((tries + 1)); done
 mount --move /dev /newroot/dev
 mount --move /sys /newroot/sys
 mount --move /proc /newroot/proc
@@ -134,7 +144,7 @@ def root_module_files(tree: KernelTree, modules: Path) -> list[Path]:
     if base.name == "usr":
         base = base.parent
     files: list[Path] = []
-    for module in ROOT_MODULES:
+    for module in GUEST_MODULES:
         proc = subprocess.run(["modprobe", "-d", str(base), "-S", tree.release,
                                "--show-depends", module], capture_output=True, text=True)
         if proc.returncode != 0:

@@ -11,12 +11,12 @@ import itertools
 import json
 import math
 import os
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn, NotRequired, TypedDict
 
+from ..boot_phases import SCRIPT_STARTED
 from .channel import ChannelOverflow, GuestDied, Machine, OversizedLine
 
 HOST_GRACE = 5.0  # the agent's own alarm fires first; past this the guest is hung
@@ -347,12 +347,12 @@ class GuestSession:
 
     @property
     def agent_start_seconds(self) -> float | None:
-        """From virtme-ng's init starting our command to the agent's hello, by the guest's clock:
-        the part of a boot that is Python starting and importing the agent."""
+        """From the guest's init starting our command (virtme-ng's init, or a direct boot's
+        initramfs) to the agent's hello, by the guest's clock: the part of a boot that is Python
+        starting and importing the agent."""
         for line in list(self.machine.console.lines):
             # The console is the guest's to write: "[ 1.2.3]" is no time, 400 digits no finite one.
-            # virtme-ng-init on the host's architecture; its shell-script init on another's
-            m = re.match(r"\[\s*(\d+\.\d+)\] virtme(?:-ng)?-init: starting script", line)
+            m = SCRIPT_STARTED.match(line)
             if m and self.info and "uptime" in self.info:
                 seconds = self.info["uptime"] - float(m.group(1))
                 return seconds if math.isfinite(seconds) else None
