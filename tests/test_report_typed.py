@@ -159,3 +159,18 @@ def test_a_damaged_guest_timing_is_a_results_error_naming_it(split):
     data["cases"][0]["guest_timing"] = split
     with pytest.raises(results.ResultsError, match=r"cases\[0\].*'guest_timing'"):
         results.Results.from_json(data, "report.json")
+
+
+def test_how_a_guest_booted_goes_into_report_json_and_the_grids_header():
+    """guest_boot (issue #17): results say whether a kernel's guest booted directly or through
+    virtme-ng; results from before it load without one."""
+    from harness.reports.grid import ran_on
+    record = results.KernelRecord(name="debian-6.12", machine="qemu", rootfs="host",
+                                  guest_boot="direct")
+    data = record.to_json()
+    assert data["guest_boot"] == "direct"
+    assert results.KernelRecord.from_json(data).guest_boot == "direct"
+    assert ran_on(record) == "qemu (direct boot), root: host"
+    older = {k: v for k, v in data.items() if k != "guest_boot"}
+    assert results.KernelRecord.from_json(older).guest_boot is None
+    assert ran_on(results.KernelRecord.from_json(older)) == "qemu, root: host"

@@ -16,7 +16,6 @@ import os
 import signal
 import sys
 import time
-import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NoReturn, TypedDict
 
@@ -120,6 +119,7 @@ def resolve(name: str) -> Callable[..., object]:
 
 
 def describe_error(exc: BaseException) -> dict[str, object]:
+    import traceback  # only when a call failed: it costs 0.15 s of the agent's start under TCG
     info: dict[str, object] = {"type": type(exc).__name__, "message": str(exc),
             "traceback": traceback.format_exc(limit=12)}
     # A BpfError's errno name is in its message already; its verifier log is not.

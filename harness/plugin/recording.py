@@ -137,6 +137,8 @@ class Reporter:
         session = self.run.pool.live.get(kernel)  # the guest this test ran on, when it booted
         if session is not None and session.bpf_jit_enable is not None:
             facts.append(("bpf_jit_enable", session.bpf_jit_enable))
+        if info is not None and info.boot_kind:
+            facts.append(("guest_boot", info.boot_kind))
         command = info.vng_command if info is not None and info.vng_command else \
             self.run.boot_command(tree) if tree is not None else None  # it never booted
         if command:
@@ -207,7 +209,7 @@ class Reporter:
         props = _properties(reports)
         for key, prop in (("version", "kernel_version"), ("uname", "uname"), ("boot", "boot"),
                           ("machine", "machine"), ("rootfs", "rootfs"), ("suite", "kernel_suite"),
-                          ("arch", "kernel_arch")):
+                          ("arch", "kernel_arch"), ("guest_boot", "guest_boot")):
             value = props.get(prop)
             if isinstance(value, str) and value and not getattr(entry, key):
                 setattr(entry, key, value)

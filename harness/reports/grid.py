@@ -240,13 +240,15 @@ def version_of(info: KernelRecord) -> str:
 
 
 def ran_on(info: KernelRecord) -> str:
-    """Where a kernel's cases ran: 'qemu, root: host', 'qemu, root: debian-bookworm@…', or the
-    SSH target. Results from before these fields say '?'."""
+    """Where a kernel's cases ran: 'qemu (direct boot), root: host', 'qemu (virtme-ng boot),
+    root: debian-bookworm@…', or the SSH target. Results from before these fields say '?' (and
+    no boot)."""
     machine = info.machine
     if not machine:
         return "?"
     if machine == "qemu":
-        return f"qemu, root: {info.rootfs or '?'}"
+        boot = f" ({info.guest_boot} boot)" if info.guest_boot else ""
+        return f"qemu{boot}, root: {info.rootfs or '?'}"
     return machine
 
 

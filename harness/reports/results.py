@@ -68,6 +68,7 @@ class KernelRecord:
     suite: str | None = None       # the Debian suite the package came from: bookworm-security
     arch: str | None = None        # "amd64", "arm64"; None in results from before arm64 guests
     bpf_jit_enable: int | None = None  # net.core.bpf_jit_enable in the guest; None: unknown
+    guest_boot: str | None = None  # "direct", "virtme-ng" or "ssh"; None in older results
     extra: JsonObject = field(default_factory=dict)  # fields no report reads, kept as they came
 
     @property
@@ -90,6 +91,7 @@ class KernelRecord:
         # Results written before these fields existed leave them out; so does a rewrite.
         for name, value in (("machine", self.machine), ("rootfs", self.rootfs),
                             ("suite", self.suite), ("arch", self.arch),
+                            ("guest_boot", self.guest_boot),
                             ("bpf_jit_enable", self.bpf_jit_enable)):
             if value is not None:
                 data[name] = value
@@ -379,7 +381,7 @@ _NUM: tuple[type, ...] = (int, float)
 _JSON: tuple[type, ...] = (str, int, float, bool, list, dict, type(None))
 Fields = dict[str, tuple[bool, tuple[type, ...], str]]
 KERNEL_TEXT_FIELDS = ("name", "version", "uname", "upstream", "boot", "machine", "rootfs",
-                      "suite", "arch")
+                      "suite", "arch", "guest_boot")
 KERNEL_FIELDS: Fields = {
     **dict.fromkeys(KERNEL_TEXT_FIELDS, (False, _STR + _NONE, "text or null")),
     "bpf_jit_enable": (False, (int, *_NONE), "net.core.bpf_jit_enable (0, 1 or 2) or null")}
