@@ -106,7 +106,7 @@ def test_the_command_line_boots_the_agent_with_panic_ending_qemu(tmp_path):
     tree = debian_tree(tmp_path)
     cmd = build_direct_command(tree, TCG, ARGV, tmp_path / "initrd.cpio", tmp_path / "mods",
                                memory="2G", cpus=2, name="kconform-1")
-    assert cmd[0] == "qemu-system-x86_64"
+    assert cmd[0].startswith("/") and cmd[0].endswith("/qemu-system-x86_64")  # ps names it
     for flag in ("-nodefaults", "-no-reboot"):
         assert flag in cmd
     assert cmd[cmd.index("-accel") + 1] == "tcg" and cmd[cmd.index("-cpu") + 1] == "qemu64"
@@ -154,5 +154,5 @@ def test_a_direct_guest_offers_a_vng_shell_line_by_hand(tmp_path, monkeypatch):
     monkeypatch.setattr(initramfs, "root_module_files", lambda t, m: [])
     machine = guest_machine(debian_tree(tmp_path), TCG, tmp_path / "console.log")
     assert machine.boot_kind == "direct"
-    assert shlex.split(machine.command_line())[0] == "qemu-system-x86_64"
+    assert shlex.split(machine.command_line())[0].endswith("/qemu-system-x86_64")
     assert shlex.split(machine.shell_command())[0] == "vng"

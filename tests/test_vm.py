@@ -3,10 +3,12 @@ worker, a damaged cache, and plain debian-5.10 past the E1/E3 deadlock.
 
 These boot Debian kernels under QEMU (TCG here), so they take minutes; `-m "not vm"` skips them.
 """
+import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import xml.etree.ElementTree as ET
 
@@ -142,22 +144,36 @@ def _wait_for(condition, seconds: float) -> bool:
 def test_an_interrupted_run_leaves_valid_reports_and_no_processes(tmp_path, signum):
     out_dir = tmp_path / "results"
     before = _qemu_guests()
-    # The whole suite, so the signal lands while cases run: a -k subset could finish before the
-    # poll saw three cases, and the signal then hit the run's summary instead.
+    # The whole suite, so the signal lands while cases run. It is sent once pytest's progress
+    # line shows three cases done, read as the child prints it (unbuffered): report.json is
+    # rewritten at most every 1/20 of the run, and the suite on a direct boot is over before a
+    # poll of it sees three cases.
     proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
                              f"--results-dir={out_dir}", "cases", "--kernel", "debian-6.1"],
-                            cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    def finished() -> int:
-        report = out_dir / results.REPORT_JSON
-        return len(results.load(report).cases) if report.exists() else 0
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.stdout is not None
+    seen = bytearray()
+
+    def read() -> None:
+        while chunk := os.read(proc.stdout.fileno(), 4096):
+            seen.extend(chunk)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+
+    def finished() -> int:  # the dots of "cases/test_x.py ..." lines
+        return sum(line.split(" ", 1)[1].count(".") for line in bytes(seen).decode(
+            errors="replace").splitlines() if line.startswith("cases/") and " " in line)
 
     try:
         assert _wait_for(lambda: finished() >= 3, 300), "no case finished"
         proc.send_signal(signum)
-        out, _ = proc.communicate(timeout=120)
+        proc.wait(timeout=120)
+        reader.join(timeout=10)
     finally:
         proc.kill()
+    out = bytes(seen).decode(errors="replace")
     assert proc.returncode == 2, out  # pytest's "interrupted"
     assert "KeyboardInterrupt" in out
     res = results.load(out_dir)

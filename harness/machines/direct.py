@@ -14,6 +14,7 @@ words, a path made plain through the same links vng is given.
 from __future__ import annotations
 
 import shlex
+import shutil
 from pathlib import Path
 
 from ..arches import host_architecture
@@ -85,7 +86,12 @@ def build_direct_command(tree: KernelTree, accel: Accel, argv: list[str], initra
     for arg in kernel_args:
         _check_word(arg, "kernel command-line word", _WORD,
                     "letters, digits and _ . , : = / + @ -")
-    return [QEMU_BINARY[tree.arch], "-name", name, "-machine", "q35",
+    # By its full path, as vng runs it: what `ps` shows names the binary that ran
+    qemu = shutil.which(QEMU_BINARY[tree.arch])
+    if qemu is None:
+        raise KconformError(f"{QEMU_BINARY[tree.arch]} not found: apt-get install "
+                            "qemu-system-x86 (./kconform installs it)")
+    return [qemu, "-name", name, "-machine", "q35",
             "-accel", "kvm" if accel.name == "kvm" else "tcg", "-cpu", cpu_model,
             "-m", memory, "-smp", str(cpus), "-nodefaults", "-no-reboot", "-display", "none",
             "-chardev", "file,id=console,path=/proc/self/fd/2", "-serial", "chardev:console",
