@@ -32,14 +32,11 @@ from .initramfs import (
     modules_dir,
 )
 from .qemu import (
-    _CPU_MODEL,
-    _NAME,
     _WORD,
     QemuMachine,
     _check_word,
     build_vng_command,
-    check_memory,
-    guest_name,
+    check_machine_values,
     guest_python,
     refuse_without_9p,
     vng_path,
@@ -69,13 +66,7 @@ def build_direct_command(tree: KernelTree, accel: Accel, argv: list[str], initra
                          modules: Path, *, memory: str = "1G", cpus: int = 1,
                          name: str | None = None) -> list[str]:
     """QEMU's whole command line for one direct guest running `argv` (the agent)."""
-    name = _check_word(name or guest_name(), "the guest name", _NAME,
-                       "letters, digits and _ . - (up to 64)")
-    check_memory(memory)
-    if isinstance(cpus, bool) or not isinstance(cpus, int) or cpus < 1:
-        raise KconformError(f"guest CPUs {cpus!r}: use a whole number of at least 1")
-    cpu_model = _check_word(accel.cpu, "QEMU -cpu model", _CPU_MODEL,
-                            "letters, digits and _ . , = + -")
+    name, cpu_model = check_machine_values(name, memory, cpus, accel)
     image = tree.run_target or tree.vmlinuz
     if image is None:
         raise KconformError(f"{tree.name} has no kernel image to boot")

@@ -302,6 +302,20 @@ def refuse_without_9p(tree: KernelTree) -> None:
         "Refused before booting: run a flavour with 9p (the generic one) instead")
 
 
+def check_machine_values(name: str | None, memory: str, cpus: int,
+                         accel: Accel) -> tuple[str, str]:
+    """(the guest's name, the CPU model), once every value that shapes any guest's command line
+    is checked: the name (default: this process's), the memory size, the CPU count."""
+    name = _check_word(name or guest_name(), "the guest name", _NAME,
+                       "letters, digits and _ . - (up to 64)")
+    check_memory(memory)
+    if isinstance(cpus, bool) or not isinstance(cpus, int) or cpus < 1:
+        raise KconformError(f"guest CPUs {cpus!r}: use a whole number of at least 1")
+    cpu_model = _check_word(accel.cpu, "QEMU -cpu model", _CPU_MODEL,
+                            "letters, digits and _ . , = + -")
+    return name, cpu_model
+
+
 def build_vng_command(tree: KernelTree, accel: Accel, guest_cmd: str, *, memory: str = "1G",
                       cpus: int = 1, kernel_args: tuple[str, ...] = (),
                       extra_vng: tuple[str, ...] = (), name: str | None = None,
@@ -313,13 +327,7 @@ def build_vng_command(tree: KernelTree, accel: Accel, guest_cmd: str, *, memory:
     rw_dirs: (guest path, host directory) pairs the guest may write. own_boot_args=False leaves
     out kconform's BOOT_ARGS: virtme-ng's default kernel command line, the baseline that
     ./kconform bench measures kconform's boot against."""
-    name = _check_word(name or guest_name(), "the guest name", _NAME,
-                       "letters, digits and _ . - (up to 64)")
-    check_memory(memory)
-    if isinstance(cpus, bool) or not isinstance(cpus, int) or cpus < 1:
-        raise KconformError(f"guest CPUs {cpus!r}: use a whole number of at least 1")
-    cpu_model = _check_word(accel.cpu, "QEMU -cpu model", _CPU_MODEL,
-                            "letters, digits and _ . , = + -")
+    name, cpu_model = check_machine_values(name, memory, cpus, accel)
     boot_args = (*(BOOT_ARGS if own_boot_args else ()), *kernel_args)
     for arg in boot_args:
         _check_word(arg, "kernel argument", _WORD, "letters, digits and _ . , : = / + @ -")
