@@ -3,13 +3,21 @@
 One established TCP pair c<->p; p sits in a sockmap whose SK_MSG verdict program calls the helper
 chosen in `msg_cfg` on what p sends. The program records one `msg_run` per run; c reads what
 arrives after each send.
+
+What arrives after a send is fixed when the send returns and p's TCP has every byte it took
+acknowledged (settle.read_all_sent), not after a quiet moment: the verdict runs inside sendmsg
+(tcp_bpf_sendmsg() -> tcp_bpf_send_verdict(), and tcp_bpf_sendpage() for sendfile() before 6.5;
+5.10, 6.1, 6.12 and 7.3 tcp_bpf.c), and the program always returns SK_PASS, so by then the bytes
+it passed are in p's TCP (tcp_bpf_push()) and the bytes a cork holds are in psock->cork, which
+only a later sendmsg or sendpage hands on (no timer flushes it in any of those kernels).
 """
 import os
 import struct
 import tempfile
 
 from harness.agent import libbpf as bpf
-from harness.agent.sockets import closing_all, drained, tcp_pair
+from harness.agent.settle import read_all_sent
+from harness.agent.sockets import closing_all, tcp_pair
 
 OPS = {"none": 0, "apply": 1, "cork": 2, "pull": 3, "push": 4, "pop": 5}
 MAX_RUNS = 16
@@ -26,7 +34,9 @@ def _ret(value):
 
 def run_helper(obj, op, a=0, b=0, flags=0, first_run_only=True, sends=(100,), sendfile=False,
                wait=0.3):
-    """Send `sends` (sizes) from p; report each program run and what c received after each."""
+    """Send `sends` (sizes) from p; report each program run and what c received after each
+    (wait: the bound on p's bytes being acknowledged, after which c reads until quiet that
+    long)."""
     with bpf.BpfObject(obj) as o:
         sock_map = o.map_fd("sock_map")
         bpf.prog_attach(o.prog_fd("prog_msg_helper"), sock_map, "msg_verdict")
@@ -40,7 +50,7 @@ def run_helper(obj, op, a=0, b=0, flags=0, first_run_only=True, sends=(100,), se
                 data = payload(size)
                 send_result = _send(p, data, sendfile)
                 sent += data
-                received.append((send_result, drained(c, wait)))
+                received.append((send_result, read_all_sent(p, c, wait)))
             count = struct.unpack("<I", bpf.map_lookup(o.map_fd("run_count"), bpf.u32(0), 4))[0]
             runs = []
             for i in range(min(count, MAX_RUNS)):
