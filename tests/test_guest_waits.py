@@ -1,12 +1,18 @@
-"""The events that end the guest-side cases' waits for bytes (cases/guest/redirect.py), on fake
-results: each ends early only on what proves the outcome. No VM."""
+"""The events that end the guest-side cases' waits for bytes (cases/guest/redirect.py and
+doc_examples.py), on fake results and the host's own sockets: each ends early only on what
+proves the outcome, and otherwise waits as long as it always did. No VM."""
 from __future__ import annotations
 
 import struct
+import time
+from collections.abc import Iterator
 
 import pytest
 
-from cases.guest import redirect
+from cases.guest import doc_examples, redirect
+from harness.agent.sockets import closing_all, unix_pair
+
+LONG = 5.0  # a bound no passing test comes near: reaching it is the failure
 
 
 class FakeObject:
@@ -41,3 +47,53 @@ def results(monkeypatch):
 ])
 def test_only_the_programs_own_sk_drop_ends_the_wait(results, returned, runs, dropped):
     assert redirect._dropped(results(returned, runs)) is dropped
+
+
+@pytest.fixture
+def client_and_server() -> Iterator[tuple[tuple, tuple]]:
+    """(client, what the kernel would send it), (server, what would reach its application)."""
+    client, to_client = unix_pair()
+    server, to_server = unix_pair()
+    with closing_all(client, to_client, server, to_server):
+        yield (client, to_client), (server, to_server)
+
+
+def exchange(client_and_server, settle, echo=b"", passed=b""):
+    (client, to_client), (server, to_server) = client_and_server
+    if echo:
+        to_client.send(echo)
+    if passed:
+        to_server.send(passed)
+    started = time.monotonic()
+    return doc_examples._exchange(client, server, settle), time.monotonic() - started
+
+
+def test_an_echo_ends_the_wait_and_the_server_is_looked_at_once(client_and_server):
+    observed, took = exchange(client_and_server, LONG, echo=doc_examples.PAYLOAD)
+    assert observed == {"client_got_its_bytes_back": True, "server_application_got_bytes": False}
+    assert took < 1.0
+
+
+def test_bytes_the_server_reads_end_the_wait_and_the_client_is_looked_at_once(client_and_server):
+    observed, took = exchange(client_and_server, LONG, passed=doc_examples.PAYLOAD)
+    assert observed == {"client_got_its_bytes_back": False, "server_application_got_bytes": True}
+    assert took < 1.0
+
+
+def test_both_at_once_are_both_seen(client_and_server):
+    observed, _ = exchange(client_and_server, LONG, echo=doc_examples.PAYLOAD,
+                           passed=doc_examples.PAYLOAD)
+    assert observed == {"client_got_its_bytes_back": True, "server_application_got_bytes": True}
+
+
+def test_a_drop_waits_out_the_bound(client_and_server):
+    observed, took = exchange(client_and_server, 0.2)
+    assert observed == {"client_got_its_bytes_back": False, "server_application_got_bytes": False}
+    assert took >= 0.2
+
+
+def test_part_of_the_bytes_gives_the_other_socket_the_whole_wait(client_and_server):
+    """Not what any verdict here makes: the event proves nothing, so the old wait stands."""
+    observed, took = exchange(client_and_server, 0.2, echo=doc_examples.PAYLOAD[:5])
+    assert observed == {"client_got_its_bytes_back": False, "server_application_got_bytes": False}
+    assert took >= 0.2
