@@ -7,8 +7,10 @@ sets; the verdict redirects each message into the target (another TCP socket, at
 BPF_F_INGRESS, and both record every call and the skb->len they saw. The target reads.
 Bounded waits on events, not sleeps: the second send of a join waits until the parser has seen
 the first (so they are two skbs, not one); reading waits until every byte sent is read (or a
-bound passes), and after a split until the target is quiet a moment (a kernel that delivers a
-message twice queues the copies through the target's backlog work).
+bound passes), and after a split until the target is quiet for `quiet` seconds. That one is
+silence as the observation: a kernel that delivers a message twice queues the copies through the
+target's backlog work (sk_psock_skb_redirect() -> sk_psock_backlog()), where nothing user space
+can see says whether another is still to come.
 """
 import select
 import socket
@@ -52,9 +54,10 @@ def _read_all(sock, size, wait, quiet):
         got += data
 
 
-def parsed(obj, mode, settle):
+def parsed(obj, mode, settle, quiet):
     """mode "split": the parser says 4 bytes and one send carries 12; mode "join": the parser
-    says 12 and two sends carry 4 and 8."""
+    says 12 and two sends carry 4 and 8. settle: the bound on the parser's first call and on the
+    bytes sent arriving; quiet: how long a split's target must be quiet after them."""
     sends = (SPLIT,) if mode == "split" else JOIN
     length = 4 if mode == "split" else sum(map(len, JOIN))
     sent = b"".join(sends)
@@ -76,7 +79,7 @@ def parsed(obj, mode, settle):
                     obs["parser_saw_the_first_send"] = wait_until(
                         lambda: _calls(o, 0)[0] > 0, settle, interval=0.005)
             # only a split makes several messages, which a kernel could deliver more than once
-            got = _read_all(target, len(sent), settle, settle if mode == "split" else 0)
+            got = _read_all(target, len(sent), settle, quiet if mode == "split" else 0)
             runs, lens = _calls(o, 1)
             obs.update({"verdict_runs": runs, "verdict_skb_len": lens,
                         "received": "as sent" if got == sent else f"{len(got)} bytes: {got!r}"})
