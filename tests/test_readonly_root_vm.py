@@ -43,3 +43,27 @@ def test_a_root_guest_cannot_write_the_host_through_its_root(tmp_path):
     assert seen["write"] in REFUSED and seen["create"] in REFUSED, seen
     assert host_file.read_text() == ORIGINAL
     assert sorted(p.name for p in host_file.parent.iterdir()) == ["precious.txt"]
+
+
+def test_a_root_guest_cannot_write_the_host_through_a_direct_boots_root(tmp_path):
+    """The same for a direct boot (machines/direct.py), whose init mounts the host's root itself
+    over 9p: QEMU's readonly=on holds whatever the guest remounts."""
+    from harness.machines.direct import DirectMachine
+    host_file = tmp_path / "host" / "precious.txt"
+    host_file.parent.mkdir()
+    host_file.write_text(ORIGINAL)
+    provider = KernelProvider()
+    tree = provider.get("debian-6.1")
+    accel = choose_accel(tree.vmlinuz, cache=provider.cache)
+    session = GuestSession(DirectMachine(tree, accel, tmp_path / "console.log"), "debian-6.1",
+                           boot_timeout=300)
+    session.start()
+    try:
+        seen = session.call("tests.guest.host_root:write_through_root", timeout=60,
+                            path=str(host_file), content="written by the guest\n").result
+    finally:
+        session.close()
+    assert seen["bind"]["status"] == 0 and seen["share"]["fstype"] == "9p", seen
+    assert seen["write"] in REFUSED and seen["create"] in REFUSED, seen
+    assert host_file.read_text() == ORIGINAL
+    assert sorted(p.name for p in host_file.parent.iterdir()) == ["precious.txt"]
