@@ -19,28 +19,13 @@ import termios
 import time
 from collections.abc import Callable
 
-from .sockets import drained
+from .sockets import drained, read_ready
 
 # How often a wait that also watches kernel state looks at it: a map lookup or an ioctl is cheap
 # next to the milliseconds a redirect or an ACK takes under emulation.
 POLL_SECONDS = 0.005
 # <asm-generic/sockios.h>: SIOCOUTQ is TIOCOUTQ, the one Python's termios exports
 SIOCOUTQ = termios.TIOCOUTQ
-
-
-def _read_ready(socks: dict[str, socket.socket], ready: list[socket.socket]) -> dict[str, bytes]:
-    """One read of each socket in `ready`, as sockets.arrivals reads: a read that fails or reads
-    end of stream leaves the socket out."""
-    got: dict[str, bytes] = {}
-    for name, sock in socks.items():
-        if sock in ready:
-            try:
-                data = sock.recv(65536)
-            except OSError:
-                continue
-            if data:
-                got[name] = data
-    return got
 
 
 def first_arrivals(socks: dict[str, socket.socket], bound: float,
@@ -57,9 +42,9 @@ def first_arrivals(socks: dict[str, socket.socket], bound: float,
         ready = select.select(watched, [], [], left if nothing_will_come is None
                               else min(step, left))[0]
         if ready:
-            return _read_ready(socks, ready)
+            return read_ready(socks, ready)
         if nothing_will_come is not None and nothing_will_come():
-            return _read_ready(socks, select.select(watched, [], [], 0)[0])
+            return read_ready(socks, select.select(watched, [], [], 0)[0])
         if left == 0:
             return {}
         step = POLL_SECONDS

@@ -80,8 +80,14 @@ def closing_all(
 def arrivals(socks: dict[str, socket.socket], wait: float = 1.0) -> dict[str, bytes]:
     """{name: bytes} of the sockets in `socks` ({name: socket}) that have data within `wait`
     seconds: one read each. A socket whose read fails, or that reads end of stream, is left out."""
-    got: dict[str, bytes] = {}
     ready, _, _ = select.select(list(socks.values()), [], [], wait)
+    return read_ready(socks, ready)
+
+
+def read_ready(socks: dict[str, socket.socket], ready: list[socket.socket]) -> dict[str, bytes]:
+    """One read of each socket of `socks` that is in `ready`: a read that fails or reads end of
+    stream leaves the socket out."""
+    got: dict[str, bytes] = {}
     for name, sock in socks.items():
         if sock in ready:
             try:
