@@ -13,17 +13,27 @@ ORIGINAL = "the host's own content\n"
 REFUSED = ("EROFS", "EACCES", "EPERM")  # a write's errno, as the guest names it
 
 
-def test_a_root_guest_cannot_write_the_host_through_its_root(tmp_path):
+def _host_file(tmp_path):
+    """A file of the host's the guest will try to write, alone in its directory."""
     host_file = tmp_path / "host" / "precious.txt"
     host_file.parent.mkdir()
     host_file.write_text(ORIGINAL)
+    return host_file
+
+
+def _debian_6_1():
+    provider = KernelProvider()
+    tree = provider.get("debian-6.1")
+    return tree, choose_accel(tree.vmlinuz, cache=provider.cache)
+
+
+def test_a_root_guest_cannot_write_the_host_through_its_root(tmp_path):
+    host_file = _host_file(tmp_path)
     # A control the guest is allowed to write (--rwdir): proves a guest write is seen here.
     control = tmp_path / "writable" / "control.txt"
     control.parent.mkdir()
     control.write_text(ORIGINAL)
-    provider = KernelProvider()
-    tree = provider.get("debian-6.1")
-    accel = choose_accel(tree.vmlinuz, cache=provider.cache)
+    tree, accel = _debian_6_1()
     guest = QemuMachine(tree, accel, tmp_path / "console.log",
                   extra_vng=("--rwdir", f"/tmp/kconform-rw={control.parent}"))
     session = GuestSession(guest, "debian-6.1", boot_timeout=300)
@@ -49,12 +59,8 @@ def test_a_root_guest_cannot_write_the_host_through_a_direct_boots_root(tmp_path
     """The same for a direct boot (machines/direct.py), whose init mounts the host's root itself
     over 9p: QEMU's readonly=on holds whatever the guest remounts."""
     from harness.machines.direct import DirectMachine
-    host_file = tmp_path / "host" / "precious.txt"
-    host_file.parent.mkdir()
-    host_file.write_text(ORIGINAL)
-    provider = KernelProvider()
-    tree = provider.get("debian-6.1")
-    accel = choose_accel(tree.vmlinuz, cache=provider.cache)
+    host_file = _host_file(tmp_path)
+    tree, accel = _debian_6_1()
     session = GuestSession(DirectMachine(tree, accel, tmp_path / "console.log"), "debian-6.1",
                            boot_timeout=300)
     session.start()
