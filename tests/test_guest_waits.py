@@ -97,3 +97,62 @@ def test_part_of_the_bytes_gives_the_other_socket_the_whole_wait(client_and_serv
     observed, took = exchange(client_and_server, 0.2, echo=doc_examples.PAYLOAD[:5])
     assert observed == {"client_got_its_bytes_back": False, "server_application_got_bytes": False}
     assert took >= 0.2
+
+
+class FakeMatrixObject:
+    """A redirect-matrix row's BpfObject: every map is one fd; `results` holds what the test
+    says, and a slot the case writes keeps the value written."""
+
+    def __init__(self, slot0: int, runs_after_send: int) -> None:
+        self.slots = {0: slot0, 1: 0}
+        self.runs_after_send = runs_after_send
+
+    def map_fd(self, name: str) -> int:
+        return {"sock_map": 1, "sock_hash": 1, "cfg": 2, "results": 3}[name]
+
+
+def test_a_matrix_combination_does_not_stop_on_a_drop_left_in_the_slot(monkeypatch):
+    """The slot still says SK_DROP (its initial 0, or the previous combination's drop) when the
+    run count already shows this send's run (another CPU may see the two writes in that order):
+    the combination must not end there, as if its bytes were dropped (#17, redirect_matrix.py).
+    It writes NOT_YET before the send, so it waits out its bound instead."""
+    from cases.guest import redirect_matrix as matrix
+    o = FakeMatrixObject(slot0=0, runs_after_send=1)
+    sends = []
+
+    def update(fd, key, value, flags=0):
+        if fd == 3:
+            o.slots[struct.unpack("<I", key)[0]] = struct.unpack("<q", value)[0]
+
+    def lookup(fd, key, size):
+        slot = struct.unpack("<I", key)[0]
+        value = o.runs_after_send if slot == 1 and sends else o.slots[slot]
+        return struct.pack("<q", value)
+
+    monkeypatch.setattr(matrix.bpf, "map_update", update)
+    monkeypatch.setattr(matrix.bpf, "map_lookup", lookup)
+    hidden = []  # the real peers: what is sent goes there, where the case does not look
+
+    def unwatched_pair(wait):
+        (a, a_peer), (b, b_peer) = unix_pair(), unix_pair()
+        hidden.extend((a_peer, b_peer))
+        return a, b
+
+    monkeypatch.setitem(matrix.PAIRS, "unix_stream", unwatched_pair)
+    real_outcome = matrix.outcome
+
+    def recording_outcome(fn, *args):
+        if getattr(fn, "__name__", "") == "send":
+            sends.append(args)
+        return real_outcome(fn, *args)
+
+    monkeypatch.setattr(matrix, "outcome", recording_outcome)
+    settle = 0.3
+    started = time.monotonic()
+    observed = matrix._one(o, "sockmap", "sk_msg", "egress", "unix_stream", "unix_stream",
+                           False, settle)
+    took = time.monotonic() - started
+    for sock in hidden:
+        sock.close()
+    assert sends and observed["received_by"] == [] and observed["verdict_ran"] is True
+    assert took >= settle, observed  # it waited for bytes that may still come

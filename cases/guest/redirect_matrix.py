@@ -31,6 +31,10 @@ PROGRAMS = {"sk_skb": ("prog_skb_redirect", "stream_verdict"),
 FLAGS = {"egress": 0, "ingress": 1}  # BPF_F_INGRESS
 PAYLOAD = b"kconform-matrix"
 OOB = b"!"
+# results[0] before each send, until the program writes what the helper returned: an SK_DROP
+# read from the slot is then the program's own (its initial 0, or the previous combination's
+# drop, is not), whatever order another CPU sees the program's two writes in (as redirect.py)
+NOT_YET = -1
 VMADDR_CID_LOCAL = 1
 
 
@@ -132,6 +136,7 @@ def _one(o, map_name, program, direction, source_kind, target_kind, oob, settle)
             return obs
         sender = source if program == "sk_msg" else source_peer
         before = _runs(results)
+        bpf.map_update(results, bpf.u32(0), struct.pack("<q", NOT_YET))
         obs["send"] = outcome(sender.send, PAYLOAD)
         if oob:
             obs["send_oob"] = outcome(sender.send, OOB, socket.MSG_OOB)
