@@ -619,3 +619,19 @@ def test_the_debootstrap_command_holds_no_option_from_the_recipe(tmp_path, monke
     assert options[-2:] == [f"--keyring={rootfs.DEBIAN_KEYRING}", "--force-check-gpg"]
     assert cmd[len(options):] == ["bookworm", str(tmp_path / "root"),
                                   "http://deb.debian.org/debian"]
+
+
+# ----------------------------------------------------------------------------- --guest-boot
+
+@pytest.mark.parametrize("args, words", [
+    (["--kernel", "debian-6.12-arm64"], ["--guest-boot direct", "debian-6.12-arm64 is arm64",
+                                         "--guest-boot auto"]),
+    (["--kernel", "debian-6.1", "--rootfs", "debian-bookworm"],
+     ["--guest-boot direct boots the host's root", "--rootfs debian-bookworm"]),
+])
+def test_a_direct_boot_of_what_only_virtme_ng_boots_is_a_usage_error(args, words):
+    assert_usage_error(collect("--guest-boot", "direct", *args), *words)
+
+
+def test_an_unknown_guest_boot_is_a_usage_error():
+    assert_usage_error(collect("--guest-boot", "fast"), "--guest-boot", "direct", "virtme-ng")

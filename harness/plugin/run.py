@@ -21,7 +21,7 @@ from ..judging.crashes import crash_fingerprint
 from ..judging.health import HealthRules, KnownCrash, KnownCrashes
 from ..kernels import KernelProvider, KernelTree, expand_kernel_args, load_specs
 from ..kernels.selectors import pinned_name, split_pinned
-from ..kernels.specs import parse_arches
+from ..kernels.specs import KernelSpec, parse_arches
 from ..machines.accel import Accel, choose_accel
 from ..machines.channel import Machine
 from ..machines.factory import guest_machine
@@ -227,6 +227,8 @@ class KconformRun:
         self._rootfs_errors: dict[str, KconformError] = {}
         self.memory = check_memory(opt.guest_memory)
         self.guest_boot: str = opt.guest_boot
+        if opt.guest_boot == "direct":
+            _check_direct_boot(opt.rootfs, self.kernel_names, self.specs)
         self.health = HealthRules()
         # Every target URL is checked before the first target is connected to.
         parsed_targets = [
@@ -376,6 +378,21 @@ class KconformRun:
                                                 rootfs=self._roots.get(tree.arch)))
         except KconformError:
             return None  # a line that cannot be made safe: the kernel's tests already say why
+
+
+def _check_direct_boot(rootfs: str, names: list[str], specs: dict[str, KernelSpec]) -> None:
+    """--guest-boot direct with what only virtme-ng boots (machines/direct.py
+    direct_boot_problem) is a usage error, before anything is fetched: a pinned root, or a
+    kernel definition of another architecture than the host's."""
+    if rootfs != HOST:
+        raise KconformError(f"--guest-boot direct boots the host's root; --rootfs {rootfs} "
+                            "boots through virtme-ng: drop one, or use --guest-boot auto")
+    for name in names:
+        spec = specs.get(split_pinned(name)[0])
+        if spec is not None and spec.arch != host_architecture():
+            raise KconformError(f"--guest-boot direct boots {host_architecture()} kernels; "
+                                f"{name} is {spec.arch}, which boots through virtme-ng: use "
+                                "--guest-boot auto")
 
 
 def _known_crashes(opt: argparse.Namespace) -> KnownCrashes:
