@@ -92,11 +92,14 @@ def test_a_server_that_hangs_up_after_its_banner_is_a_clear_transient_error():
     def hang_up():
         conn, _ = server.accept()
         conn.sendall(b"SSH-2.0-kconform-test\r\n")
-        # The client's banner read first: a close with it unread sends a reset instead, and the
-        # client then fails at its connect (ECONNRESET), not in the handshake this is about.
-        conn.settimeout(5)
+        # The hang-up is a FIN, and what the client sends is read until it gives up: a close
+        # with its bytes unread sends a reset instead, and the client then fails at its
+        # connect (ECONNRESET), not in the handshake this is about.
+        conn.shutdown(socket.SHUT_WR)
+        conn.settimeout(10)
         with contextlib.suppress(OSError):
-            conn.recv(256)
+            while conn.recv(4096):
+                pass
         conn.close()
 
     threading.Thread(target=hang_up, daemon=True).start()
