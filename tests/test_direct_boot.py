@@ -80,7 +80,7 @@ def test_the_initramfs_has_busybox_the_modules_in_order_and_the_init(tmp_path, m
     for name in ("netfs.ko.xz", "9pnet.ko.xz", "9p.ko.xz"):
         (modules / name).write_bytes(lzma.compress(name.encode()))
         files.append(modules / name)
-    monkeypatch.setattr(initramfs, "root_module_files", lambda t, m: files)
+    monkeypatch.setattr(initramfs, "root_module_files", lambda t, m, r="9p": files)
     entries = read_newc(initramfs.initramfs_content(tree, modules))
     assert entries["init"][0] == 0o100755
     assert entries["init"][1] == initramfs.INIT_SCRIPT.encode()
@@ -89,10 +89,16 @@ def test_the_initramfs_has_busybox_the_modules_in_order_and_the_init(tmp_path, m
     assert entries["modules/order"][1] == b"netfs.ko\n9pnet.ko\n9p.ko\n"  # dependencies first
     assert entries["modules/9p.ko"][1] == b"9p.ko.xz"
     # the same content is the same cached file; other modules are another
-    first = initramfs.initramfs_for(tree, tmp_path / "cache")
-    assert initramfs.initramfs_for(tree, tmp_path / "cache") == first
-    (modules / "9p.ko.xz").write_bytes(lzma.compress(b"rebuilt"))
-    assert initramfs.initramfs_for(tree, tmp_path / "cache") != first
+    # the same inputs are the same cached file, found without building it again; new modules
+    # (a new modules.dep), or a root of the other kind, are another
+    first = initramfs.initramfs_for(tree, tmp_path / "cache", modules)
+    monkeypatch.setattr(initramfs, "initramfs_content", lambda *a: pytest.fail("rebuilt"))
+    assert initramfs.initramfs_for(tree, tmp_path / "cache", modules) == first
+    monkeypatch.undo()
+    monkeypatch.setattr(initramfs, "root_module_files", lambda t, m, r="9p": files)
+    (modules / "modules.dep").write_text("9p.ko: 9pnet.ko netfs.ko\n")
+    assert initramfs.initramfs_for(tree, tmp_path / "cache", modules) != first
+    assert "-disk-" in initramfs.initramfs_for(tree, tmp_path / "cache", modules, "disk").name
 
 
 def test_the_init_finds_the_agents_port_by_name_and_mounts_the_root_read_only():
@@ -134,7 +140,7 @@ def test_a_blank_in_the_agents_command_is_refused_the_kernel_would_split_it(tmp_
 
 
 def test_the_factory_boots_directly_only_what_a_direct_boot_covers(tmp_path, monkeypatch):
-    monkeypatch.setattr(initramfs, "root_module_files", lambda t, m: [])
+    monkeypatch.setattr(initramfs, "root_module_files", lambda t, m, r="9p": [])
     log = tmp_path / "console.log"
     tree = debian_tree(tmp_path)
     assert direct_boot_problem(tree, None) is None
@@ -151,7 +157,7 @@ def test_the_factory_boots_directly_only_what_a_direct_boot_covers(tmp_path, mon
 
 
 def test_a_direct_guest_offers_a_vng_shell_line_by_hand(tmp_path, monkeypatch):
-    monkeypatch.setattr(initramfs, "root_module_files", lambda t, m: [])
+    monkeypatch.setattr(initramfs, "root_module_files", lambda t, m, r="9p": [])
     machine = guest_machine(debian_tree(tmp_path), TCG, tmp_path / "console.log")
     assert machine.boot_kind == "direct"
     assert shlex.split(machine.command_line())[0].endswith("/qemu-system-x86_64")

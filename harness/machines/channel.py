@@ -50,7 +50,9 @@ class Console:
     """The console lines of one machine: the log file holds them up to a cap, memory the last
     4000. The file is started afresh, so a log never mixes two runs."""
 
-    def __init__(self, log_path: Path, max_bytes: int = MAX_LOG_BYTES):
+    def __init__(self, log_path: Path, max_bytes: int = MAX_LOG_BYTES, fresh: bool = True):
+        """fresh: start the file afresh (not when a second QEMU of the same machine goes on in
+        it: a restore that failed, then the cold boot)."""
         self.log_path = log_path
         self.max_bytes = max_bytes
         self.lines: collections.deque[str] = collections.deque(maxlen=4000)
@@ -59,7 +61,8 @@ class Console:
         self.ended = threading.Event()  # the stream is over: no more lines will come
         self._lock = threading.Lock()  # count and lines change together
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        log_path.write_bytes(b"")  # a previous run's file of the same name is not appended to
+        if fresh:
+            log_path.write_bytes(b"")  # a previous run's file of the same name is not appended to
 
     def pump(self, stream: Iterable[bytes]) -> None:
         """Copy a stream into the log until it ends (run in a thread)."""
@@ -95,6 +98,16 @@ class Console:
             if dropped_lines:
                 log.write(f"kconform: {dropped_lines} lines ({dropped_bytes} bytes) after the "
                           f"cap were not written\n".encode())
+
+    def note(self, text: str) -> None:
+        """A line of kconform's own in the log and the lines (what a restore did), written in
+        one append, so a pump writing beside it never splits it."""
+        line = f"kconform: {text}"
+        with open(self.log_path, "ab", buffering=0) as log:
+            log.write(line.encode() + b"\n")
+        with self._lock:
+            self.lines.append(line)
+            self.count += 1
 
     def tail(self, n: int = 40, since: int | None = None) -> list[str]:
         """The last n lines, only from line number `since` on when it is given."""

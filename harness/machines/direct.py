@@ -13,8 +13,10 @@ words, a path made plain through the same links vng is given.
 """
 from __future__ import annotations
 
+import re
 import shlex
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..arches import host_architecture
@@ -26,7 +28,10 @@ from .accel import Accel
 from .initramfs import (
     AGENT_PORT,
     MODULES_PARAM,
+    MODULES_SERIAL,
     RELEASE_PARAM,
+    ROOT_PARAM,
+    ROOT_SERIAL,
     ROOT_TAG,
     initramfs_for,
     modules_dir,
@@ -47,33 +52,67 @@ QEMU_BINARY = {"amd64": "qemu-system-x86_64"}
 # The kernel's own console settings as virtme-ng sets them (its --verbose): every record on the
 # serial console, early ones too, so a kernel that dies before its console driver still says why.
 CONSOLE_ARGS = ("console=ttyS0", "earlyprintk=serial,ttyS0,115200", "loglevel=7")
+_DRIVE_PATH = re.compile(r"/[A-Za-z0-9_.:/+@-]+")
 
 
-def direct_boot_problem(tree: KernelTree, rootfs: Rootfs | None) -> str | None:
-    """Why this guest cannot boot directly (then it boots through virtme-ng), or None."""
+def direct_boot_modules(tree: KernelTree, rootfs: Rootfs | None) -> Path | str:
+    """The modules directory a direct boot of this guest loads its root's modules from, or why
+    it cannot boot directly (then it boots through virtme-ng)."""
     if tree.arch != host_architecture() or tree.arch not in QEMU_BINARY:
         return f"an {tree.arch} kernel boots through virtme-ng (its -M virt machine and init)"
     if rootfs is not None:
         return "a pinned root boots through virtme-ng"
     if tree.vmlinuz is None and tree.run_target is None:
         return "it has no kernel image"
-    if modules_dir(tree) is None:
-        return f"no lib/modules/{tree.release} beside its kernel image to load 9p from"
-    return None
+    modules = modules_dir(tree)
+    if modules is None:
+        return f"no lib/modules/{tree.release} beside its kernel image to load its root's from"
+    return modules
+
+
+def direct_boot_problem(tree: KernelTree, rootfs: Rootfs | None) -> str | None:
+    """Why this guest cannot boot directly, or None."""
+    found = direct_boot_modules(tree, rootfs)
+    return found if isinstance(found, str) else None
+
+
+@dataclass(frozen=True)
+class RootDisks:
+    """A root on disk images instead of the host's over 9p (machines/guest_image.py)."""
+    root: Path
+    modules: Path
 
 
 def build_direct_command(tree: KernelTree, accel: Accel, argv: list[str], initramfs: Path,
                          modules: Path, *, memory: str = "1G", cpus: int = 1,
-                         name: str | None = None) -> list[str]:
-    """QEMU's whole command line for one direct guest running `argv` (the agent)."""
+                         name: str | None = None, disks: RootDisks | None = None) -> list[str]:
+    """QEMU's whole command line for one direct guest running `argv` (the agent), its root the
+    host's over 9p, or `disks`."""
     name, cpu_model = check_machine_values(name, memory, cpus, accel)
     image = tree.run_target or tree.vmlinuz
     if image is None:
         raise KconformError(f"{tree.name} has no kernel image to boot")
-    refuse_without_9p(tree)
-    kernel_args = [*CONSOLE_ARGS, "panic=-1", "rdinit=/init",
-                   f"{MODULES_PARAM}={vng_path(modules)}", f"{RELEASE_PARAM}={tree.release}",
-                   "--", *argv]
+    if disks is None:
+        refuse_without_9p(tree)
+        root_args = [f"{MODULES_PARAM}={vng_path(modules)}"]
+        root_devices = [
+            "-fsdev", "local,id=root,path=/,security_model=none,readonly=on,multidevs=remap",
+            "-device", f"virtio-9p-pci,fsdev=root,mount_tag={ROOT_TAG}"]
+    else:
+        root_args = [f"{ROOT_PARAM}=disk"]
+        # A guest on disks is one that is saved and restored: a generation id that QEMU makes
+        # anew at each start tells a restored kernel (CONFIG_VMGENID, 5.18 on) to reseed its
+        # random number generator, so restored guests do not all draw the same numbers.
+        root_devices = ["-device", "vmgenid,guid=auto"]
+        for drive, path, serial in (("root", disks.root, ROOT_SERIAL),
+                                    ("mods", disks.modules, MODULES_SERIAL)):
+            # QEMU splits -drive at commas: the path is held to plain characters without one
+            plain = _check_word(vng_path(path), "a disk image's path", _DRIVE_PATH,
+                                "letters, digits and _ . : / + @ -")
+            root_devices += ["-drive", f"file={plain},format=raw,if=none,id={drive},readonly=on",
+                             "-device", f"virtio-blk-pci,drive={drive},serial={serial}"]
+    kernel_args = [*CONSOLE_ARGS, "panic=-1", "rdinit=/init", *root_args,
+                   f"{RELEASE_PARAM}={tree.release}", "--", *argv]
     for arg in kernel_args:
         _check_word(arg, "kernel command-line word", _WORD,
                     "letters, digits and _ . , : = / + @ -")
@@ -87,9 +126,7 @@ def build_direct_command(tree: KernelTree, accel: Accel, argv: list[str], initra
             "-m", memory, "-smp", str(cpus), "-nodefaults", "-no-reboot", "-display", "none",
             "-chardev", "file,id=console,path=/proc/self/fd/2", "-serial", "chardev:console",
             "-chardev", "stdio,id=agent,signal=off", "-device", "virtio-serial-pci",
-            "-device", f"virtserialport,name={AGENT_PORT},chardev=agent",
-            "-fsdev", "local,id=root,path=/,security_model=none,readonly=on,multidevs=remap",
-            "-device", f"virtio-9p-pci,fsdev=root,mount_tag={ROOT_TAG}",
+            "-device", f"virtserialport,name={AGENT_PORT},chardev=agent", *root_devices,
             "-kernel", str(image), "-initrd", str(initramfs), "-append", " ".join(kernel_args)]
 
 
@@ -99,19 +136,24 @@ class DirectMachine(QemuMachine):
     boot_kind = "direct"
 
     def __init__(self, tree: KernelTree, accel: Accel, console_log: Path, *,
-                 memory: str = "1G", cpus: int = 1, cache: Path | None = None):
+                 memory: str = "1G", cpus: int = 1, cache: Path | None = None,
+                 modules: Path | None = None):
+        """modules: the tree's modules directory, as direct_boot_modules found it (looked up
+        here when not given)."""
         self.tree = tree
         self.accel = accel
         self.rootfs = None
-        problem = direct_boot_problem(tree, None)
-        if problem is not None:
-            raise KconformError(f"{tree.name} cannot boot directly: {problem}; boot it with "
-                                "--guest-boot virtme-ng")
-        modules = modules_dir(tree)
-        assert modules is not None  # direct_boot_problem said so
+        if modules is None:
+            found = direct_boot_modules(tree, None)
+            if isinstance(found, str):
+                raise KconformError(f"{tree.name} cannot boot directly: {found}; boot it with "
+                                    "--guest-boot virtme-ng")
+            modules = found
+        self.modules = modules
+        self.cache = cache or cache_dir()
         argv = agent_argv(guest_python(), vng_path(REPO_ROOT), boot_log=True)
         self.cmd = build_direct_command(tree, accel, argv,
-                                        initramfs_for(tree, cache or cache_dir()), modules,
+                                        initramfs_for(tree, self.cache, modules), modules,
                                         memory=memory, cpus=cpus)
         self._memory, self._cpus = memory, cpus
         self._attach(console_log)

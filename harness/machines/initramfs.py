@@ -30,16 +30,22 @@ from ..kernels import KernelTree
 # --show-depends; a built-in one needs no file): the virtio PCI transport and the console's
 # ports (modules in Debian's 5.10 and 6.1, built in from 6.12 on), the 9p root, and overlay for
 # the writable /usr/lib that holds the kernel's /lib/modules link.
-GUEST_MODULES = ("virtio_pci", "virtio_console", "9p", "9pnet_virtio", "overlay")
+# A root on disk images (machines/guest_image.py, for a guest that is saved and restored) needs
+# the block device and ext4 in their place.
+GUEST_MODULES = {"9p": ("virtio_pci", "virtio_console", "9p", "9pnet_virtio", "overlay"),
+                 "disk": ("virtio_pci", "virtio_console", "virtio_blk", "ext4")}
 BUSYBOX_PATHS = ("/bin/busybox", "/usr/bin/busybox")
-APPLETS = ("sh", "mount", "insmod", "mkdir", "cat", "ip", "switch_root", "ln", "echo", "chmod",
-           "poweroff", "sleep")
+APPLETS = ("sh", "mount", "insmod", "mkdir", "cat", "ip", "switch_root", "ln", "echo", "poweroff",
+           "sleep")
 AGENT_PORT = "kconform.agent"   # the virtserialport's name= on QEMU's command line
 ROOT_TAG = "kconform-root"      # the 9p mount_tag of the guest's root
 # Where the init sees the kernel's modules directory (a host path, through the 9p root) and the
 # release it belongs under: given on the kernel command line, so one initramfs serves one tree.
 MODULES_PARAM = "kconform.modules"
 RELEASE_PARAM = "kconform.release"
+ROOT_PARAM = "kconform.root"    # 9p (the host's root) or disk (the images, by their serial=)
+ROOT_SERIAL = "kconform-root"   # the virtio-blk serial= of the root image
+MODULES_SERIAL = "kconform-mods"  # and of the modules image
 
 # Run by busybox sh as /init. Writes to /dev/kmsg are its console lines (boot_phases.py reads the
 # "kconform-init:" ones). Every mount the guest's own init would make that a case or the agent
@@ -51,28 +57,50 @@ mount -t devtmpfs dev /dev
 log() { echo "kconform-init: $*" > /dev/kmsg; }
 log "loading modules"
 for m in $(cat /modules/order); do insmod /modules/$m || log "insmod $m failed"; done
+root=9p
 for arg in $(cat /proc/cmdline); do
   case "$arg" in
     kconform.modules=*) modules="${arg#kconform.modules=}" ;;
     kconform.release=*) release="${arg#kconform.release=}" ;;
+    kconform.root=*) root="${arg#kconform.root=}" ;;
   esac
 done
 log "mounting root"
-# cache=loose: the guest keeps what it read of the host's files (Python's start 1.1 s shorter
-# under TCG). Nothing it reads changes under it during a run: the repo does not, and a BPF object
-# is a new file, named by its content's digest, built before the call that names it.
-if ! mount -t 9p -o ro,trans=virtio,version=9p2000.L,access=any,msize=524288,cache=loose \
-    kconform-root /newroot; then
-  log "cannot mount the root"; exec poweroff -f
+tmpfs() {
+  mount -t tmpfs -o mode=1777 tmpfs /newroot/tmp
+  mount -t tmpfs -o mode=1777 tmpfs /newroot/var/tmp
+  mount -t tmpfs -o mode=0755 tmpfs /newroot/run
+}
+if [ "$root" = disk ]; then
+  # each image by the serial= QEMU gave its virtio-blk device, not by probe order
+  disk() {
+    for b in /sys/block/vd*; do
+      [ "$(cat "$b/serial" 2>/dev/null)" = "$1" ] && echo "/dev/${b##*/}"
+    done
+  }
+  if ! mount -t ext4 -o ro "$(disk kconform-root)" /newroot; then
+    log "cannot mount the root image"; exec poweroff -f
+  fi
+  tmpfs
+  if ! mount -t ext4 -o ro "$(disk kconform-mods)" /newroot/usr/lib/modules; then
+    log "cannot mount the modules image"; exec poweroff -f
+  fi
+else
+  # cache=loose: the guest keeps what it read of the host's files (Python's start 1.1 s shorter
+  # under TCG). Nothing it reads changes under it during a run: the repo does not, and a BPF
+  # object is a new file, named by its content's digest, built before the call that names it.
+  if ! mount -t 9p -o ro,trans=virtio,version=9p2000.L,access=any,msize=524288,cache=loose \
+      kconform-root /newroot; then
+    log "cannot mount the root"; exec poweroff -f
+  fi
+  tmpfs
+  over=/newroot/run/kconform
+  mkdir -p $over/lib-upper $over/lib-work
+  mount -t overlay -o lowerdir=/newroot/usr/lib,upperdir=$over/lib-upper,workdir=$over/lib-work \
+    overlay /newroot/usr/lib
+  mkdir -p /newroot/usr/lib/modules
+  [ -n "$modules" ] && ln -s "$modules" "/newroot/usr/lib/modules/$release"
 fi
-for d in tmp run var/tmp; do mount -t tmpfs -o mode=0755 tmpfs /newroot/$d; done
-chmod 1777 /newroot/tmp /newroot/var/tmp 2>/dev/null
-over=/newroot/run/kconform
-mkdir -p $over/lib-upper $over/lib-work
-mount -t overlay -o lowerdir=/newroot/usr/lib,upperdir=$over/lib-upper,workdir=$over/lib-work \
-  overlay /newroot/usr/lib
-mkdir -p /newroot/usr/lib/modules
-[ -n "$modules" ] && ln -s "$modules" "/newroot/usr/lib/modules/$release"
 ip link set lo up
 # A port is announced by QEMU over the device's control queue after the driver binds: wait
 # for its name (up to 30 s) rather than race it.
@@ -143,13 +171,13 @@ def modules_dir(tree: KernelTree) -> Path | None:
     return None
 
 
-def root_module_files(tree: KernelTree, modules: Path) -> list[Path]:
-    """The module files a 9p root needs, dependencies first, each once."""
+def root_module_files(tree: KernelTree, modules: Path, root: str = "9p") -> list[Path]:
+    """The module files a root of this kind needs, dependencies first, each once."""
     base = modules.parents[2]  # <base>/lib/modules/<release>: modprobe -d takes <base>
     if base.name == "usr":
         base = base.parent
     files: list[Path] = []
-    for module in GUEST_MODULES:
+    for module in GUEST_MODULES[root]:
         proc = subprocess.run(["modprobe", "-d", str(base), "-S", tree.release,
                                "--show-depends", module], capture_output=True, text=True)
         if proc.returncode != 0:
@@ -181,14 +209,14 @@ def _module_bytes(path: Path) -> tuple[str, bytes]:
     return name, data
 
 
-def initramfs_content(tree: KernelTree, modules: Path) -> bytes:
+def initramfs_content(tree: KernelTree, modules: Path, root: str = "9p") -> bytes:
     busybox = _busybox().read_bytes()
     entries: list[tuple[str, int, bytes | None]] = [
         (d, 0o40755, None) for d in ("bin", "dev", "proc", "sys", "newroot", "modules")]
     entries.append(("bin/busybox", 0o100755, busybox))
     entries += [(f"bin/{applet}", 0o120777, b"busybox") for applet in APPLETS]
     order = []
-    for path in root_module_files(tree, modules):
+    for path in root_module_files(tree, modules, root):
         name, data = _module_bytes(path)
         order.append(name)
         entries.append((f"modules/{name}", 0o100644, data))
@@ -197,21 +225,24 @@ def initramfs_content(tree: KernelTree, modules: Path) -> bytes:
     return _newc(entries)
 
 
-def initramfs_for(tree: KernelTree, cache: Path) -> Path:
-    """The cached initramfs for this tree's release: made once, reused while its content (the
-    modules, busybox, the init) is the same."""
-    modules = modules_dir(tree)
-    if modules is None:
-        raise KconformError(f"{tree.name}: no lib/modules/{tree.release} beside its kernel "
-                            "image, which a direct boot loads its 9p modules from; boot it with "
-                            "--guest-boot virtme-ng")
-    content = initramfs_content(tree, modules)
-    digest = hashlib.sha256(content).hexdigest()[:24]
+def initramfs_key(tree: KernelTree, modules: Path, root: str) -> str:
+    """What the initramfs is made of, read without making it: the init, the applets, busybox and
+    the module set by their files' size and mtime (modules.dep changes with the modules)."""
+    busybox, dep = _busybox().stat(), (modules / "modules.dep").stat()
+    words = [INIT_SCRIPT, " ".join(APPLETS), " ".join(GUEST_MODULES[root]), tree.release,
+             str(modules), f"{busybox.st_size}:{busybox.st_mtime_ns}",
+             f"{dep.st_size}:{dep.st_mtime_ns}"]
+    return hashlib.sha256("\0".join(words).encode()).hexdigest()[:24]
+
+
+def initramfs_for(tree: KernelTree, cache: Path, modules: Path, root: str = "9p") -> Path:
+    """The cached initramfs for this tree and root kind: made once, reused while what it is made
+    of is the same (initramfs_key), so a boot reads no module and runs no modprobe."""
     directory = cache / "initramfs"
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{tree.release}-{digest}.cpio"
+    path = directory / f"{tree.release}-{root}-{initramfs_key(tree, modules, root)}.cpio"
     if not path.exists():
         scratch = path.with_name(f".{path.name}.{os.getpid()}")
-        scratch.write_bytes(content)
+        scratch.write_bytes(initramfs_content(tree, modules, root))
         os.replace(scratch, path)
     return path

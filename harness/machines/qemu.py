@@ -390,9 +390,9 @@ class QemuMachine:
                                      rw_dirs=rw_dirs)
         self._attach(console_log)
 
-    def _attach(self, console_log: Path) -> None:
+    def _attach(self, console_log: Path, fresh: bool = True) -> None:
         """The console log and the agent's channel, for a process not started yet."""
-        self.console = Console(console_log)
+        self.console = Console(console_log, fresh=fresh)
         self.channel = LineChannel(self.console)
         self.proc: subprocess.Popen[bytes] | None = None
         self._reaper: subprocess.Popen[bytes] | None = None
