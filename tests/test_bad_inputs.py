@@ -627,7 +627,7 @@ def test_the_debootstrap_command_holds_no_option_from_the_recipe(tmp_path, monke
     (["--kernel", "debian-6.12-arm64"], ["--guest-boot direct", "debian-6.12-arm64 is arm64",
                                          "--guest-boot auto"]),
     (["--kernel", "debian-6.1", "--rootfs", "debian-bookworm"],
-     ["--guest-boot direct boots the host's root", "--rootfs debian-bookworm"]),
+     ["--guest-boot direct boots the host's files", "--rootfs debian-bookworm"]),
 ])
 def test_a_direct_boot_of_what_only_virtme_ng_boots_is_a_usage_error(args, words):
     assert_usage_error(collect("--guest-boot", "direct", *args), *words)

@@ -30,13 +30,16 @@ class CallTimeout(Exception):
 
 
 class Request(TypedDict, total=False):
-    """One line from the host (harness/machines/session.py writes them): op is "ping", "call" or
-    "exit"; a call names its function ("module:function"), its keyword arguments and its time."""
+    """One line from the host (harness/machines/session.py writes them): op is "ping", "call",
+    "hello", "put" or "exit"; a call names its function ("module:function"), its keyword
+    arguments and its time; a put names a file and carries its content (base64)."""
     id: int
     op: str
     fn: str
     kwargs: dict[str, object]
     timeout: float
+    name: str
+    data: str
 
 
 class KernelLog:
@@ -159,7 +162,32 @@ def handle(request: Request, kmsg: KernelLog) -> dict[str, object]:
         response["health"] = {"log_during": kmsg.drain(),
                               "taint_before": before_taint, "taint_after": tainted()}
         return response
+    if op == "hello":
+        # A guest restored from a saved one (machines/snapshot.py) is past its first hello: the
+        # host asks again, and learns its uptime and anything logged since it was saved.
+        return ready_event(kmsg)
+    if op == "put":
+        return put_file(request.get("name", ""), request.get("data", ""))
     return {"ok": False, "error": {"type": "BadRequest", "message": f"unknown op {op!r}"}}
+
+
+PUT_DIR = "/run/kconform/files"
+
+
+def put_file(name: object, data: object) -> dict[str, object]:
+    """Write a file the host sent (a BPF object, for a guest that does not share its files) to
+    PUT_DIR/name; its path is the result."""
+    import base64
+    if (not isinstance(name, str) or not name or "/" in name or name.startswith(".")
+            or not isinstance(data, str)):
+        return {"ok": False, "error": {"type": "BadRequest",
+                                       "message": f"put needs a plain file name, not {name!r}"}}
+    os.makedirs(PUT_DIR, exist_ok=True)
+    path = os.path.join(PUT_DIR, name)
+    with open(path + ".new", "wb") as f:
+        f.write(base64.b64decode(data))
+    os.replace(path + ".new", path)
+    return {"ok": True, "result": path}
 
 
 def ready_event(kmsg: KernelLog) -> dict[str, object]:

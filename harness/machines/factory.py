@@ -2,30 +2,37 @@
 spread around)."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import KconformError
 from ..kernels import KernelTree
 from .accel import Accel
-from .direct import DirectMachine, direct_boot_problem
+from .direct import DirectMachine, direct_boot_modules
 from .qemu import QemuMachine
 from .rootfs import Rootfs
+from .snapshot import SnapshotMachine
 
 # --guest-boot: auto boots directly where it can, else through virtme-ng; virtme-ng is the old
 # path (kept to compare against, and for what a direct boot does not cover).
-GUEST_BOOTS = ("auto", "direct", "virtme-ng")
+# snapshot boots directly on disk images, saves the booted guest and restores it after.
+GUEST_BOOTS = ("auto", "direct", "snapshot", "virtme-ng")
 
 
 def guest_machine(tree: KernelTree, accel: Accel, console_log: Path, *,
                   rootfs: Rootfs | None = None, memory: str = "1G", boot: str = "auto",
-                  cache: Path | None = None) -> QemuMachine:
+                  cache: Path | None = None, log: Callable[[str], None] = lambda msg: None,
+                  boot_within: float = 600.0) -> QemuMachine:
     """A machine for this kernel, not started yet."""
     if boot not in GUEST_BOOTS:
         raise KconformError(f"--guest-boot {boot!r}: one of {', '.join(GUEST_BOOTS)}")
-    problem = direct_boot_problem(tree, rootfs)
-    if boot == "virtme-ng" or (boot == "auto" and problem is not None):
+    found = direct_boot_modules(tree, rootfs)
+    if boot == "virtme-ng" or (boot == "auto" and isinstance(found, str)):
         return QemuMachine(tree, accel, console_log, rootfs=rootfs, memory=memory)
-    if problem is not None:
-        raise KconformError(f"--guest-boot direct: {tree.name} cannot boot directly ({problem});"
+    if isinstance(found, str):
+        raise KconformError(f"--guest-boot {boot}: {tree.name} cannot boot directly ({found});"
                             " use --guest-boot auto or virtme-ng")
-    return DirectMachine(tree, accel, console_log, memory=memory, cache=cache)
+    if boot == "snapshot":
+        return SnapshotMachine(tree, accel, console_log, memory=memory, cache=cache,
+                               modules=found, log=log, boot_within=boot_within)
+    return DirectMachine(tree, accel, console_log, memory=memory, cache=cache, modules=found)

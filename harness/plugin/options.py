@@ -6,6 +6,8 @@ import math
 
 import pytest
 
+from ..machines.factory import GUEST_BOOTS
+
 
 def positive_seconds(text: str) -> float:
     """An argparse type: a number of seconds above zero (0, negative, nan and inf are refused:
@@ -76,12 +78,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="crash fingerprints to report as known (default: "
                          "harness/judging/data/known_crashes.toml)")
     group.addoption("--guest-memory", default="1G", help="memory per guest (default 1G)")
-    group.addoption("--guest-boot", choices=("auto", "direct", "virtme-ng"), default="auto",
+    group.addoption("--guest-boot", choices=GUEST_BOOTS, default="auto",
                     help="how a guest boots: 'direct' is kconform's own QEMU command line and "
                          "initramfs, straight to the agent (no udev, no virtme-ng init: about "
-                         "half the boot under TCG); 'virtme-ng' is vng, as before; 'auto' "
-                         "(default) boots directly where it can (a kernel of the host's "
-                         "architecture on the host's root) and through virtme-ng otherwise")
+                         "half the boot under TCG); 'snapshot' boots directly on disk images of "
+                         "what the agent runs (not the host's root), saves the booted guest once "
+                         "per kernel in the cache and restores it for every later guest, after a "
+                         "crash or a hang too; 'virtme-ng' is vng, as before; 'auto' (default) "
+                         "boots directly where it can (a kernel of the host's architecture on the "
+                         "host's root) and through virtme-ng otherwise")
     group.addoption("--rootfs", default="host", metavar="NAME",
                     help="guest root filesystem: 'host' (default: the host's own root, read-only, "
                          "as virtme-ng does) or a pinned root built from images/NAME.toml, e.g. "

@@ -140,7 +140,8 @@ class GuestPool:
         try:  # a root or a command line that cannot be made fails every test of this kernel
             rootfs = self.run.rootfs(tree)
             guest = guest_machine(tree, accel, log, rootfs=rootfs, memory=self.run.memory,
-                                  boot=self.run.guest_boot, cache=self.run.provider.cache)
+                                  boot=self.run.guest_boot, cache=self.run.provider.cache,
+                                  log=self.run._log, boot_within=self.run.boot_timeout(accel))
         except KconformError as exc:
             self.failed[name] = exc
             raise
@@ -227,8 +228,8 @@ class KconformRun:
         self._rootfs_errors: dict[str, KconformError] = {}
         self.memory = check_memory(opt.guest_memory)
         self.guest_boot: str = opt.guest_boot
-        if opt.guest_boot == "direct":
-            _check_direct_boot(opt.rootfs, self.kernel_names, self.specs)
+        if opt.guest_boot in ("direct", "snapshot"):
+            _check_direct_boot(opt.guest_boot, opt.rootfs, self.kernel_names, self.specs)
         self.health = HealthRules()
         # Every target URL is checked before the first target is connected to.
         parsed_targets = [
@@ -380,17 +381,18 @@ class KconformRun:
             return None  # a line that cannot be made safe: the kernel's tests already say why
 
 
-def _check_direct_boot(rootfs: str, names: list[str], specs: dict[str, KernelSpec]) -> None:
-    """--guest-boot direct with what only virtme-ng boots (machines/direct.py
-    direct_boot_problem) is a usage error, before anything is fetched: a pinned root, or a
+def _check_direct_boot(boot: str, rootfs: str, names: list[str],
+                       specs: dict[str, KernelSpec]) -> None:
+    """--guest-boot direct or snapshot with what only virtme-ng boots (machines/direct.py
+    direct_boot_modules) is a usage error, before anything is fetched: a pinned root, or a
     kernel definition of another architecture than the host's."""
     if rootfs != HOST:
-        raise KconformError(f"--guest-boot direct boots the host's root; --rootfs {rootfs} "
+        raise KconformError(f"--guest-boot {boot} boots the host's files; --rootfs {rootfs} "
                             "boots through virtme-ng: drop one, or use --guest-boot auto")
     for name in names:
         spec = specs.get(split_pinned(name)[0])
         if spec is not None and spec.arch != host_architecture():
-            raise KconformError(f"--guest-boot direct boots {host_architecture()} kernels; "
+            raise KconformError(f"--guest-boot {boot} boots {host_architecture()} kernels; "
                                 f"{name} is {spec.arch}, which boots through virtme-ng: use "
                                 "--guest-boot auto")
 

@@ -1,0 +1,292 @@
+"""SnapshotMachine: a direct guest that is booted once, saved with its agent up, and restored for
+every later guest of the same kernel, including the one that replaces a guest that crashed or
+hung (issue #17: a TCG boot is seconds, a restore a fraction of one).
+
+Its root is not the host's over 9p (QEMU will not save a guest with a 9p share mounted) but two
+read-only ext4 images (machines/guest_image.py): what the agent runs, and the kernel's modules.
+A BPF object, which is built on the host as cases ask for it, is pushed through the agent's
+"put" op on first use in each guest, as the SSH path pushes it over SFTP.
+
+A snapshot is two files under <cache>/snapshots: the state QEMU migrated out (RAM and devices),
+and a JSON record of everything that shaped the saved guest (snapshot_inputs: the QEMU command
+line with the kernel, initramfs and images it names, each named by its content; the kernel's
+file; QEMU's version) with the agent's hello from that boot. A snapshot is used only when that
+record matches this guest's; a stale one, or one whose restore fails, is replaced by a cold
+boot, said so in the run's output and the console log.
+"""
+from __future__ import annotations
+
+import base64
+import contextlib
+import functools
+import hashlib
+import json
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from ..cache import cache_dir, cache_lock, hold_in_use, write_atomic
+from ..errors import KconformError
+from ..kernels import KernelTree
+from ..paths import REPO_ROOT, agent_argv, safe_file_name
+from .accel import Accel
+from .channel import GuestDied
+from .direct import DirectMachine, RootDisks, build_direct_command, direct_boot_modules
+from .guest_image import GUEST_REPO, GUEST_SOURCES, modules_image, root_image
+from .initramfs import initramfs_for
+from .qemu import _WORD, _check_word, _private_dir, guest_python, vng_path
+from .qmp import QmpClient, QmpError, save_state
+
+SNAPSHOT_FORMAT = "1"  # changes when what a snapshot records does
+RESTORE_WITHIN = 15.0  # seconds for a restored agent to answer before the snapshot is distrusted
+SAVE_WITHIN = 60.0
+
+
+class RestoreFailed(Exception):
+    pass
+
+
+@functools.cache
+def qemu_version(binary: str) -> str:
+    proc = subprocess.run([binary, "--version"], capture_output=True, text=True)
+    st = os.stat(binary)
+    first = proc.stdout.splitlines()[0] if proc.stdout else ""
+    return f"{first} ({st.st_size}:{st.st_mtime_ns})"
+
+
+def snapshot_inputs(cmd: list[str], files: list[Path]) -> dict[str, object]:
+    """What shapes a saved guest. The command line names the kernel, the initramfs and the images,
+    the memory, CPUs, CPU model and accelerator, and the agent's command; only -name, which each
+    process sets to its own, is left out. `files` (those the command names) are recorded by size
+    and mtime too: an image made again from the same inputs is not the same bytes (mkfs picks a
+    new UUID and hash seed), and a restored kernel holds the old one's blocks in its caches."""
+    words = list(cmd)
+    if "-name" in words:
+        at = words.index("-name")
+        del words[at:at + 2]
+    stats = []
+    for path in files:
+        st = path.stat()
+        stats.append(f"{path}:{st.st_size}:{st.st_mtime_ns}")
+    return {"format": SNAPSHOT_FORMAT, "command": words, "qemu": qemu_version(cmd[0]),
+            "files": stats}
+
+
+def _changed(recorded: dict[str, object], current: dict[str, object]) -> str:
+    names = {"command": "the QEMU command line (kernel, initramfs, root image, memory, CPU)",
+             "qemu": "QEMU", "files": "the kernel, initramfs or image files",
+             "format": "kconform's snapshot format"}
+    changed = [names.get(key, key) for key in current if recorded.get(key) != current[key]]
+    return ", ".join(changed) or "nothing"
+
+
+def usable_record(record: Path, state: Path,
+                  inputs: dict[str, object]) -> tuple[dict[str, object] | None, str]:
+    """(the record of a snapshot a guest of these inputs may restore, else None and why not:
+    "" when there is none)."""
+    try:
+        recorded = json.loads(record.read_text())
+        size = state.stat().st_size
+    except FileNotFoundError:
+        return None, ""
+    except (OSError, ValueError) as exc:
+        return None, f"its record cannot be read: {exc}"
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("inputs"), dict):
+        return None, "its record is not kconform's"
+    if recorded["inputs"] != inputs:
+        return None, f"{_changed(recorded['inputs'], inputs)} changed since it was saved"
+    if recorded.get("size") != size or not isinstance(recorded.get("hello"), str):
+        return None, "its state file is not the one its record describes"
+    return recorded, ""
+
+
+class SnapshotMachine(DirectMachine):
+    """A direct guest on disk images, restored from its kernel's snapshot when there is a usable
+    one, else booted cold and saved (see the module's docstring)."""
+
+    boot_kind = "saved"  # until start(): "restored" when it came from a snapshot
+
+    def __init__(self, tree: KernelTree, accel: Accel, console_log: Path, *,
+                 memory: str = "1G", cpus: int = 1, cache: Path | None = None,
+                 modules: Path | None = None, log: Callable[[str], None] = lambda msg: None,
+                 boot_within: float = 600.0):
+        """log: where to say that a snapshot was stale or failed (the run's output); boot_within:
+        how long a cold boot may take to its hello, which is awaited here to save it."""
+        self.tree = tree
+        self.accel = accel
+        self.rootfs = None
+        if modules is None:
+            found = direct_boot_modules(tree, None)
+            if isinstance(found, str):
+                raise KconformError(f"{tree.name} cannot be saved and restored: {found}; boot "
+                                    "it with --guest-boot virtme-ng")
+            modules = found
+        self.modules = modules
+        self.cache = cache or cache_dir()
+        self._log = log
+        self._boot_within = boot_within
+        python = guest_python()
+        disks = RootDisks(root_image(self.cache, python),
+                          modules_image(tree.release, modules, self.cache))
+        argv = agent_argv(python, GUEST_REPO, boot_log=True)
+        self.base_cmd = build_direct_command(
+            tree, accel, argv, initramfs_for(tree, self.cache, modules, root="disk"), modules,
+            memory=memory, cpus=cpus, disks=disks)
+        self.cmd = self.base_cmd
+        kernel = Path(self.base_cmd[self.base_cmd.index("-kernel") + 1])
+        files = [kernel, Path(self.base_cmd[self.base_cmd.index("-initrd") + 1]), disks.root,
+                 disks.modules]
+        for path in files[1:]:
+            hold_in_use(path)  # `cache prune` leaves what a live guest reads alone
+        self.inputs = snapshot_inputs(self.base_cmd, files)
+        # one snapshot per kernel file and machine shape: a stale one is replaced in place
+        shape = hashlib.sha256(f"{kernel}\0{memory}\0{cpus}\0{accel.name}".encode()).hexdigest()
+        directory = self.cache / "snapshots"
+        directory.mkdir(parents=True, exist_ok=True)
+        stem = f"{safe_file_name(tree.release)}-{shape[:12]}"
+        self.state = directory / f"{stem}.state"
+        self.record = directory / f"{stem}.json"
+        hold_in_use(self.state)
+        self._memory, self._cpus = memory, cpus
+        self._pending: list[str] = []  # the hello, read by start(), for the session
+        self._pushed: dict[Path, str] = {}
+        self._put_ids = 0
+        self._console_log = console_log
+        self._attach(console_log)
+
+    # -- start: restore, or boot cold and save
+
+    def start(self) -> None:
+        recorded, problem = usable_record(self.record, self.state, self.inputs)
+        if recorded is not None:
+            try:
+                self._restore(recorded)
+                return
+            except RestoreFailed as exc:
+                self._say(f"restoring {self.tree.name} from {self.state} failed ({exc}); "
+                          "booting it cold and saving it again")
+                self.kill()
+                self._attach(self._console_log, fresh=False)
+        elif problem:
+            self._say(f"{self.tree.name}'s snapshot {self.state.name} is stale ({problem}); "
+                      "booting it cold and saving it again")
+        self._boot_and_save()
+
+    def _say(self, message: str) -> None:
+        self.console.note(message)
+        self._log(message)
+
+    def _restore(self, recorded: dict[str, object]) -> None:
+        self.console.note(f"restoring the guest saved at {recorded.get('saved_at')} from "
+                          f"{self.state} (its boot's console: {recorded.get('console_log')})")
+        state = _check_word(vng_path(self.state), "a snapshot's path", _WORD,
+                            "letters, digits and _ . , : = / + @ -")
+        self.cmd = [*self.base_cmd, "-incoming", f"exec:cat {state}"]
+        super().start()
+        deadline = time.monotonic() + RESTORE_WITHIN
+        try:
+            self.send(json.dumps({"id": 0, "op": "hello"}))
+            line = self.receive(max(0.0, deadline - time.monotonic()))
+        except GuestDied as exc:
+            raise RestoreFailed(str(exc)) from None
+        if line is None:
+            raise RestoreFailed(f"its agent did not answer within {RESTORE_WITHIN:.0f}s")
+        try:
+            hello = json.loads(line)
+            saved = json.loads(str(recorded["hello"]))
+        except ValueError:
+            raise RestoreFailed(f"its agent answered {line[:200]!r}, not a hello") from None
+        if not isinstance(hello, dict) or hello.get("event") != "ready":
+            raise RestoreFailed(f"its agent answered {line[:200]!r}, not a hello")
+        # The boot was checked for splats by the run that saved it, and is checked again by each
+        # run that restores it: its log since boot is the saved boot's and what came after.
+        hello["boot_log"] = [*saved.get("boot_log", []), *hello.get("boot_log", [])]
+        hello.pop("id", None)
+        self._pending.append(json.dumps(hello))
+        self.boot_kind = "restored"
+
+    def _boot_and_save(self) -> None:
+        self.boot_kind = "saved"
+        qmp_path = _private_dir("qmp") / f"{os.getpid()}-{id(self):x}.sock"
+        qmp_path.unlink(missing_ok=True)
+        socket_word = _check_word(f"unix:{qmp_path},server=on,wait=off", "the QMP socket",
+                                  _WORD, "letters, digits and _ . , : = / + @ -")
+        self.cmd = [*self.base_cmd, "-qmp", socket_word]
+        super().start()
+        # The hello is awaited here, to save the guest before the session's first call
+        line = self.receive(self._boot_within)
+        if line is None:
+            return  # the session waits again and reports the hang
+        self._pending.append(line)
+        try:
+            hello = json.loads(line)
+        except ValueError:
+            return  # not the agent: the session says what it sent
+        if not isinstance(hello, dict) or hello.get("event") != "ready":
+            return
+        try:
+            self._save(line, qmp_path)
+        except (QmpError, OSError) as exc:
+            self._say(f"could not save {self.tree.name}'s booted guest ({exc}); its next guest "
+                      "boots cold again")
+        finally:
+            qmp_path.unlink(missing_ok=True)
+
+    def _save(self, hello_line: str, qmp_path: Path) -> None:
+        deadline = time.monotonic() + SAVE_WITHIN
+        qmp = QmpClient(qmp_path, deadline)
+        scratch = self.state.with_name(f".{self.state.name}.{os.getpid()}")
+        target = _check_word(vng_path(scratch), "a snapshot's path", _WORD,
+                             "letters, digits and _ . , : = / + @ -")
+        try:
+            try:
+                save_state(qmp, f"exec:cat > {target}")
+            finally:
+                qmp.execute("cont")  # the guest runs on, as if it had never been saved
+        finally:
+            qmp.close()
+        record = {"inputs": self.inputs, "hello": hello_line, "size": scratch.stat().st_size,
+                  "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                  "console_log": str(self.console.log_path)}
+        with cache_lock(self.state.parent, self.state.name):
+            os.replace(scratch, self.state)
+            write_atomic(self.record, json.dumps(record, indent=1))
+        self.console.note(f"saved this guest to {self.state} ({record['size']} bytes)")
+
+    def receive(self, timeout: float) -> str | None:
+        if self._pending:
+            return self._pending.pop(0)
+        return super().receive(timeout)
+
+    # -- files: the repo's guest side is in the root image; anything else is pushed
+
+    def guest_path(self, path: Path, within: float | None = None) -> str:
+        path = Path(path).resolve()
+        for rel in GUEST_SOURCES:
+            source = REPO_ROOT / rel
+            if path == source or source in path.parents:
+                return f"{GUEST_REPO}/{path.relative_to(REPO_ROOT)}"
+        if path in self._pushed:
+            return self._pushed[path]
+        deadline = time.monotonic() + (within if within is not None else 30.0)
+        self._put_ids -= 1  # below the session's ids, which count up from 1
+        self.send(json.dumps({"id": self._put_ids, "op": "put", "name": path.name,
+                              "data": base64.b64encode(path.read_bytes()).decode()}))
+        line = super().receive(max(0.0, deadline - time.monotonic()))
+        if line is None:
+            raise GuestDied(f"pushing {path.name} into the guest did not finish in time")
+        with contextlib.suppress(ValueError):
+            reply = json.loads(line)
+            if (isinstance(reply, dict) and reply.get("id") == self._put_ids and reply.get("ok")
+                    and isinstance(reply.get("result"), str)):
+                pushed: str = reply["result"]
+                self._pushed[path] = pushed
+                return pushed
+        raise GuestDied(f"pushing {path.name} into the guest failed: it answered {line[:200]!r}")
+
+    def kill(self) -> None:
+        super().kill()
+        self._pending.clear()
+        self._pushed.clear()

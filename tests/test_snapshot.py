@@ -1,0 +1,210 @@
+"""A saved and restored guest (machines/snapshot.py, guest_image.py, qmp.py) without booting:
+what a snapshot is keyed by, when one is refused, the root image's content, the agent's hello
+and put ops, and the QMP exchange that saves a guest."""
+import base64
+import json
+import os
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.agent import agent
+from harness.machines import guest_image, qmp, snapshot
+from harness.machines.direct import RootDisks, build_direct_command
+from harness.machines.initramfs import INIT_SCRIPT, MODULES_SERIAL, ROOT_SERIAL
+
+from .test_direct_boot import ARGV, TCG, debian_tree
+
+INPUTS = {"format": "1", "command": ["/usr/bin/qemu-system-x86_64", "-m", "1G"],
+          "qemu": "QEMU emulator version 7.2.22", "files": ["/k/vmlinuz:1:2"]}
+
+
+def _saved(tmp_path, inputs=INPUTS, size=None, hello='{"event": "ready"}'):
+    state, record = tmp_path / "k.state", tmp_path / "k.json"
+    state.write_bytes(b"QEVM" + b"\0" * 60)
+    record.write_text(json.dumps({"inputs": inputs, "hello": hello,
+                                  "size": state.stat().st_size if size is None else size}))
+    return record, state
+
+
+def test_a_snapshot_of_the_same_inputs_is_restored(tmp_path):
+    record, state = _saved(tmp_path)
+    recorded, problem = snapshot.usable_record(record, state, dict(INPUTS))
+    assert recorded is not None and problem == ""
+
+
+def test_no_snapshot_is_no_problem_to_report(tmp_path):
+    assert snapshot.usable_record(tmp_path / "k.json", tmp_path / "k.state", INPUTS) == (None, "")
+
+
+@pytest.mark.parametrize("key, said", [("qemu", "QEMU"), ("files", "the kernel, initramfs"),
+                                       ("command", "the QEMU command line")])
+def test_a_stale_snapshot_names_what_changed(tmp_path, key, said):
+    record, state = _saved(tmp_path)
+    current = {**INPUTS, key: "something else"}
+    recorded, problem = snapshot.usable_record(record, state, current)
+    assert recorded is None and problem.startswith(said) and "changed" in problem
+
+
+def test_a_state_file_its_record_does_not_describe_is_refused(tmp_path):
+    record, state = _saved(tmp_path, size=12345)
+    assert snapshot.usable_record(record, state, INPUTS) == (
+        None, "its state file is not the one its record describes")
+
+
+def test_a_record_that_is_not_json_is_refused_not_raised(tmp_path):
+    record, state = _saved(tmp_path)
+    record.write_text("{not json")
+    recorded, problem = snapshot.usable_record(record, state, INPUTS)
+    assert recorded is None and "cannot be read" in problem
+
+
+def test_the_inputs_hold_the_command_line_but_not_the_processes_guest_name(tmp_path):
+    kernel, image = tmp_path / "vmlinuz", tmp_path / "root.ext4"
+    kernel.write_bytes(b"k")
+    image.write_bytes(b"image")
+    qemu = "/usr/bin/true"  # answers --version; only its first line and stat are recorded
+
+    def inputs(name="kconform-1", memory="1G"):
+        return snapshot.snapshot_inputs([qemu, "-name", name, "-m", memory], [kernel, image])
+    one = inputs()
+    assert inputs(name="kconform-2") == one and "kconform-1" not in json.dumps(one)
+    assert inputs(memory="2G") != one
+    kernel.write_bytes(b"another kernel")
+    assert inputs() != one
+    two = inputs()
+    # an image made again is other bytes, even at the same path and size
+    os.utime(image, ns=(1, 1))
+    assert inputs() != two
+
+
+def test_a_disk_root_command_line_has_read_only_images_by_serial_and_no_9p(tmp_path):
+    disks = RootDisks(tmp_path / "root.ext4", tmp_path / "mods.ext4")
+    cmd = build_direct_command(debian_tree(tmp_path), TCG, ARGV, tmp_path / "i.cpio",
+                               tmp_path / "m", disks=disks)
+    drives = [cmd[i + 1] for i, word in enumerate(cmd) if word == "-drive"]
+    assert drives == [f"file={disks.root},format=raw,if=none,id=root,readonly=on",
+                      f"file={disks.modules},format=raw,if=none,id=mods,readonly=on"]
+    devices = " ".join(cmd[i + 1] for i, word in enumerate(cmd) if word == "-device")
+    assert f"serial={ROOT_SERIAL}" in devices and f"serial={MODULES_SERIAL}" in devices
+    assert "-fsdev" not in cmd and "9p" not in devices
+    assert "kconform.root=disk" in cmd[cmd.index("-append") + 1].split(" ")
+    # the init finds each image by that serial
+    assert "disk kconform-root" in INIT_SCRIPT and "disk kconform-mods" in INIT_SCRIPT
+
+
+def test_an_image_path_with_a_comma_is_refused_qemu_would_split_it(tmp_path):
+    from harness.errors import KconformError
+    disks = RootDisks(Path("/a,b/root.ext4"), tmp_path / "mods.ext4")
+    with pytest.raises(KconformError, match="disk image's path"):
+        build_direct_command(debian_tree(tmp_path), TCG, ARGV, tmp_path / "i", tmp_path / "m",
+                             disks=disks)
+
+
+def test_the_root_image_key_follows_the_guest_side_of_the_repo(tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    for rel in guest_image.GUEST_SOURCES:
+        path = repo / rel
+        if rel.endswith(".py"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("")
+        else:
+            path.mkdir(parents=True, exist_ok=True)
+            (path / "mod.py").write_text("X = 1\n")
+    monkeypatch.setattr(guest_image, "REPO_ROOT", repo)
+    before = guest_image.root_inputs("/usr/bin/python3")
+    assert guest_image.root_inputs("/usr/bin/python3") == before
+    (repo / "cases/guest/mod.py").write_text("X = 2\n")  # same size, same second
+    assert guest_image.root_inputs("/usr/bin/python3") != before
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chroot needs root")
+def test_the_root_runs_the_agents_imports_and_modprobe_in_a_chroot(tmp_path):
+    """What the guest runs, run on the host in the root as the image is made of it: the agent and
+    every guest module import (the standard library and libraries they load are in it), libbpf
+    opens by its soname, and modprobe runs."""
+    root = tmp_path / "root"
+    guest_image._make_root(root, "/usr/bin/python3")
+    script = ("import sys, ctypes, importlib, pkgutil; sys.path.insert(0, '/opt/kconform');"
+              "import harness.agent.agent, cases.guest, tests.guest;"
+              "[importlib.import_module(f'{p.__name__}.{m.name}') for p in (cases.guest, "
+              "tests.guest) for m in pkgutil.iter_modules(p.__path__)];"
+              "ctypes.CDLL('libbpf.so.1'); print('imported')")
+    proc = subprocess.run(["chroot", str(root), "/usr/bin/python3", "-I", "-S", "-c", script],
+                          capture_output=True, text=True)
+    assert proc.stdout.strip() == "imported", proc.stderr
+    assert subprocess.run(["chroot", str(root), "/usr/sbin/modprobe", "--version"],
+                          capture_output=True).returncode == 0
+    # compiled ahead: a read-only root could not cache the bytecode
+    assert list((root / "opt/kconform/harness/agent/__pycache__").glob("agent.*.pyc"))
+
+
+def test_the_agent_says_hello_again_when_asked(monkeypatch):
+    monkeypatch.setattr(agent, "tainted", lambda: 0)
+    hello = agent.handle({"id": 0, "op": "hello"}, agent.KernelLog())
+    assert hello["event"] == "ready" and hello["release"] == os.uname().release
+
+
+def test_the_agent_writes_a_pushed_file_and_refuses_a_path(tmp_path, monkeypatch):
+    monkeypatch.setattr(agent, "PUT_DIR", str(tmp_path / "files"))
+    data = base64.b64encode(b"\x7fELF object").decode()
+    reply = agent.handle({"id": -1, "op": "put", "name": "prog-abc.o", "data": data},
+                         agent.KernelLog())
+    assert reply == {"ok": True, "result": str(tmp_path / "files" / "prog-abc.o")}
+    assert (tmp_path / "files" / "prog-abc.o").read_bytes() == b"\x7fELF object"
+    for name in ("../escape.o", ".hidden", ""):
+        reply = agent.handle({"id": -1, "op": "put", "name": name, "data": data},
+                             agent.KernelLog())
+        assert reply["ok"] is False and reply["error"]["type"] == "BadRequest"
+    assert sorted(p.name for p in (tmp_path / "files").iterdir()) == ["prog-abc.o"]
+
+
+class FakeQemu:
+    """A QMP server on a unix socket that answers as QEMU 7.2 does, recording the commands."""
+
+    def __init__(self, path: Path, final: str = "completed"):
+        self.commands: list[dict] = []
+        self.final = final
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(str(path))
+        self.server.listen(1)
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        conn, _ = self.server.accept()
+        conn.sendall(b'{"QMP": {"version": {}, "capabilities": []}}\n')
+        polls = 0
+        for line in conn.makefile("rb"):
+            request = json.loads(line)
+            self.commands.append(request)
+            answer: object = {}
+            if request["execute"] == "query-migrate":
+                polls += 1
+                answer = {"status": "active" if polls < 2 else self.final}
+                if self.final == "failed" and polls >= 2:
+                    answer["error-desc"] = "disk full"
+            conn.sendall(b'{"event": "STOP"}\n' + json.dumps({"return": answer}).encode() + b"\n")
+
+
+def test_saving_migrates_the_running_guest_at_full_speed_and_waits_for_completion(tmp_path):
+    fake = FakeQemu(tmp_path / "qmp.sock")
+    client = qmp.QmpClient(tmp_path / "qmp.sock", deadline=time.monotonic() + 10)
+    qmp.save_state(client, "exec:cat > /x")
+    names = [c["execute"] for c in fake.commands]
+    # not stopped first: a restored guest runs only if the saved one was running
+    assert names[:3] == ["qmp_capabilities", "migrate-set-parameters", "migrate"]
+    assert "stop" not in names and names.count("query-migrate") == 2
+    assert fake.commands[1]["arguments"]["max-bandwidth"] >= 1 << 30
+    assert fake.commands[2]["arguments"] == {"uri": "exec:cat > /x"}
+
+
+def test_a_failed_save_says_why(tmp_path):
+    FakeQemu(tmp_path / "qmp.sock", final="failed")
+    client = qmp.QmpClient(tmp_path / "qmp.sock", deadline=time.monotonic() + 10)
+    with pytest.raises(qmp.QmpError, match="disk full"):
+        qmp.save_state(client, "exec:cat > /x")
