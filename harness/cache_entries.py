@@ -1,8 +1,10 @@
 """What the cache holds, listed (`./kconform cache`) and pruned (`./kconform cache prune`).
 
-An entry is a kernel tree (trees/<abi>_<version>/), a pinned root (rootfs/<name>-<digest>/) or a
-built BPF object (bpf/<program>-<digest>.o). Everything else under the cache (resolved/, apt/,
-tmp/, .lock-* and .staging-*) is kconform's bookkeeping. An entry is removed only while kconform
+An entry is a kernel tree (trees/<abi>_<version>/), a pinned root (rootfs/<name>-<digest>/), a
+built BPF object (bpf/<program>-<digest>.o), a saved guest's disk image (images/*.ext4) or a saved
+guest (snapshots/<release>-<shape>.state with its .json record; machines/snapshot.py). Everything
+else under the cache (resolved/, apt/, tmp/, initramfs/, .lock-* and .staging-*) is kconform's
+bookkeeping. An entry is removed only while kconform
 holds its builder's lock and its in-use lock exclusively (cache.claim_for_removal): a running
 kconform that uses it, or is fetching or checking it, makes prune skip it.
 """
@@ -32,7 +34,7 @@ from .cache import (
 from .errors import KconformError
 from .versions import DebianVersionKey, debian_version_key, upstream_version
 
-KINDS = ("kernel", "root", "bpf")
+KINDS = ("kernel", "root", "bpf", "image", "snapshot")
 
 # (device, inode) -> (bytes on disk, link count, links seen inside the entry)
 Inodes = dict[tuple[int, int], tuple[int, int, int]]
@@ -206,13 +208,36 @@ def _bpf(path: Path) -> Entry:
                  builder_lock=None, last_use=used, inodes=inodes)
 
 
+def _image(path: Path) -> Entry:
+    # root-<digest>.ext4 or modules-<release>-<digest>.ext4 (machines/guest_image.py): --keep N
+    # keeps N of the root's and N of each release's modules
+    group = path.stem.rpartition("-")[0] or path.stem
+    used = last_use(path)
+    return Entry("image", path, path.name, group=group, newness=(used,), order=(group, used),
+                 builder_lock=(path.parent, path.name), last_use=used, inodes=_inodes(path))
+
+
+def _snapshot(path: Path) -> Entry:
+    # one per kernel and machine shape, replaced in place when stale; its record goes with it
+    used = last_use(path)
+    inodes = _inodes(path)
+    record = path.with_suffix(".json")
+    if record.exists():
+        inodes.update(_inodes(record))
+    return Entry("snapshot", path, path.stem, group=path.stem, newness=(used,),
+                 order=(path.stem, used), builder_lock=(path.parent, path.name), last_use=used,
+                 inodes=inodes)
+
+
 def entries(cache: Path) -> list[Entry]:
     """Every entry in the cache, sorted by kind, then series and version (kernels), name and
     age (roots, BPF objects). Names starting with '.' are bookkeeping, not entries."""
     found: list[Entry] = []
     for subdir, reader, wanted in (("trees", _kernel, _is_directory),
                                    ("rootfs", _root, _is_directory),
-                                   ("bpf", _bpf, _is_object)):
+                                   ("bpf", _bpf, _is_object),
+                                   ("images", _image, _is_suffixed(".ext4")),
+                                   ("snapshots", _snapshot, _is_suffixed(".state"))):
         directory = cache / subdir
         if not directory.is_dir():
             continue
@@ -228,6 +253,10 @@ def _is_directory(path: Path) -> bool:
 
 def _is_object(path: Path) -> bool:
     return path.suffix == ".o" and path.is_file() and not path.is_symlink()
+
+
+def _is_suffixed(suffix: str) -> Callable[[Path], bool]:
+    return lambda path: path.suffix == suffix and path.is_file() and not path.is_symlink()
 
 
 def _when(entry: Entry, in_use: bool) -> str:
@@ -330,6 +359,8 @@ def prune(cache: Path, doomed: list[Entry], dry_run: bool,
                 say(f"skipped {entry.kind} {entry.label}: {busy}")
                 continue
             if not dry_run:
+                if entry.kind == "snapshot":  # its record first: a state alone is never used
+                    remove_published(entry.path.with_suffix(".json"))
                 remove_published(entry.path)
                 if entry.kind == "bpf":  # files kept beside an object go with it
                     for sidecar in entry.path.parent.glob(f"{entry.path.name}.*"):

@@ -403,3 +403,29 @@ def test_bad_options_exit_2_saying_what_to_give(filled, store, capsys, argv, wor
     assert words in err
     assert "Traceback" not in err
     assert len(_left(store)) == 11, "nothing removed"
+
+
+def test_saved_guests_and_their_images_are_listed_and_pruned_with_their_records(store, capsys):
+    """A snapshot (machines/snapshot.py) and the disk images it boots from are entries: listed,
+    kept per kernel (--keep), and a snapshot goes with its record, never leaving one alone."""
+    images, snapshots = store / "images", store / "snapshots"
+    images.mkdir()
+    snapshots.mkdir()
+    old_root, new_root = images / f"root-{'0' * 20}.ext4", images / f"root-{'1' * 20}.ext4"
+    modules = images / f"modules-6.1.0-57-amd64-{'2' * 20}.ext4"
+    state = snapshots / "6.1.0-57-amd64-abcdef012345.state"
+    for path, days in ((old_root, 5), (new_root, 1), (modules, 2), (state, 40)):
+        path.write_bytes(b"x" * 4096)
+        _age(path, days)
+    state.with_suffix(".json").write_text("{}")
+    status, out, _ = _run(capsys, "list")
+    assert status == 0
+    assert [line.split()[:2] for line in out.splitlines()[1:5]] == [
+        ["image", modules.name], ["image", old_root.name], ["image", new_root.name],
+        ["snapshot", state.stem]]
+    # --keep 1: the newer root image and the one modules image; the snapshot is its kernel's only
+    assert cli.main(["cache", "prune", "--keep", "1"]) == 0
+    assert sorted(p.name for p in images.iterdir() if not p.name.startswith(".")) == sorted(
+        [new_root.name, modules.name])
+    assert cli.main(["cache", "prune", "--older-than", "30d"]) == 0
+    assert [p.name for p in snapshots.iterdir() if not p.name.startswith(".")] == []
