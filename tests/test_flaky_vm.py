@@ -2,8 +2,8 @@
 
 tests/faultcases/flaky.py holds a case made to fail on its first attempt only, one that always
 fails, one that panics the kernel and one that makes it warn (each on its first attempt only,
-so each would pass if run again), and one that passes. Each run records the guest's boot id on
-the host (the guest is replaced between attempts, so only the host can count them).
+so each would pass if run again), and one that passes. Each run records on the host which guest
+it ran on (the guest is replaced between attempts, so only the host can count them).
 """
 import re
 import xml.etree.ElementTree as ET
@@ -36,7 +36,7 @@ def test_a_case_that_fails_once_is_flaky_and_one_that_always_fails_stays_fail(ru
         ("passes", 1),
         # after every other case of the kernel: round 1, then round 2 for the one still failing
         ("first_only", 2), ("always", 2), ("always", 3)]
-    boot = [boot_id for *_, boot_id in runs]
+    boot = [guest for *_, guest in runs]
     # the first guest ran cases 1-3 (3 panicked it); its replacement 4 and 5; then one fresh
     # guest per round, not one per case: round 1 ran both cases on one, round 2 on another
     assert boot[0] == boot[1] == boot[2] and boot[3] == boot[4]

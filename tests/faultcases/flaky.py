@@ -1,9 +1,11 @@
 """Cases made to fail on purpose on a real guest, for --rerun-failed (tests/test_flaky_vm.py);
 never collected on their own.
 
-Each run of a case appends "<case> <attempt> <boot id>" to $KCONFORM_FLAKY_STATE/runs: the state
-is the host's, since the guest is replaced between attempts, and the boot id (a new one every
-boot) shows which guest each run had.
+Each run of a case appends "<case> <attempt> <guest>" to $KCONFORM_FLAKY_STATE/runs: the state
+is the host's, since the guest is replaced between attempts, and <guest> (the name of the guest's
+console log, one per guest kconform starts) shows which guest each run had. Not the kernel's boot
+id: a guest restored from a snapshot (--guest-boot snapshot) is a fresh guest with the saved
+one's boot id.
 """
 import os
 from pathlib import Path
@@ -12,7 +14,8 @@ from pathlib import Path
 def _run(guest, case: str) -> int:
     """Record this run of `case`; its attempt number, 1 for the first."""
     state = Path(os.environ["KCONFORM_FLAKY_STATE"])
-    boot = guest.call("tests.guest.flaky:boot_id")
+    guest.call("tests.guest.flaky:boot_id")  # the guest answers: it is up
+    boot = guest.session.machine.console.log_path.name
     runs = state / "runs"
     before = runs.read_text().splitlines() if runs.exists() else []
     attempt = 1 + sum(1 for line in before if line.split()[0] == case)
