@@ -140,25 +140,51 @@ def test_a_blank_in_the_agents_command_is_refused_the_kernel_would_split_it(tmp_
 
 
 def test_the_factory_boots_directly_only_what_a_direct_boot_covers(tmp_path, monkeypatch):
+    from harness.machines.snapshot import SnapshotMachine
     monkeypatch.setattr(initramfs, "root_module_files", lambda t, m, r="9p": [])
     log = tmp_path / "console.log"
     tree = debian_tree(tmp_path)
+    cache = tmp_path / "cache"
     assert direct_boot_problem(tree, None) is None
-    assert type(guest_machine(tree, TCG, log)) is DirectMachine
+    # auto: a snapshot's guest first, then the host's root over 9p, then virtme-ng
+    assert type(guest_machine(tree, TCG, log, cache=cache)) is SnapshotMachine
+    assert type(guest_machine(tree, TCG, log, boot="direct", cache=cache)) is DirectMachine
     assert type(guest_machine(tree, TCG, log, boot="virtme-ng")) is QemuMachine
     root = Rootfs(name="test", path=tmp_path, digest="0" * 12, packages={})
     assert type(guest_machine(tree, TCG, log, rootfs=root)) is QemuMachine
-    with pytest.raises(KconformError, match="pinned root"):
-        guest_machine(tree, TCG, log, rootfs=root, boot="direct")
+    for boot in ("direct", "snapshot"):
+        with pytest.raises(KconformError, match="pinned root"):
+            guest_machine(tree, TCG, log, rootfs=root, boot=boot)
     foreign = debian_tree(tmp_path / "arm", arch="arm64")
     assert direct_boot_problem(foreign, None) is not None
     without_modules = debian_tree(tmp_path / "bare", modules=False)
     assert "lib/modules" in (direct_boot_problem(without_modules, None) or "")
 
 
+def test_auto_boots_on_the_hosts_root_when_no_snapshot_can_be_made_and_says_why(tmp_path,
+                                                                                   monkeypatch):
+    from harness.machines import snapshot
+    monkeypatch.setattr(initramfs, "root_module_files", lambda t, m, r="9p": [])
+
+    def no_images(*args, **kwargs):
+        raise KconformError("a saved guest's images need mkfs.ext4: apt-get install e2fsprogs")
+    monkeypatch.setattr(snapshot, "root_image", no_images)
+    said: list[str] = []
+    tree = debian_tree(tmp_path)
+    machine = guest_machine(tree, TCG, tmp_path / "console.log", cache=tmp_path / "cache",
+                            log=said.append)
+    assert type(machine) is DirectMachine
+    assert said == [(f"{tree.name} boots directly on the host's root, not from a snapshot: "
+                     "a saved guest's images need mkfs.ext4: apt-get install e2fsprogs")]
+    with pytest.raises(KconformError, match="mkfs.ext4"):  # asked for by name: no fallback
+        guest_machine(tree, TCG, tmp_path / "console.log", cache=tmp_path / "cache",
+                      boot="snapshot")
+
+
 def test_a_direct_guest_offers_a_vng_shell_line_by_hand(tmp_path, monkeypatch):
     monkeypatch.setattr(initramfs, "root_module_files", lambda t, m, r="9p": [])
-    machine = guest_machine(debian_tree(tmp_path), TCG, tmp_path / "console.log")
+    machine = guest_machine(debian_tree(tmp_path), TCG, tmp_path / "console.log", boot="direct",
+                            cache=tmp_path / "cache")
     assert machine.boot_kind == "direct"
     assert shlex.split(machine.command_line())[0].endswith("/qemu-system-x86_64")
     assert shlex.split(machine.shell_command())[0] == "vng"

@@ -111,6 +111,12 @@ def test_injected_faults_fail_only_their_test_and_the_run_goes_on(run_pytest, tm
     assert len(cases) == 8 and cases["test_2_panic"].verdict == "crashed"
     assert cases["test_2_verifier_rejects"].verdict == "fail"  # the guest is fine
     assert cases["test_2_panic"].known_crash.startswith("known crash: sysrq-trigger")
+    # on the default boot, every guest that replaced a crashed or hung one was restored from
+    # the kernel's snapshot (issue #17), saved by the first at the latest
+    logs = sorted((proc.results / "console").iterdir(), key=lambda p: int(p.stem.rsplit("-")[-1]))
+    assert len(logs) == 4, logs  # the panic, the agent's death and QEMU's each cost a guest
+    assert all("kconform: restoring the guest saved at" in log.read_text() for log in logs[1:])
+    assert results.load(proc.results).kernels["debian-6.1"].guest_boot == "restored"
     assert leftover_guests(_child_pid(proc)) == []
 
 

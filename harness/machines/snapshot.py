@@ -40,6 +40,8 @@ from .qemu import _WORD, _check_word, _private_dir, guest_python, vng_path
 from .qmp import QmpClient, QmpError, save_state
 
 SNAPSHOT_FORMAT = "1"  # changes when what a snapshot records does
+BOOT_KINDS = ("saved", "restored")  # a SnapshotMachine's boot_kind once started
+ROOT_LABEL = "image of host files"  # the results' rootfs for its guests
 RESTORE_WITHIN = 15.0  # seconds for a restored agent to answer before the snapshot is distrusted
 SAVE_WITHIN = 60.0
 
