@@ -179,7 +179,9 @@ class PhaseFigures(TypedDict):
 class RestoreFigures(TypedDict):
     """A kernel's boots to a ready agent, one way each (machines/direct.py, snapshot.py)."""
     direct_s: float      # a cold direct boot on the host's root over 9p
-    saved_s: float       # a cold boot on the disk images, saving the guest
+    images_s: float      # a cold boot on the disk images, to the hello
+    save_s: float        # then saving it
+    saved_s: float       # both, as the session saw it
     restore_s: float     # the median of RESTORE_ROUNDS restores of that save
     restores_s: list[float]
 
@@ -355,9 +357,13 @@ def restore_row(tree: KernelTree, accel: Accel, cache: Path, consoles: Path) -> 
     saving.state.unlink(missing_ok=True)
     saving.record.unlink(missing_ok=True)
     saved = start(saving, "saved")
+    if saving.hello_seconds is None or saving.save_seconds is None:
+        raise RuntimeError(f"restore row: {tree.name}'s guest was not saved (console: "
+                           f"{saving.console.log_path})")
     restores = [start(SnapshotMachine(tree, accel, consoles / f"{stem}-restored-{n}.log",
                                       cache=cache), "restored") for n in range(RESTORE_ROUNDS)]
-    return {"direct_s": direct, "saved_s": saved,
+    return {"direct_s": direct, "images_s": round(saving.hello_seconds, 2),
+            "save_s": round(saving.save_seconds, 2), "saved_s": saved,
             "restore_s": sorted(restores)[len(restores) // 2], "restores_s": restores}
 
 
@@ -798,8 +804,9 @@ def issue17_goals(f: Figures) -> list[GoalFigures]:
     no_old = "not measured: --old-path none"
     goals: list[GoalFigures] = []
 
-    # the restore row's cold direct boot: the suite's own boots may be restores
-    boots = {name: (k["restore"]["direct_s"], k["baseline_s"]) for name, k in kernels.items()
+    # the restore row's cold boot on the images, the one the suite's default boot makes when it
+    # has no snapshot (the suite's own boots may be restores); the save after it is not a boot
+    boots = {name: (k["restore"]["images_s"], k["baseline_s"]) for name, k in kernels.items()
              if "restore" in k and "baseline_s" in k}
     goals.append({
         "goal": f"cold boot to a ready agent <= {BOOT_GOAL} x baseline, every kernel",
@@ -872,13 +879,16 @@ def print_restore(kernels: dict[str, KernelFigures]) -> None:
     rows = {name: k["restore"] for name, k in kernels.items() if "restore" in k}
     if not rows:
         return
-    print(f"restore (s to the agent's hello): {'kernel':24} {'direct':>7} {'saving':>7} "
-          f"{'restore':>8} {'baseline':>8} {'restore/baseline':>16}")
+    print("restore (s to the agent's hello; direct: 9p root, images: the snapshot's disks, then "
+          "its save):")
+    print(f"  {'kernel':24} {'direct':>7} {'images':>7} {'save':>6} {'restore':>8} "
+          f"{'baseline':>8} {'images/base':>11} {'restore/base':>12}")
     for name, r in rows.items():
         base = kernels[name].get("baseline_s")
-        ratio = f"{r['restore_s'] / base:16.3f}" if base else f"{'-':>16}"
-        print(f"{'':34}{name:24} {r['direct_s']:7.2f} {r['saved_s']:7.2f} {r['restore_s']:8.2f} "
-              f"{base if base else '-':>8} {ratio}")
+        ratios = (f"{r['images_s'] / base:11.2f} {r['restore_s'] / base:12.3f}" if base
+                  else f"{'-':>11} {'-':>12}")
+        print(f"  {name:24} {r['direct_s']:7.2f} {r['images_s']:7.2f} {r['save_s']:6.2f} "
+              f"{r['restore_s']:8.2f} {base if base else '-':>8} {ratios}")
 
 
 def print_work(kernels: dict[str, KernelFigures]) -> None:

@@ -85,8 +85,8 @@ def figures(*, boot: float = 5.5, baseline: float = 14.0, work_ratio: float | No
     k: bench.KernelFigures = {"boot_to_agent_s": 0.4, "baseline_s": baseline, "suite_s": 50.0,
                               "work_s": 20.0, "expected_hangs_s": 12.0}
     if restore is not None:  # the restore row: the cold boot goal is its direct boot's
-        k["restore"] = {"direct_s": boot, "saved_s": boot + 1, "restore_s": restore,
-                        "restores_s": [restore]}
+        k["restore"] = {"direct_s": boot + 2, "images_s": boot, "save_s": 1.0,
+                        "saved_s": boot + 1, "restore_s": restore, "restores_s": [restore]}
     f: bench.Figures = {"kernels": {kernel: k}, "matrix": {
         "n2": {"wall_s": n2, "cases": 742, "qemu_peak_mib": 0, "host_peak_mib": 0,
                "host_total_peak_mib": 0}}}
@@ -165,6 +165,12 @@ def test_the_rows_print(capsys):
     assert out[3].startswith("old path abcabcabcabc (abc) against this tree")
     assert out[5].split()[:8] == ["debian-6.12", "2", "16.4", "->", "11.5", "x0.70", "15.0", "->"]
     assert out[5].endswith("(left out: 1 new, 1 old-only cases)")
+    bench.print_restore(f["kernels"])
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].split() == ["kernel", "direct", "images", "save", "restore", "baseline",
+                              "images/base", "restore/base"]
+    assert out[2].split() == ["debian-6.12", "7.50", "5.50", "1.00", "1.00", "14.0", "0.39",
+                              "0.071"]
 
 
 @pytest.fixture

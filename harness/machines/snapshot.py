@@ -153,6 +153,9 @@ class SnapshotMachine(DirectMachine):
         hold_in_use(self.state)
         self._memory, self._cpus = memory, cpus
         self._pending: list[str] = []  # the hello, read by start(), for the session
+        # a cold boot's: from QEMU's start to the agent's hello, and the save after it
+        self.hello_seconds: float | None = None
+        self.save_seconds: float | None = None
         self._pushed: dict[Path, str] = {}
         self._put_ids = 0
         self._console_log = console_log
@@ -222,14 +225,18 @@ class SnapshotMachine(DirectMachine):
         if line is None:
             return  # the session waits again and reports the hang
         self._pending.append(line)
+        if self.started_at is not None:
+            self.hello_seconds = time.monotonic() - self.started_at
         try:
             hello = json.loads(line)
         except ValueError:
             return  # not the agent: the session says what it sent
         if not isinstance(hello, dict) or hello.get("event") != "ready":
             return
+        saving = time.monotonic()
         try:
             self._save(line, qmp_path)
+            self.save_seconds = time.monotonic() - saving
         except (QmpError, OSError) as exc:
             self._say(f"could not save {self.tree.name}'s booted guest ({exc}); its next guest "
                       "boots cold again")
@@ -247,6 +254,9 @@ class SnapshotMachine(DirectMachine):
                 save_state(qmp, f"exec:cat > {target}")
             finally:
                 qmp.execute("cont")  # the guest runs on, as if it had never been saved
+        except BaseException:
+            scratch.unlink(missing_ok=True)
+            raise
         finally:
             qmp.close()
         record = {"inputs": self.inputs, "hello": hello_line, "size": scratch.stat().st_size,
