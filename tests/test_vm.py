@@ -116,7 +116,8 @@ def test_injected_faults_fail_only_their_test_and_the_run_goes_on(run_pytest, tm
     logs = sorted((proc.results / "console").iterdir(), key=lambda p: int(p.stem.rsplit("-")[-1]))
     assert len(logs) == 4, logs  # the panic, the agent's death and QEMU's each cost a guest
     assert all("kconform: restoring the guest saved at" in log.read_text() for log in logs[1:])
-    assert results.load(proc.results).kernels["debian-6.1"].guest_boot == "restored"
+    record = results.load(proc.results).kernels["debian-6.1"]
+    assert (record.guest_boot, record.rootfs) == ("restored", "image of host files")
     assert leftover_guests(_child_pid(proc)) == []
 
 

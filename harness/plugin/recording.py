@@ -36,8 +36,6 @@ from pluggy import Result
 
 from ..judging.verdicts import Verdict
 from ..kernels.selectors import split_pinned
-from ..machines.snapshot import BOOT_KINDS as SNAPSHOT_BOOTS
-from ..machines.snapshot import ROOT_LABEL as SNAPSHOT_ROOT
 from ..reports.grid import write_reports
 from ..reports.junit import junit_text
 from ..reports.reproduce import rerun_command
@@ -133,8 +131,8 @@ class Reporter:
         facts: list[tuple[str, object]] = []
         if tree is not None:
             rootfs = "target's own" if tree.target else self.run.rootfs_label(tree.arch)
-            if info is not None and info.boot_kind in SNAPSHOT_BOOTS:  # not the host's own root
-                rootfs = SNAPSHOT_ROOT
+            if info is not None and info.root_label:  # a machine's own root (a snapshot's)
+                rootfs = info.root_label
             facts += [("kernel_version", tree.exact_version),
                       ("machine", tree.target or "qemu"), ("rootfs", rootfs),
                       ("kernel_arch", tree.arch)]

@@ -35,6 +35,8 @@ from ..machines.rootfs import (
     root_recipe,
 )
 from ..machines.session import BootFailure, GuestFailure, GuestSession
+from ..machines.snapshot import BOOT_KINDS as SNAPSHOT_BOOTS
+from ..machines.snapshot import ROOT_LABEL as SNAPSHOT_ROOT
 from ..machines.ssh import (
     SshMachine,
     SshTarget,
@@ -59,7 +61,8 @@ class KernelInfo:
     vng_command: str = ""   # for an SSH target: the ssh line that logs in the same way
     console_log: str = ""
     by_hand: str = "boot it by hand"  # what vng_command does
-    boot_kind: str = ""     # "direct", "virtme-ng" or "ssh": which machine booted it
+    boot_kind: str = ""     # "restored", "saved", "direct", "virtme-ng" or "ssh": how it started
+    root_label: str = ""    # the guest's root when it is the machine's own, not the run's
 
 
 class GuestPool:
@@ -125,6 +128,7 @@ class GuestPool:
         info.uname, info.boot_seconds = session.uname, session.boot_seconds
         info.vng_command, info.console_log = machine.shell_command(), str(log)
         info.boot_kind = machine.boot_kind
+        info.root_label = SNAPSHOT_ROOT if machine.boot_kind in SNAPSHOT_BOOTS else ""
         if tree.target:
             info.by_hand = "log in by hand"
         return session
