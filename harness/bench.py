@@ -14,9 +14,10 @@ In one run, on the kernels given (default: BENCH_KERNELS, the generic flavour's 
   work     the cases' guest seconds of that run by kind, as the agent measures them
            (harness/agent/timing.py): BPF object open and load, waiting for the kernel, socket
            set-up, and the other rest; in total and per case (issue #17)
-  restore  per amd64 kernel, each to its agent's hello: a cold direct boot (9p root), a cold boot
-           on the snapshot's disk images that saves the guest, and RESTORE_ROUNDS restores of that
-           save (their median): issue #17's cold-boot and restore goals
+  restore  per kernel, each to its agent's hello: a cold direct boot (9p root; not for a pinned
+           root's or an arm64 guest), a cold boot on the snapshot's disk images that saves the
+           guest, and RESTORE_ROUNDS restores of that save (their median): issue #17's cold-boot
+           and restore goals
   old path the same suite run (-n 1 and -n 2, same kernels, same venv) from a git worktree of
            --old-path REF (default OLD_PATH_REF, main before issue #17's cuts): per kernel, on the
            cases both ran, suite wall, boot to a ready agent and guest time per case, old
@@ -178,7 +179,8 @@ class PhaseFigures(TypedDict):
 
 class RestoreFigures(TypedDict):
     """A kernel's boots to a ready agent, one way each (machines/direct.py, snapshot.py)."""
-    direct_s: float      # a cold direct boot on the host's root over 9p
+    direct_s: float | None   # a cold direct boot on the host's root over 9p (None: a pinned
+    #                          root's guest, an arm64 one, which no 9p boot covers)
     images_s: float      # a cold boot on the disk images, to the hello
     save_s: float        # then saving it
     saved_s: float       # both, as the session saw it
@@ -328,7 +330,8 @@ def floor(tree: KernelTree, accel: Accel, rootfs: Rootfs | None = None, *,
     return seconds
 
 
-def restore_row(tree: KernelTree, accel: Accel, cache: Path, consoles: Path) -> RestoreFigures:
+def restore_row(tree: KernelTree, accel: Accel, cache: Path, consoles: Path,
+                rootfs: Rootfs | None = None) -> RestoreFigures:
     """Each way of starting a direct guest, timed from the machine's start to the agent's hello
     (GuestSession.boot_seconds). Its kernel's snapshot is removed first, so the second boot is a
     cold one that saves, and the restores restore that save."""
@@ -351,9 +354,10 @@ def restore_row(tree: KernelTree, accel: Accel, cache: Path, consoles: Path) -> 
 
     consoles.mkdir(parents=True, exist_ok=True)
     stem = safe_file_name(tree.name)
-    direct = start(DirectMachine(tree, accel, consoles / f"{stem}-direct.log", cache=cache),
-                   "direct")
-    saving = SnapshotMachine(tree, accel, consoles / f"{stem}-saved.log", cache=cache)
+    direct = None if rootfs is not None else start(
+        DirectMachine(tree, accel, consoles / f"{stem}-direct.log", cache=cache), "direct")
+    saving = SnapshotMachine(tree, accel, consoles / f"{stem}-saved.log", cache=cache,
+                             rootfs=rootfs)
     saving.state.unlink(missing_ok=True)
     saving.record.unlink(missing_ok=True)
     saved = start(saving, "saved")
@@ -361,7 +365,8 @@ def restore_row(tree: KernelTree, accel: Accel, cache: Path, consoles: Path) -> 
         raise RuntimeError(f"restore row: {tree.name}'s guest was not saved (console: "
                            f"{saving.console.log_path})")
     restores = [start(SnapshotMachine(tree, accel, consoles / f"{stem}-restored-{n}.log",
-                                      cache=cache), "restored") for n in range(RESTORE_ROUNDS)]
+                                      cache=cache, rootfs=rootfs), "restored")
+                for n in range(RESTORE_ROUNDS)]
     return {"direct_s": direct, "images_s": round(saving.hello_seconds, 2),
             "save_s": round(saving.save_seconds, 2), "saved_s": saved,
             "restore_s": sorted(restores)[len(restores) // 2], "restores_s": restores}
@@ -710,10 +715,9 @@ def main(argv: list[str]) -> int:
         say(f"baseline: {name}")  # right after its floor, so both see the same moment
         kernels[name]["baseline_s"] = round(
             floor(tree, accels[tree.arch], root, own_boot_args=False), 1)
-        if root is None and tree.arch == host_architecture():  # what a direct boot covers
-            say(f"restore: {name}")
-            kernels[name]["restore"] = restore_row(tree, accels[tree.arch], provider.cache,
-                                                   work_dir / "restore")
+        say(f"restore: {name}")
+        kernels[name]["restore"] = restore_row(tree, accels[tree.arch], provider.cache,
+                                               work_dir / "restore", root)
     matrix: dict[str, MatrixFigures] = {}
     old_matrix: dict[str, MatrixFigures] = {}
     new_n1: Report = {"cases": [], "kernels": {}}  # the -n 1 reports, once run
@@ -887,7 +891,8 @@ def print_restore(kernels: dict[str, KernelFigures]) -> None:
         base = kernels[name].get("baseline_s")
         ratios = (f"{r['images_s'] / base:11.2f} {r['restore_s'] / base:12.3f}" if base
                   else f"{'-':>11} {'-':>12}")
-        print(f"  {name:24} {r['direct_s']:7.2f} {r['images_s']:7.2f} {r['save_s']:6.2f} "
+        direct = f"{r['direct_s']:7.2f}" if r["direct_s"] is not None else f"{'-':>7}"
+        print(f"  {name:24} {direct} {r['images_s']:7.2f} {r['save_s']:6.2f} "
               f"{r['restore_s']:8.2f} {base if base else '-':>8} {ratios}")
 
 

@@ -209,8 +209,9 @@ def _bpf(path: Path) -> Entry:
 
 
 def _image(path: Path) -> Entry:
-    # root-<digest>.ext4 or modules-<release>-<digest>.ext4 (machines/guest_image.py): --keep N
-    # keeps N of the root's and N of each release's modules
+    # root-<digest>.ext4, modules-<release>-<digest>.ext4 (machines/guest_image.py) or
+    # vmlinux-<image>-<digest>.elf (machines/pvh.py): --keep N keeps N of the root's and N of
+    # each release's modules and vmlinux
     group = path.stem.rpartition("-")[0] or path.stem
     used = last_use(path)
     return Entry("image", path, path.name, group=group, newness=(used,), order=(group, used),
@@ -236,7 +237,7 @@ def entries(cache: Path) -> list[Entry]:
     for subdir, reader, wanted in (("trees", _kernel, _is_directory),
                                    ("rootfs", _root, _is_directory),
                                    ("bpf", _bpf, _is_object),
-                                   ("images", _image, _is_suffixed(".ext4")),
+                                   ("images", _image, _is_suffixed(".ext4", ".elf")),
                                    ("snapshots", _snapshot, _is_suffixed(".state"))):
         directory = cache / subdir
         if not directory.is_dir():
@@ -255,8 +256,8 @@ def _is_object(path: Path) -> bool:
     return path.suffix == ".o" and path.is_file() and not path.is_symlink()
 
 
-def _is_suffixed(suffix: str) -> Callable[[Path], bool]:
-    return lambda path: path.suffix == suffix and path.is_file() and not path.is_symlink()
+def _is_suffixed(*suffixes: str) -> Callable[[Path], bool]:
+    return lambda path: path.suffix in suffixes and path.is_file() and not path.is_symlink()
 
 
 def _when(entry: Entry, in_use: bool) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import lzma
 import shlex
+import shutil
 from pathlib import Path
 
 import pytest
@@ -139,24 +140,46 @@ def test_a_blank_in_the_agents_command_is_refused_the_kernel_would_split_it(tmp_
                              tmp_path / "i", tmp_path / "m")
 
 
-def test_the_factory_boots_directly_only_what_a_direct_boot_covers(tmp_path, monkeypatch):
+def pinned_root(tmp_path: Path, arch: str = "amd64") -> Rootfs:
+    """A built root as machines/rootfs.py leaves one: its manifest and its static busybox."""
+    path = tmp_path / f"root-{arch}"
+    (path / "usr" / "bin").mkdir(parents=True)
+    shutil.copy(initramfs._busybox(), path / "usr" / "bin" / "busybox")  # any file will do
+    (path / "kconform-tree.json").write_text("{}")
+    return Rootfs(name="test", path=path, digest="0" * 12, packages={}, arch=arch)
+
+
+def test_the_factory_picks_what_covers_the_kernel_in_order(tmp_path, monkeypatch):
+    """auto: a snapshot's guest (on the host's files, or a pinned root of the kernel's
+    architecture), then the host's root over 9p, then virtme-ng."""
     from harness.machines.snapshot import SnapshotMachine
     monkeypatch.setattr(initramfs, "root_module_files", lambda t, m, r="9p": [])
     log = tmp_path / "console.log"
     tree = debian_tree(tmp_path)
     cache = tmp_path / "cache"
     assert direct_boot_problem(tree, None) is None
-    # auto: a snapshot's guest first, then the host's root over 9p, then virtme-ng
-    assert type(guest_machine(tree, TCG, log, cache=cache)) is SnapshotMachine
+    machine = guest_machine(tree, TCG, log, cache=cache)
+    assert type(machine) is SnapshotMachine and machine.root_label == "image of host files"
     assert type(guest_machine(tree, TCG, log, boot="direct", cache=cache)) is DirectMachine
     assert type(guest_machine(tree, TCG, log, boot="virtme-ng")) is QemuMachine
-    root = Rootfs(name="test", path=tmp_path, digest="0" * 12, packages={})
-    assert type(guest_machine(tree, TCG, log, rootfs=root)) is QemuMachine
-    for boot in ("direct", "snapshot"):
-        with pytest.raises(KconformError, match="pinned root"):
-            guest_machine(tree, TCG, log, rootfs=root, boot=boot)
+    # a pinned root: its own image, under the run's label for that root
+    root = pinned_root(tmp_path)
+    machine = guest_machine(tree, TCG, log, rootfs=root, cache=cache)
+    assert type(machine) is SnapshotMachine and machine.root_label == ""
+    assert "root-test-amd64-" in " ".join(machine.cmd)
+    with pytest.raises(KconformError, match="pinned root"):
+        guest_machine(tree, TCG, log, rootfs=root, boot="direct")
+    # arm64: on its arm64 root, -M virt; never over the host's 9p root
     foreign = debian_tree(tmp_path / "arm", arch="arm64")
     assert direct_boot_problem(foreign, None) is not None
+    arm = guest_machine(foreign, Accel("tcg", "cortex-a57", "test"), log,
+                        rootfs=pinned_root(tmp_path, "arm64"), cache=cache)
+    assert type(arm) is SnapshotMachine
+    assert arm.cmd[0].endswith("qemu-system-aarch64") and arm.cmd[arm.cmd.index("-machine") + 1] \
+        == "virt" and "console=ttyAMA0" in arm.cmd[arm.cmd.index("-append") + 1].split(" ")
+    assert "vmgenid,guid=auto" not in arm.cmd  # an ACPI device: the virt board boots by DT
+    with pytest.raises(KconformError, match="needs an arm64 root"):
+        guest_machine(foreign, TCG, log, rootfs=root, boot="snapshot", cache=cache)
     without_modules = debian_tree(tmp_path / "bare", modules=False)
     assert "lib/modules" in (direct_boot_problem(without_modules, None) or "")
 
@@ -174,8 +197,8 @@ def test_auto_boots_on_the_hosts_root_when_no_snapshot_can_be_made_and_says_why(
     machine = guest_machine(tree, TCG, tmp_path / "console.log", cache=tmp_path / "cache",
                             log=said.append)
     assert type(machine) is DirectMachine
-    assert said == [(f"{tree.name} boots directly on the host's root, not from a snapshot: "
-                     "a saved guest's images need mkfs.ext4: apt-get install e2fsprogs")]
+    assert said == [(f"{tree.name} is not booted from a snapshot: a saved guest's images need "
+                     "mkfs.ext4: apt-get install e2fsprogs")]
     with pytest.raises(KconformError, match="mkfs.ext4"):  # asked for by name: no fallback
         guest_machine(tree, TCG, tmp_path / "console.log", cache=tmp_path / "cache",
                       boot="snapshot")

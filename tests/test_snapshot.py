@@ -208,3 +208,23 @@ def test_a_failed_save_says_why(tmp_path):
     client = qmp.QmpClient(tmp_path / "qmp.sock", deadline=time.monotonic() + 10)
     with pytest.raises(qmp.QmpError, match="disk full"):
         qmp.save_state(client, "exec:cat > /x")
+
+
+def test_a_pinned_roots_image_is_that_root_with_the_guest_side_and_no_modules(tmp_path):
+    """The image of a pinned root (every arm64 guest's): its own files, linked not copied, its
+    lib/modules left empty for the modules image, and the repo's guest side at GUEST_REPO."""
+    from harness.machines.rootfs import Rootfs
+    built = tmp_path / "built"
+    (built / "usr/bin").mkdir(parents=True)
+    (built / "usr/bin/python3").write_text("#!the root's own python\n")
+    (built / "usr/lib/modules/6.12.0-test/kernel").mkdir(parents=True)
+    (built / "usr/lib/modules/6.12.0-test/modules.dep").write_text("")
+    root = tmp_path / "image-tree"
+    guest_image._make_pinned_root(root, Rootfs(name="debian-bookworm", path=built,
+                                               digest="0" * 12, packages={}, arch="arm64"))
+    assert (root / "usr/bin/python3").read_text() == "#!the root's own python\n"
+    assert (root / "usr/bin/python3").stat().st_ino == (built / "usr/bin/python3").stat().st_ino
+    assert list((root / "usr/lib/modules").iterdir()) == []
+    assert (built / "usr/lib/modules/6.12.0-test/modules.dep").exists()  # the root is untouched
+    assert (root / "opt/kconform/harness/agent/agent.py").is_file()
+    assert (root / "opt/kconform/cases/guest/redirect.py").is_file()

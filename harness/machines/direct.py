@@ -36,6 +36,7 @@ from .initramfs import (
     initramfs_for,
     modules_dir,
 )
+from .pvh import pvh_kernel
 from .qemu import (
     _WORD,
     QemuMachine,
@@ -48,20 +49,47 @@ from .qemu import (
 )
 from .rootfs import Rootfs
 
-QEMU_BINARY = {"amd64": "qemu-system-x86_64"}
-# The kernel's own console settings as virtme-ng sets them (its --verbose): every record on the
-# serial console, early ones too, so a kernel that dies before its console driver still says why.
-CONSOLE_ARGS = ("console=ttyS0", "earlyprintk=serial,ttyS0,115200", "loglevel=7")
+
+@dataclass(frozen=True)
+class QemuBoard:
+    """How QEMU runs a kernel of one architecture directly."""
+    binary: str
+    package: str               # Debian's, which has the binary
+    machine: str
+    # The kernel's own console settings as virtme-ng sets them (its --verbose): every record on
+    # the serial console, early ones too, so a kernel that dies before its console driver still
+    # says why.
+    console: tuple[str, ...]
+    vmgenid: bool              # QEMU has the device there (an ACPI one: not on a DT-booted virt)
+    pvh: bool                  # QEMU starts an ELF vmlinux at its PVH entry (machines/pvh.py)
+
+
+BOARDS = {
+    "amd64": QemuBoard("qemu-system-x86_64", "qemu-system-x86", "q35",
+                       ("console=ttyS0", "earlyprintk=serial,ttyS0,115200", "loglevel=7"), True,
+                       True),
+    # -M virt's PL011 UART at 0x9000000 (QEMU's hw/arm/virt.c memory map), as virtme-ng's own
+    "arm64": QemuBoard("qemu-system-aarch64", "qemu-system-arm", "virt",
+                       ("console=ttyAMA0", "earlycon=pl011,0x9000000", "loglevel=7"), False,
+                       False),
+}
 _DRIVE_PATH = re.compile(r"/[A-Za-z0-9_.:/+@-]+")
 
 
-def direct_boot_modules(tree: KernelTree, rootfs: Rootfs | None) -> Path | str:
+def direct_boot_modules(tree: KernelTree, rootfs: Rootfs | None, *,
+                        disks: bool = False) -> Path | str:
     """The modules directory a direct boot of this guest loads its root's modules from, or why
-    it cannot boot directly (then it boots through virtme-ng)."""
-    if tree.arch != host_architecture() or tree.arch not in QEMU_BINARY:
-        return f"an {tree.arch} kernel boots through virtme-ng (its -M virt machine and init)"
-    if rootfs is not None:
-        return "a pinned root boots through virtme-ng"
+    it cannot boot directly. Over 9p the root is the host's, so the kernel is of the host's
+    architecture and no root is pinned; on disk images (disks, a snapshot's guest) the root is
+    an image of the host's files or of the pinned root, which is of the kernel's architecture."""
+    if tree.arch not in BOARDS:
+        return f"QEMU boots no {tree.arch} kernel directly here"
+    if not disks and tree.arch != host_architecture():
+        return f"an {tree.arch} kernel needs a root of its own, not the host's over 9p"
+    if not disks and rootfs is not None:
+        return "a pinned root boots on the snapshot's disk images or through virtme-ng"
+    if disks and tree.arch != host_architecture() and (rootfs is None or rootfs.arch != tree.arch):
+        return f"an {tree.arch} kernel needs an {tree.arch} root (--rootfs)"
     if tree.vmlinuz is None and tree.run_target is None:
         return "it has no kernel image"
     modules = modules_dir(tree)
@@ -83,13 +111,25 @@ class RootDisks:
     modules: Path
 
 
+def direct_kernel(tree: KernelTree, cache: Path) -> Path:
+    """The file QEMU boots: the tree's image, or its vmlinux where QEMU can start it directly."""
+    image = tree.run_target or tree.vmlinuz
+    if image is None:
+        raise KconformError(f"{tree.name} has no kernel image to boot")
+    if BOARDS[tree.arch].pvh:
+        return pvh_kernel(image, cache) or image
+    return image
+
+
 def build_direct_command(tree: KernelTree, accel: Accel, argv: list[str], initramfs: Path,
                          modules: Path, *, memory: str = "1G", cpus: int = 1,
-                         name: str | None = None, disks: RootDisks | None = None) -> list[str]:
+                         name: str | None = None, disks: RootDisks | None = None,
+                         kernel: Path | None = None) -> list[str]:
     """QEMU's whole command line for one direct guest running `argv` (the agent), its root the
-    host's over 9p, or `disks`."""
+    host's over 9p, or `disks`; kernel: what direct_kernel chose (default: the tree's image)."""
     name, cpu_model = check_machine_values(name, memory, cpus, accel)
-    image = tree.run_target or tree.vmlinuz
+    board = BOARDS[tree.arch]
+    image = kernel or tree.run_target or tree.vmlinuz
     if image is None:
         raise KconformError(f"{tree.name} has no kernel image to boot")
     if disks is None:
@@ -103,7 +143,7 @@ def build_direct_command(tree: KernelTree, accel: Accel, argv: list[str], initra
         # A guest on disks is one that is saved and restored: a generation id that QEMU makes
         # anew at each start tells a restored kernel (CONFIG_VMGENID, 5.18 on) to reseed its
         # random number generator, so restored guests do not all draw the same numbers.
-        root_devices = ["-device", "vmgenid,guid=auto"]
+        root_devices = ["-device", "vmgenid,guid=auto"] if board.vmgenid else []
         for drive, path, serial in (("root", disks.root, ROOT_SERIAL),
                                     ("mods", disks.modules, MODULES_SERIAL)):
             # QEMU splits -drive at commas: the path is held to plain characters without one
@@ -111,17 +151,17 @@ def build_direct_command(tree: KernelTree, accel: Accel, argv: list[str], initra
                                 "letters, digits and _ . : / + @ -")
             root_devices += ["-drive", f"file={plain},format=raw,if=none,id={drive},readonly=on",
                              "-device", f"virtio-blk-pci,drive={drive},serial={serial}"]
-    kernel_args = [*CONSOLE_ARGS, "panic=-1", "rdinit=/init", *root_args,
+    kernel_args = [*board.console, "panic=-1", "rdinit=/init", *root_args,
                    f"{RELEASE_PARAM}={tree.release}", "--", *argv]
     for arg in kernel_args:
         _check_word(arg, "kernel command-line word", _WORD,
                     "letters, digits and _ . , : = / + @ -")
     # By its full path, as vng runs it: what `ps` shows names the binary that ran
-    qemu = shutil.which(QEMU_BINARY[tree.arch])
+    qemu = shutil.which(board.binary)
     if qemu is None:
-        raise KconformError(f"{QEMU_BINARY[tree.arch]} not found: apt-get install "
-                            "qemu-system-x86 (./kconform installs it)")
-    return [qemu, "-name", name, "-machine", "q35",
+        raise KconformError(f"{board.binary} not found: apt-get install {board.package} "
+                            "(./kconform installs it)")
+    return [qemu, "-name", name, "-machine", board.machine,
             "-accel", "kvm" if accel.name == "kvm" else "tcg", "-cpu", cpu_model,
             "-m", memory, "-smp", str(cpus), "-nodefaults", "-no-reboot", "-display", "none",
             "-chardev", "file,id=console,path=/proc/self/fd/2", "-serial", "chardev:console",
@@ -154,12 +194,13 @@ class DirectMachine(QemuMachine):
         argv = agent_argv(guest_python(), vng_path(REPO_ROOT), boot_log=True)
         self.cmd = build_direct_command(tree, accel, argv,
                                         initramfs_for(tree, self.cache, modules), modules,
-                                        memory=memory, cpus=cpus)
+                                        memory=memory, cpus=cpus,
+                                        kernel=direct_kernel(tree, self.cache))
         self._memory, self._cpus = memory, cpus
         self._attach(console_log)
 
     def shell_command(self) -> str:
-        """Its initramfs runs only the agent: a shell by hand is virtme-ng's, same kernel, memory,
-        CPUs and CPU model."""
+        """Its initramfs runs only the agent: a shell by hand is virtme-ng's, same kernel, root,
+        memory, CPUs and CPU model."""
         return shlex.join(build_vng_command(self.tree, self.accel, "true", memory=self._memory,
-                                            cpus=self._cpus))
+                                            cpus=self._cpus, rootfs=self.rootfs))

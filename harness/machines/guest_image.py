@@ -7,12 +7,15 @@ the host's over 9p. A disk image is not part of the saved state: QEMU saves the 
 and devices and takes the image to be the same when it restores, so each image is named by a
 digest of what went into it and never changed once written.
 
-The root holds what the agent and the cases run, taken from the host: the Python that runs the
-agent (interpreter, standard library, the shared libraries its extension modules link), libbpf,
-kmod as modprobe (the kernel's request_module and eligibility's vsock_loopback), busybox (the
-final shell, mount), and the repo's guest side (harness/agent, cases/guest) at GUEST_REPO with
-its bytecode compiled, since a read-only root keeps Python from writing it at each start. The
-modules image is the tree's lib/modules as it is, mounted at /lib/modules.
+On the host's files, the root holds what the agent and the cases run, taken from the host: the
+Python that runs the agent (interpreter, standard library, the shared libraries its extension
+modules link), libbpf, kmod as modprobe (the kernel's request_module and eligibility's
+vsock_loopback), busybox (the final shell, mount), and the repo's guest side (harness/agent,
+cases/guest) at GUEST_REPO with its bytecode compiled, since a read-only root keeps Python from
+writing it at each start. On a
+pinned root (--rootfs, and every arm64 guest), it is that root as built, with the repo's guest
+side added the same way. The modules image is the tree's lib/modules as it is, mounted at
+/lib/modules.
 """
 from __future__ import annotations
 
@@ -23,12 +26,14 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
-from ..cache import cache_lock, staging_dir
+from ..cache import MANIFEST, cache_lock, staging_dir
 from ..errors import KconformError
-from ..paths import REPO_ROOT
+from ..paths import REPO_ROOT, safe_file_name
+from .rootfs import Rootfs
 
 GUEST_REPO = "/opt/kconform"  # where the root image holds the repo's guest side
 # What of the repo runs in the guest: the agent's package, the cases' guest functions and those
@@ -112,13 +117,10 @@ def root_inputs(python: str) -> dict[str, object]:
     real, stdlib = python_layout(python)
     programs = [real, *(_host_program(name) for name in HOST_PROGRAMS), _libbpf()]
     lib_dirs = sorted({p.resolve().parent for p in programs} | {Path("/usr/lib/x86_64-linux-gnu")})
-    sources = hashlib.sha256()
-    for path in _guest_source_files():
-        sources.update(str(path.relative_to(REPO_ROOT)).encode() + b"\0" + path.read_bytes())
     return {"format": IMAGE_FORMAT, "python": python, "programs": _stat_words(programs),
             "stdlib": hashlib.sha256("\n".join(_stat_words(_stdlib_files(stdlib))).encode())
             .hexdigest(), "lib_dirs": _stat_words(d for d in lib_dirs if d.exists()),
-            "guest_sources": sources.hexdigest()}
+            "guest_sources": _guest_sources_digest()}
 
 
 def _digest(inputs: Mapping[str, object]) -> str:
@@ -175,17 +177,34 @@ def _make_root(root: Path, python: str) -> None:
         libraries.update(_linked_libraries(elf))
     for library in sorted(libraries):
         _copy_into(root, library)
-    for path in _guest_source_files():
-        dest = root / GUEST_REPO.lstrip("/") / path.relative_to(REPO_ROOT)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(path, dest)
-    # bytecode now, by the guest's own python: a read-only root would compile it at every start
-    subprocess.run([str(real), "-I", "-m", "compileall", "-q", str(root / GUEST_REPO.lstrip("/"))],
-                   check=True, capture_output=True)
+    _add_guest_side(root, real)
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         # a loader cache naming only what is here, for the dlopen of libbpf by its soname
         (root / "etc/ld.so.conf").write_text("/usr/lib/x86_64-linux-gnu\n/usr/lib\n")
         subprocess.run(["/sbin/ldconfig", "-r", str(root)], check=True, capture_output=True)
+
+
+def _add_guest_side(root: Path, python: Path) -> None:
+    for path in _guest_source_files():
+        dest = root / GUEST_REPO.lstrip("/") / path.relative_to(REPO_ROOT)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, dest)
+    # bytecode now: a read-only root would compile it at every start. By the guest's python
+    # (or, for a pinned root, the host's: bytecode is the same on every architecture, and one of
+    # another Python version is simply not used)
+    subprocess.run([str(python), "-I", "-m", "compileall", "-q",
+                    str(root / GUEST_REPO.lstrip("/"))], check=True, capture_output=True)
+
+
+def _make_pinned_root(root: Path, rootfs: Rootfs) -> None:
+    """The pinned root as built (hard links, not a copy: mkfs reads it once), its lib/modules
+    emptied for the modules image's mount, and the repo's guest side."""
+    subprocess.run(["cp", "-al", str(rootfs.path), str(root)], check=True, capture_output=True)
+    modules = root / "usr/lib/modules"
+    if modules.is_dir() and not modules.is_symlink():
+        shutil.rmtree(modules)  # the links only: the root's own files stay
+    modules.mkdir(parents=True, exist_ok=True)
+    _add_guest_side(root, Path(sys.executable))
 
 
 def _tree_bytes(path: Path) -> int:
@@ -228,13 +247,31 @@ def _published(cache: Path, name: str, build: Callable[[Path, Path], None]) -> P
     return image
 
 
-def root_image(cache: Path, python: str) -> Path:
-    """The root image for this host's python and this repo's guest side (made once per change)."""
-    name = f"root-{_digest(root_inputs(python))}.ext4"
+def _guest_sources_digest() -> str:
+    sources = hashlib.sha256()
+    for path in _guest_source_files():
+        sources.update(str(path.relative_to(REPO_ROOT)).encode() + b"\0" + path.read_bytes())
+    return sources.hexdigest()
+
+
+def root_image(cache: Path, python: str, rootfs: Rootfs | None = None) -> Path:
+    """The root image for this host's python, or this pinned root, with this repo's guest side
+    (made once per change)."""
+    if rootfs is None:
+        name = f"root-{_digest(root_inputs(python))}.ext4"
+    else:
+        built = (rootfs.path / MANIFEST).stat()
+        inputs = {"format": IMAGE_FORMAT, "rootfs": str(rootfs.path), "digest": rootfs.digest,
+                  "built": f"{built.st_size}:{built.st_mtime_ns}",
+                  "guest_sources": _guest_sources_digest()}
+        name = f"root-{safe_file_name(rootfs.name)}-{rootfs.arch}-{_digest(inputs)}.ext4"
 
     def build(staging: Path, image: Path) -> None:
         tree = staging / "root"
-        _make_root(tree, python)
+        if rootfs is None:
+            _make_root(tree, python)
+        else:
+            _make_pinned_root(tree, rootfs)
         _mkfs(tree, image, "kconform-root")
     return _published(cache, name, build)
 

@@ -150,10 +150,19 @@ def _newc(entries: Iterable[tuple[str, int, bytes | None]]) -> bytes:
     return out.getvalue()
 
 
-def _busybox() -> Path:
+def _busybox(root: Path | None = None) -> Path:
+    """The static busybox for the initramfs: the host's, or (a guest on a pinned root, perhaps
+    of another architecture) the root's own, which its recipe installs as busybox-static."""
     for path in BUSYBOX_PATHS:
-        if os.path.isfile(path):
+        if root is not None:
+            candidate = root / path.lstrip("/")
+            if candidate.is_file():
+                return candidate
+        elif os.path.isfile(path):
             return Path(path)
+    if root is not None:
+        raise KconformError(f"the root {root} has no busybox for a direct boot's initramfs: add "
+                            "busybox-static to its recipe's packages")
     raise KconformError("a direct boot needs the host's static busybox for its initramfs: "
                         "apt-get install busybox-static (./kconform installs it), or boot "
                         "through virtme-ng with --guest-boot virtme-ng")
@@ -209,8 +218,9 @@ def _module_bytes(path: Path) -> tuple[str, bytes]:
     return name, data
 
 
-def initramfs_content(tree: KernelTree, modules: Path, root: str = "9p") -> bytes:
-    busybox = _busybox().read_bytes()
+def initramfs_content(tree: KernelTree, modules: Path, root: str = "9p",
+                      busybox_root: Path | None = None) -> bytes:
+    busybox = _busybox(busybox_root).read_bytes()
     entries: list[tuple[str, int, bytes | None]] = [
         (d, 0o40755, None) for d in ("bin", "dev", "proc", "sys", "newroot", "modules")]
     entries.append(("bin/busybox", 0o100755, busybox))
@@ -225,24 +235,29 @@ def initramfs_content(tree: KernelTree, modules: Path, root: str = "9p") -> byte
     return _newc(entries)
 
 
-def initramfs_key(tree: KernelTree, modules: Path, root: str) -> str:
+def initramfs_key(tree: KernelTree, modules: Path, root: str,
+                  busybox_root: Path | None = None) -> str:
     """What the initramfs is made of, read without making it: the init, the applets, busybox and
     the module set by their files' size and mtime (modules.dep changes with the modules)."""
-    busybox, dep = _busybox().stat(), (modules / "modules.dep").stat()
+    path = _busybox(busybox_root)
+    busybox, dep = path.stat(), (modules / "modules.dep").stat()
     words = [INIT_SCRIPT, " ".join(APPLETS), " ".join(GUEST_MODULES[root]), tree.release,
-             str(modules), f"{busybox.st_size}:{busybox.st_mtime_ns}",
+             str(modules), str(path), f"{busybox.st_size}:{busybox.st_mtime_ns}",
              f"{dep.st_size}:{dep.st_mtime_ns}"]
     return hashlib.sha256("\0".join(words).encode()).hexdigest()[:24]
 
 
-def initramfs_for(tree: KernelTree, cache: Path, modules: Path, root: str = "9p") -> Path:
+def initramfs_for(tree: KernelTree, cache: Path, modules: Path, root: str = "9p",
+                  busybox_root: Path | None = None) -> Path:
     """The cached initramfs for this tree and root kind: made once, reused while what it is made
-    of is the same (initramfs_key), so a boot reads no module and runs no modprobe."""
+    of is the same (initramfs_key), so a boot reads no module and runs no modprobe.
+    busybox_root: the pinned root whose busybox it holds (the host's otherwise)."""
     directory = cache / "initramfs"
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{tree.release}-{root}-{initramfs_key(tree, modules, root)}.cpio"
+    key = initramfs_key(tree, modules, root, busybox_root)
+    path = directory / f"{tree.release}-{root}-{key}.cpio"
     if not path.exists():
         scratch = path.with_name(f".{path.name}.{os.getpid()}")
-        scratch.write_bytes(initramfs_content(tree, modules, root))
+        scratch.write_bytes(initramfs_content(tree, modules, root, busybox_root))
         os.replace(scratch, path)
     return path

@@ -33,14 +33,20 @@ from ..kernels import KernelTree
 from ..paths import REPO_ROOT, agent_argv, safe_file_name
 from .accel import Accel
 from .channel import GuestDied
-from .direct import DirectMachine, RootDisks, build_direct_command, direct_boot_modules
+from .direct import (
+    DirectMachine,
+    RootDisks,
+    build_direct_command,
+    direct_boot_modules,
+    direct_kernel,
+)
 from .guest_image import GUEST_REPO, GUEST_SOURCES, modules_image, root_image
 from .initramfs import initramfs_for
 from .qemu import _WORD, _check_word, _private_dir, guest_python, vng_path
 from .qmp import QmpClient, QmpError, save_state
+from .rootfs import Rootfs
 
 SNAPSHOT_FORMAT = "1"  # changes when what a snapshot records does
-BOOT_KINDS = ("saved", "restored")  # a SnapshotMachine's boot_kind once started
 ROOT_LABEL = "image of host files"  # the results' rootfs for its guests
 RESTORE_WITHIN = 15.0  # seconds for a restored agent to answer before the snapshot is distrusted
 SAVE_WITHIN = 60.0
@@ -113,14 +119,15 @@ class SnapshotMachine(DirectMachine):
     def __init__(self, tree: KernelTree, accel: Accel, console_log: Path, *,
                  memory: str = "1G", cpus: int = 1, cache: Path | None = None,
                  modules: Path | None = None, log: Callable[[str], None] = lambda msg: None,
-                 boot_within: float = 600.0):
+                 boot_within: float = 600.0, rootfs: Rootfs | None = None):
         """log: where to say that a snapshot was stale or failed (the run's output); boot_within:
-        how long a cold boot may take to its hello, which is awaited here to save it."""
+        how long a cold boot may take to its hello, which is awaited here to save it; rootfs: a
+        pinned root to make the root image of, instead of the host's files."""
         self.tree = tree
         self.accel = accel
-        self.rootfs = None
+        self.rootfs = rootfs
         if modules is None:
-            found = direct_boot_modules(tree, None)
+            found = direct_boot_modules(tree, rootfs, disks=True)
             if isinstance(found, str):
                 raise KconformError(f"{tree.name} cannot be saved and restored: {found}; boot "
                                     "it with --guest-boot virtme-ng")
@@ -129,22 +136,27 @@ class SnapshotMachine(DirectMachine):
         self.cache = cache or cache_dir()
         self._log = log
         self._boot_within = boot_within
-        python = guest_python()
-        disks = RootDisks(root_image(self.cache, python),
+        python = guest_python(rootfs)
+        disks = RootDisks(root_image(self.cache, python, rootfs),
                           modules_image(tree.release, modules, self.cache))
         argv = agent_argv(python, GUEST_REPO, boot_log=True)
-        self.base_cmd = build_direct_command(
-            tree, accel, argv, initramfs_for(tree, self.cache, modules, root="disk"), modules,
-            memory=memory, cpus=cpus, disks=disks)
+        initramfs = initramfs_for(tree, self.cache, modules, root="disk",
+                                  busybox_root=rootfs.path if rootfs else None)
+        self.base_cmd = build_direct_command(tree, accel, argv, initramfs, modules,
+                                             memory=memory, cpus=cpus, disks=disks,
+                                             kernel=direct_kernel(tree, self.cache))
         self.cmd = self.base_cmd
         kernel = Path(self.base_cmd[self.base_cmd.index("-kernel") + 1])
         files = [kernel, Path(self.base_cmd[self.base_cmd.index("-initrd") + 1]), disks.root,
                  disks.modules]
-        for path in files[1:]:
-            hold_in_use(path)  # `cache prune` leaves what a live guest reads alone
+        for path in files:
+            if path.parent == self.cache / "images":
+                hold_in_use(path)  # `cache prune` leaves what a live guest reads alone
         self.inputs = snapshot_inputs(self.base_cmd, files)
         # one snapshot per kernel file and machine shape: a stale one is replaced in place
-        shape = hashlib.sha256(f"{kernel}\0{memory}\0{cpus}\0{accel.name}".encode()).hexdigest()
+        root = f"{rootfs.name}-{rootfs.arch}" if rootfs else "host"
+        shape = hashlib.sha256(f"{kernel}\0{root}\0{memory}\0{cpus}\0{accel.name}".encode())\
+            .hexdigest()
         directory = self.cache / "snapshots"
         directory.mkdir(parents=True, exist_ok=True)
         stem = f"{safe_file_name(tree.release)}-{shape[:12]}"
@@ -266,6 +278,11 @@ class SnapshotMachine(DirectMachine):
             os.replace(scratch, self.state)
             write_atomic(self.record, json.dumps(record, indent=1))
         self.console.note(f"saved this guest to {self.state} ({record['size']} bytes)")
+
+    @property
+    def root_label(self) -> str:
+        """The results' rootfs: an image of host files, or (a pinned root) the run's own label."""
+        return ROOT_LABEL if self.rootfs is None else ""
 
     def receive(self, timeout: float) -> str | None:
         if self._pending:

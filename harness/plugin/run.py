@@ -35,8 +35,7 @@ from ..machines.rootfs import (
     root_recipe,
 )
 from ..machines.session import BootFailure, GuestFailure, GuestSession
-from ..machines.snapshot import BOOT_KINDS as SNAPSHOT_BOOTS
-from ..machines.snapshot import ROOT_LABEL as SNAPSHOT_ROOT
+from ..machines.snapshot import SnapshotMachine
 from ..machines.ssh import (
     SshMachine,
     SshTarget,
@@ -128,7 +127,7 @@ class GuestPool:
         info.uname, info.boot_seconds = session.uname, session.boot_seconds
         info.vng_command, info.console_log = machine.shell_command(), str(log)
         info.boot_kind = machine.boot_kind
-        info.root_label = SNAPSHOT_ROOT if machine.boot_kind in SNAPSHOT_BOOTS else ""
+        info.root_label = machine.root_label if isinstance(machine, SnapshotMachine) else ""
         if tree.target:
             info.by_hand = "log in by hand"
         return session
@@ -232,7 +231,7 @@ class KconformRun:
         self._rootfs_errors: dict[str, KconformError] = {}
         self.memory = check_memory(opt.guest_memory)
         self.guest_boot: str = opt.guest_boot
-        if opt.guest_boot in ("direct", "snapshot"):
+        if opt.guest_boot == "direct":
             _check_direct_boot(opt.guest_boot, opt.rootfs, self.kernel_names, self.specs)
         self.health = HealthRules()
         # Every target URL is checked before the first target is connected to.
