@@ -67,6 +67,17 @@ def test_a_saved_guest_is_restored_and_answers_as_the_booted_one(debian_6_12, tm
     assert said == []
 
 
+def _boots_cold(debian_6_12, tmp_path, said: list[str]) -> SnapshotMachine:
+    """The second guest: booted cold and saved (not restored), and it answers."""
+    second, session = _start(debian_6_12, tmp_path, 2, said)
+    try:
+        assert second.boot_kind == "saved"
+        assert session.call("tests.guest.faults:healthy", timeout=30).result["pid"] > 0
+    finally:
+        session.close()
+    return second
+
+
 def test_a_stale_snapshot_boots_cold_says_what_changed_and_is_saved_again(debian_6_12, tmp_path):
     said: list[str] = []
     first, session = _start(debian_6_12, tmp_path, 1, said)
@@ -74,12 +85,7 @@ def test_a_stale_snapshot_boots_cold_says_what_changed_and_is_saved_again(debian
     record = json.loads(first.record.read_text())
     record["inputs"]["qemu"] = "QEMU emulator version 6.0.0 (another build)"
     first.record.write_text(json.dumps(record))
-    second, session = _start(debian_6_12, tmp_path, 2, said)
-    try:
-        assert second.boot_kind == "saved"
-        assert session.call("tests.guest.faults:healthy", timeout=30).result["pid"] > 0
-    finally:
-        session.close()
+    second = _boots_cold(debian_6_12, tmp_path, said)
     assert len(said) == 1 and "is stale (QEMU changed since it was saved)" in said[0], said
     assert "booting it cold and saving it again" in said[0]
     assert json.loads(second.record.read_text())["inputs"] == second.inputs  # saved anew
@@ -92,12 +98,7 @@ def test_a_snapshot_that_fails_to_restore_boots_cold_and_says_so(debian_6_12, tm
     session.close()
     with first.state.open("r+b") as state:  # same size, so its record still describes it
         state.write(b"\0" * 64)  # QEMU's header: the restore cannot even start
-    second, session = _start(debian_6_12, tmp_path, 2, said)
-    try:
-        assert second.boot_kind == "saved"
-        assert session.call("tests.guest.faults:healthy", timeout=30).result["pid"] > 0
-    finally:
-        session.close()
+    _boots_cold(debian_6_12, tmp_path, said)
     assert len(said) == 1 and said[0].startswith(f"restoring {KERNEL} from ") and \
         "failed (" in said[0] and "booting it cold and saving it again" in said[0], said
     console = (tmp_path / "console-2.log").read_text()

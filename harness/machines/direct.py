@@ -180,17 +180,7 @@ class DirectMachine(QemuMachine):
                  modules: Path | None = None):
         """modules: the tree's modules directory, as direct_boot_modules found it (looked up
         here when not given)."""
-        self.tree = tree
-        self.accel = accel
-        self.rootfs = None
-        if modules is None:
-            found = direct_boot_modules(tree, None)
-            if isinstance(found, str):
-                raise KconformError(f"{tree.name} cannot boot directly: {found}; boot it with "
-                                    "--guest-boot virtme-ng")
-            modules = found
-        self.modules = modules
-        self.cache = cache or cache_dir()
+        modules = self._take(tree, accel, None, modules, cache, disks=False)
         argv = agent_argv(guest_python(), vng_path(REPO_ROOT), boot_log=True)
         self.cmd = build_direct_command(tree, accel, argv,
                                         initramfs_for(tree, self.cache, modules), modules,
@@ -198,6 +188,22 @@ class DirectMachine(QemuMachine):
                                         kernel=direct_kernel(tree, self.cache))
         self._memory, self._cpus = memory, cpus
         self._attach(console_log)
+
+    def _take(self, tree: KernelTree, accel: Accel, rootfs: Rootfs | None,
+              modules: Path | None, cache: Path | None, *, disks: bool) -> Path:
+        """Keep what every direct guest is made of; its modules directory (looked up when not
+        given: KconformError when this guest cannot boot directly this way)."""
+        self.tree, self.accel, self.rootfs = tree, accel, rootfs
+        self.cache = cache or cache_dir()
+        if modules is None:
+            found = direct_boot_modules(tree, rootfs, disks=disks)
+            if isinstance(found, str):
+                how = "from a snapshot" if disks else "directly"
+                raise KconformError(f"{tree.name} cannot boot {how}: {found}; boot it with "
+                                    "--guest-boot virtme-ng")
+            modules = found
+        self.modules = modules
+        return modules
 
     def shell_command(self) -> str:
         """Its initramfs runs only the agent: a shell by hand is virtme-ng's, same kernel, root,

@@ -27,8 +27,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ..cache import cache_dir, cache_lock, hold_in_use, write_atomic
-from ..errors import KconformError
+from ..cache import cache_lock, hold_in_use, write_atomic
 from ..kernels import KernelTree
 from ..paths import REPO_ROOT, agent_argv, safe_file_name
 from .accel import Accel
@@ -37,7 +36,6 @@ from .direct import (
     DirectMachine,
     RootDisks,
     build_direct_command,
-    direct_boot_modules,
     direct_kernel,
 )
 from .guest_image import GUEST_REPO, GUEST_SOURCES, modules_image, root_image
@@ -123,17 +121,7 @@ class SnapshotMachine(DirectMachine):
         """log: where to say that a snapshot was stale or failed (the run's output); boot_within:
         how long a cold boot may take to its hello, which is awaited here to save it; rootfs: a
         pinned root to make the root image of, instead of the host's files."""
-        self.tree = tree
-        self.accel = accel
-        self.rootfs = rootfs
-        if modules is None:
-            found = direct_boot_modules(tree, rootfs, disks=True)
-            if isinstance(found, str):
-                raise KconformError(f"{tree.name} cannot be saved and restored: {found}; boot "
-                                    "it with --guest-boot virtme-ng")
-            modules = found
-        self.modules = modules
-        self.cache = cache or cache_dir()
+        modules = self._take(tree, accel, rootfs, modules, cache, disks=True)
         self._log = log
         self._boot_within = boot_within
         python = guest_python(rootfs)
