@@ -186,6 +186,7 @@ class RestoreFigures(TypedDict):
     saved_s: float       # both, as the session saw it
     restore_s: float     # the median of RESTORE_ROUNDS restores of that save
     restores_s: list[float]
+    phases: PhaseFigures  # of the cold boot on the images, by the guest's clock
 
 
 class KernelFigures(TypedDict, total=False):
@@ -339,6 +340,8 @@ def restore_row(tree: KernelTree, accel: Accel, cache: Path, consoles: Path,
     from .machines.session import GuestSession
     from .machines.snapshot import SnapshotMachine
 
+    agent_starts: dict[str, float | None] = {}
+
     def start(machine: DirectMachine, expected_kind: str) -> float:
         session = GuestSession(machine, tree.name, boot_timeout=600)
         session.start()
@@ -348,6 +351,7 @@ def restore_row(tree: KernelTree, accel: Accel, cache: Path, consoles: Path,
                                    f"{machine.boot_kind!r}, not {expected_kind!r} (console: "
                                    f"{machine.console.log_path})")
             session.call("tests.guest.faults:healthy", timeout=60)  # it answers a call too
+            agent_starts[expected_kind] = session.agent_start_seconds
             return round(session.boot_seconds, 2)
         finally:
             session.close()
@@ -367,9 +371,13 @@ def restore_row(tree: KernelTree, accel: Accel, cache: Path, consoles: Path,
     restores = [start(SnapshotMachine(tree, accel, consoles / f"{stem}-restored-{n}.log",
                                       cache=cache, rootfs=rootfs), "restored")
                 for n in range(RESTORE_ROUNDS)]
+    lines = saving.console.log_path.read_text(errors="replace").splitlines()
+    phases = boot_phases(lines, agent_start=agent_starts.get("saved"))
     return {"direct_s": direct, "images_s": round(saving.hello_seconds, 2),
             "save_s": round(saving.save_seconds, 2), "saved_s": saved,
-            "restore_s": sorted(restores)[len(restores) // 2], "restores_s": restores}
+            "restore_s": sorted(restores)[len(restores) // 2], "restores_s": restores,
+            "phases": {"console": saving.console.log_path.name, "init": phases.init,
+                       "seconds": phases.as_json(), "agent_boots": 1}}
 
 
 def naive_case(tree: KernelTree, accel: Accel, fn: str, kwargs: dict[str, object],
@@ -734,6 +742,9 @@ def main(argv: list[str]) -> int:
                 for name in names:
                     kernels[name].update(split_by_kernel(report, name))
                     phases = phases_row(work_dir / "n1", report, name)
+                    if phases is None or phases["init"] is None:  # its first guest was restored
+                        restored = kernels[name].get("restore")
+                        phases = restored["phases"] if restored else phases
                     if phases is not None:
                         kernels[name]["phases"] = phases
                 new_n1 = report
@@ -941,8 +952,9 @@ def print_phases(kernels: dict[str, KernelFigures]) -> None:
     if not rows:
         return
     headings = [heading for _, _, _, heading in PHASES] + ["total to hello"]
-    print("phases of each kernel's first boot (guest clock, s; firmware and the kernel's "
-          "decompression come before that clock starts):")
+    print("phases of each kernel's first cold boot (its first guest in the suite, or the "
+          "restore row's saving boot when that guest was restored; guest clock, s; firmware and "
+          "the kernel's decompression come before that clock starts):")
     print(f"{'kernel':24} " + " ".join(f"{h:>{max(len(h), 6)}}" for h in headings))
     for name, p in rows.items():
         values = [p["seconds"].get(phase) for phase, _, _, _ in PHASES] \

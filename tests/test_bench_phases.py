@@ -76,7 +76,7 @@ def test_the_row_prints_a_line_per_kernel(tmp_path, capsys):
         kernels[name] = {"phases": row}
     bench.print_phases(kernels)
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("phases of each kernel's first boot (guest clock, s; firmware")
+    assert out[0].startswith("phases of each kernel's first cold boot (its first guest")
     assert out[1].split() == ["kernel", "to", "/init", "initramfs", "init", "set-up", "udev",
                               "to", "script", "agent", "total", "to", "hello"]
     assert out[2].split() == ["debian-6.12", "2.39", "0.54", "1.12", "4.39", "0.01", "3.11",

@@ -86,7 +86,9 @@ def figures(*, boot: float = 5.5, baseline: float = 14.0, work_ratio: float | No
                               "work_s": 20.0, "expected_hangs_s": 12.0}
     if restore is not None:  # the restore row: the cold boot goal is its direct boot's
         k["restore"] = {"direct_s": boot + 2, "images_s": boot, "save_s": 1.0,
-                        "saved_s": boot + 1, "restore_s": restore, "restores_s": [restore]}
+                        "saved_s": boot + 1, "restore_s": restore, "restores_s": [restore],
+                        "phases": {"console": "x-saved.log", "init": "kconform-init",
+                                   "seconds": {}, "agent_boots": 1}}
     f: bench.Figures = {"kernels": {kernel: k}, "matrix": {
         "n2": {"wall_s": n2, "cases": 742, "qemu_peak_mib": 0, "host_peak_mib": 0,
                "host_total_peak_mib": 0}}}
