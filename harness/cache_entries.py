@@ -219,13 +219,15 @@ def _image(path: Path) -> Entry:
 
 
 def _snapshot(path: Path) -> Entry:
-    # one per kernel and machine shape, replaced in place when stale; its record goes with it
+    # <release>-<shape>: one per kernel and machine shape (root, memory, CPUs), replaced in
+    # place when stale; --keep N keeps the N last used of each release. Its record goes with it.
     used = last_use(path)
     inodes = _inodes(path)
     record = path.with_suffix(".json")
     if record.exists():
         inodes.update(_inodes(record))
-    return Entry("snapshot", path, path.stem, group=path.stem, newness=(used,),
+    return Entry("snapshot", path, path.stem, group=path.stem.rpartition("-")[0] or path.stem,
+                 newness=(used,),
                  order=(path.stem, used), builder_lock=(path.parent, path.name), last_use=used,
                  inodes=inodes)
 

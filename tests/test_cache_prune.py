@@ -414,18 +414,22 @@ def test_saved_guests_and_their_images_are_listed_and_pruned_with_their_records(
     old_root, new_root = images / f"root-{'0' * 20}.ext4", images / f"root-{'1' * 20}.ext4"
     modules = images / f"modules-6.1.0-57-amd64-{'2' * 20}.ext4"
     state = snapshots / "6.1.0-57-amd64-abcdef012345.state"
-    for path, days in ((old_root, 5), (new_root, 1), (modules, 2), (state, 40)):
+    older = snapshots / "6.1.0-57-amd64-0123456789ab.state"  # another shape, used before
+    for path, days in ((old_root, 5), (new_root, 1), (modules, 2), (state, 40), (older, 50)):
         path.write_bytes(b"x" * 4096)
         _age(path, days)
-    state.with_suffix(".json").write_text("{}")
+    for path in (state, older):
+        path.with_suffix(".json").write_text("{}")
     status, out, _ = _run(capsys, "list")
     assert status == 0
-    assert [line.split()[:2] for line in out.splitlines()[1:5]] == [
+    assert [line.split()[:2] for line in out.splitlines()[1:6]] == [
         ["image", modules.name], ["image", old_root.name], ["image", new_root.name],
-        ["snapshot", state.stem]]
-    # --keep 1: the newer root image and the one modules image; the snapshot is its kernel's only
+        ["snapshot", older.stem], ["snapshot", state.stem]]
+    # --keep 1: the newer root image, the one modules image, the kernel's last used snapshot
     assert cli.main(["cache", "prune", "--keep", "1"]) == 0
     assert sorted(p.name for p in images.iterdir() if not p.name.startswith(".")) == sorted(
         [new_root.name, modules.name])
+    assert sorted(p.name for p in snapshots.iterdir() if not p.name.startswith(".")) == sorted(
+        [state.name, state.with_suffix(".json").name])
     assert cli.main(["cache", "prune", "--older-than", "30d"]) == 0
     assert [p.name for p in snapshots.iterdir() if not p.name.startswith(".")] == []
