@@ -70,7 +70,7 @@ from .errors import KconformError
 from .kernels import KernelProvider, KernelTree, expand_kernel_args, load_specs
 from .machines.accel import TCG_CPU, Accel, choose_accel, probe_boot
 from .machines.guest_job import run_guest_job
-from .machines.qemu import build_vng_command, guest_python
+from .machines.qemu import build_vng_command, guest_python, pinned_root_mounts
 from .machines.rootfs import HOST, Rootfs, RootfsProvider, root_recipe
 from .paths import REPO_ROOT, safe_file_name
 
@@ -380,16 +380,29 @@ def restore_row(tree: KernelTree, accel: Accel, cache: Path, consoles: Path,
                        "seconds": phases.as_json(), "agent_boots": 1}}
 
 
+def _seen_in_guest(path: str, rootfs: Rootfs | None) -> str:
+    """Where a guest on `rootfs` (None: the host's root) sees a host file of the repo or the BPF
+    cache: a pinned root has them mounted elsewhere (machines/qemu.py pinned_root_mounts)."""
+    if rootfs is None:
+        return path
+    for host, guest in pinned_root_mounts():
+        if Path(path) == host or host in Path(path).parents:
+            return str(Path(guest) / Path(path).relative_to(host))
+    raise KconformError(f"bench: {path} is not visible in a guest on {rootfs.name}")
+
+
 def naive_case(tree: KernelTree, accel: Accel, fn: str, kwargs: dict[str, object],
-               objects: dict[str, str]) -> float:
-    """One guest function the way a shell loop would run it: its own boot, its own Python."""
-    kwargs = {k: objects[v[1:]] if isinstance(v, str) and v.startswith("@") else v
-              for k, v in kwargs.items()}
+               objects: dict[str, str], rootfs: Rootfs | None = None) -> float:
+    """One guest function the way a shell loop would run it: its own boot, its own Python, on
+    the kernel's root (an arm64 kernel's is a pinned root: the host's cannot run it)."""
+    kwargs = {k: _seen_in_guest(objects[v[1:]], rootfs)
+              if isinstance(v, str) and v.startswith("@") else v for k, v in kwargs.items()}
     module, func = fn.split(":")
-    script = (f"import sys; sys.path.insert(0, {str(REPO_ROOT)!r}); "
+    repo = _seen_in_guest(str(REPO_ROOT), rootfs)
+    script = (f"import sys; sys.path.insert(0, {repo!r}); "
               f"import json, {module} as m; print(json.dumps(m.{func}(**{kwargs!r})))")
-    seconds, proc = timed(build_vng_command(tree, accel, shlex.join([guest_python(), "-c",
-                                                                     script])))
+    seconds, proc = timed(build_vng_command(tree, accel, shlex.join([guest_python(rootfs), "-c",
+                                                                     script]), rootfs=rootfs))
     if proc.returncode != 0:
         raise RuntimeError(f"naive run of {fn} failed on {tree.name}:\n{proc.stderr[-2000:]}")
     return seconds
@@ -775,8 +788,9 @@ def main(argv: list[str]) -> int:
     samples: list[float] = []
     for fn, kwargs in NAIVE_SAMPLE:
         say(f"naive: {fn} on {naive_kernel}")
-        samples.append(naive_case(trees[naive_kernel], accels[trees[naive_kernel].arch], fn,
-                                  kwargs, objects))
+        arch = trees[naive_kernel].arch
+        samples.append(naive_case(trees[naive_kernel], accels[arch], fn, kwargs, objects,
+                                  roots[arch] if arch != host_architecture() else None))
     per_case = sum(samples) / len(samples)
     k = kernels[naive_kernel]
     figures["naive"] = {"kernel": naive_kernel, "sample_s": [round(s, 1) for s in samples],

@@ -243,3 +243,20 @@ def test_a_real_runs_split_adds_up_and_round_trips():
     assert row["unsplit_s"] == 0.0
     assert row["seconds"] == {"bpf_load": 1.81, "waiting": 11.37, "sockets": 0.18, "other": 1.17}
     assert results.load(SAVED).to_json() == report
+
+
+def test_the_naive_sample_names_files_where_a_pinned_roots_guest_sees_them(tmp_path):
+    """An arm64 kernel's naive sample runs on its pinned root, which mounts the repo and the BPF
+    cache at their own guest paths (it failed with a traceback when the run's first kernel was
+    arm64: the host's root cannot run it)."""
+    from harness.machines.qemu import pinned_root_mounts
+    from harness.machines.rootfs import Rootfs
+    (repo, repo_guest), (objects, objects_guest) = pinned_root_mounts()
+    root = Rootfs(name="debian-bookworm", path=tmp_path, digest="0" * 12, packages={},
+                  arch="arm64")
+    assert bench._seen_in_guest(str(repo), root) == repo_guest
+    assert bench._seen_in_guest(str(objects / "prog-arm64-1.o"), root) == \
+        f"{objects_guest}/prog-arm64-1.o"
+    assert bench._seen_in_guest(str(repo), None) == str(repo)  # the host's root: as it is
+    with pytest.raises(KconformError, match="not visible in a guest on debian-bookworm"):
+        bench._seen_in_guest("/etc/passwd", root)
