@@ -30,10 +30,11 @@ def elf_with_notes(*notes: tuple[bytes, int]) -> bytes:
 PVH_ELF = elf_with_notes((b"GNU", 3), (b"Xen", pvh.XEN_ELFNOTE_PHYS32_ENTRY))
 
 
-def bzimage(payload: bytes, setup_sects: int = 3) -> bytes:
+def bzimage(payload: bytes, size: int = len(PVH_ELF), setup_sects: int = 3) -> bytes:
     """A bzImage: setup sectors with the header, then the protected-mode part holding the
-    compressed payload at payload_offset, its size appended as the build appends it."""
-    compressed = payload + struct.pack("<I", 0)  # the build's size_append (not read here)
+    compressed payload at payload_offset, followed by the decompressed size as the build's
+    size_append writes it."""
+    compressed = payload + struct.pack("<I", size)
     setup = bytearray((setup_sects + 1) * 512)
     setup[0x1F1] = setup_sects
     setup[0x202:0x206] = b"HdrS"
@@ -65,12 +66,14 @@ def test_a_zstd_bzimage_as_debians_6_12_decompresses_too(tmp_path):
     assert pvh.pvh_kernel(image, tmp_path / "cache").read_bytes() == PVH_ELF
 
 
-def test_a_kernel_without_the_note_or_a_header_boots_its_bzimage(tmp_path):
+def test_a_kernel_without_the_note_or_a_header_boots_its_bzimage(tmp_path, monkeypatch):
     image = tmp_path / "vmlinuz-nopvh"
-    image.write_bytes(bzimage(lzma.compress(elf_with_notes((b"GNU", 3)),
-                                            format=lzma.FORMAT_XZ)))
+    plain_elf = elf_with_notes((b"GNU", 3))
+    image.write_bytes(bzimage(lzma.compress(plain_elf, format=lzma.FORMAT_XZ), len(plain_elf)))
     assert pvh.pvh_kernel(image, tmp_path / "cache") is None
+    monkeypatch.setattr(pvh, "_payload", lambda data: pytest.fail("read again"))
     assert pvh.pvh_kernel(image, tmp_path / "cache") is None  # remembered, not read again
+    monkeypatch.undo()
     plain = tmp_path / "Image"
     plain.write_bytes(b"\0" * 4096)  # not a bzImage (an arm64 Image, a test stub)
     assert pvh.pvh_kernel(plain, tmp_path / "cache") is None
@@ -82,3 +85,20 @@ def test_a_damaged_payload_names_the_file_and_the_fix(tmp_path):
     image.write_bytes(bzimage(good[:20] + b"\xff" * (len(good) - 20)))
     with pytest.raises(KconformError, match="does not decompress.*remove it from the cache"):
         pvh.pvh_kernel(image, tmp_path / "cache")
+
+
+def test_a_truncated_payload_is_damaged_not_half_booted(tmp_path):
+    """xz and gzip give back what they could of a cut stream without raising: the stream's end
+    and the size the build appended decide."""
+    image = tmp_path / "vmlinuz-cut"
+    whole = lzma.compress(PVH_ELF * 50, format=lzma.FORMAT_XZ)
+    cut = bytearray(bzimage(whole[:len(whole) // 2], len(PVH_ELF) * 50))
+    struct.pack_into("<I", cut, 0x248 + 4, len(whole) // 2 + 4)
+    image.write_bytes(bytes(cut))
+    with pytest.raises(KconformError, match="does not decompress"):
+        pvh.pvh_kernel(image, tmp_path / "cache")
+    assert not list((tmp_path / "cache" / "images").glob("vmlinux-*.elf"))
+
+
+def test_a_note_that_runs_past_the_file_is_no_note():
+    assert not pvh.has_pvh_entry(PVH_ELF[:-6])

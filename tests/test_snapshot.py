@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from harness.agent import agent
+from harness.errors import KconformError
 from harness.machines import guest_image, qmp, snapshot
 from harness.machines.direct import RootDisks, build_direct_command
 from harness.machines.initramfs import INIT_SCRIPT, MODULES_SERIAL, ROOT_SERIAL
@@ -23,44 +24,36 @@ INPUTS = {"format": "1", "command": ["/usr/bin/qemu-system-x86_64", "-m", "1G"],
           "qemu": "QEMU emulator version 7.2.22", "files": ["/k/vmlinuz:1:2"]}
 
 
-def _saved(tmp_path, inputs=INPUTS, size=None, hello='{"event": "ready"}'):
-    state, record = tmp_path / "k.state", tmp_path / "k.json"
-    state.write_bytes(b"QEVM" + b"\0" * 60)
-    record.write_text(json.dumps({"inputs": inputs, "hello": hello,
-                                  "size": state.stat().st_size if size is None else size}))
-    return record, state
+RECORD = {"inputs": INPUTS, "hello": '{"event": "ready"}', "size": 64}
 
 
-def test_a_snapshot_of_the_same_inputs_is_restored(tmp_path):
-    record, state = _saved(tmp_path)
-    recorded, problem = snapshot.usable_record(record, state, dict(INPUTS))
-    assert recorded is not None and problem == ""
-
-
-def test_no_snapshot_is_no_problem_to_report(tmp_path):
-    assert snapshot.usable_record(tmp_path / "k.json", tmp_path / "k.state", INPUTS) == (None, "")
+def test_a_snapshot_of_the_same_inputs_and_size_is_restored():
+    assert snapshot.usable_record(RECORD, 64, dict(INPUTS)) == ""
 
 
 @pytest.mark.parametrize("key, said", [("qemu", "QEMU"), ("files", "the kernel, initramfs"),
                                        ("command", "the QEMU command line")])
-def test_a_stale_snapshot_names_what_changed(tmp_path, key, said):
-    record, state = _saved(tmp_path)
-    current = {**INPUTS, key: "something else"}
-    recorded, problem = snapshot.usable_record(record, state, current)
-    assert recorded is None and problem.startswith(said) and "changed" in problem
+def test_a_stale_snapshot_names_what_changed(key, said):
+    problem = snapshot.usable_record(RECORD, 64, {**INPUTS, key: "something else"})
+    assert problem.startswith(said) and problem.endswith("changed since it was saved")
 
 
-def test_a_state_file_its_record_does_not_describe_is_refused(tmp_path):
-    record, state = _saved(tmp_path, size=12345)
-    assert snapshot.usable_record(record, state, INPUTS) == (
-        None, "its state file is not the one its record describes")
+def test_a_kvm_snapshot_is_stale_on_another_hosts_cpu():
+    problem = snapshot.usable_record({**RECORD, "inputs": {**INPUTS, "host_cpu": "a"}}, 64,
+                                     {**INPUTS, "host_cpu": "b"})
+    assert problem.startswith("the host's CPU")
 
 
-def test_a_record_that_is_not_json_is_refused_not_raised(tmp_path):
-    record, state = _saved(tmp_path)
-    record.write_text("{not json")
-    recorded, problem = snapshot.usable_record(record, state, INPUTS)
-    assert recorded is None and "cannot be read" in problem
+def test_a_state_file_its_record_does_not_describe_is_refused():
+    assert snapshot.usable_record(RECORD, 12345, INPUTS) == \
+        "its state file is not the one its record describes"
+    assert snapshot.usable_record(["not", "a", "record"], 64, INPUTS) == \
+        "its record is not kconform's"
+
+
+def test_only_a_dead_saves_scratch_state_is_abandoned():
+    assert snapshot._scratch_pid(Path(".6.1.0-57-amd64-abc.state.4242")) == 4242
+    assert snapshot._scratch_pid(Path(".6.1.0-57-amd64-abc.state.json")) is None
 
 
 def test_the_inputs_hold_the_command_line_but_not_the_processes_guest_name(tmp_path):
@@ -179,8 +172,15 @@ class FakeQemu:
         conn, _ = self.server.accept()
         conn.sendall(b'{"QMP": {"version": {}, "capabilities": []}}\n')
         polls = 0
-        for line in conn.makefile("rb"):
-            request = json.loads(line)
+        self.fds = 0
+        while True:
+            data, fds, _, _ = socket.recv_fds(conn, 65536, 4)
+            if not data:
+                return
+            for fd in fds:
+                os.close(fd)
+                self.fds += 1
+            request = json.loads(data)
             self.commands.append(request)
             answer: object = {}
             if request["execute"] == "query-migrate":
@@ -191,23 +191,39 @@ class FakeQemu:
             conn.sendall(b'{"event": "STOP"}\n' + json.dumps({"return": answer}).encode() + b"\n")
 
 
-def test_saving_migrates_the_running_guest_at_full_speed_and_waits_for_completion(tmp_path):
+def test_saving_migrates_the_running_guest_at_full_speed_into_the_file_given(tmp_path):
     fake = FakeQemu(tmp_path / "qmp.sock")
     client = qmp.QmpClient(tmp_path / "qmp.sock", deadline=time.monotonic() + 10)
-    qmp.save_state(client, "exec:cat > /x")
+    with open(tmp_path / "state", "wb") as state:
+        qmp.save_state(client, state.fileno())
     names = [c["execute"] for c in fake.commands]
     # not stopped first: a restored guest runs only if the saved one was running
-    assert names[:3] == ["qmp_capabilities", "migrate-set-parameters", "migrate"]
+    assert names[:4] == ["qmp_capabilities", "migrate-set-parameters", "getfd", "migrate"]
     assert "stop" not in names and names.count("query-migrate") == 2
     assert fake.commands[1]["arguments"]["max-bandwidth"] >= 1 << 30
-    assert fake.commands[2]["arguments"] == {"uri": "exec:cat > /x"}
+    # the file goes as a descriptor (no exec: shell line), and the migration into it by name
+    assert fake.fds == 1 and fake.commands[2]["arguments"] == {"fdname": qmp.SNAPSHOT_FD}
+    assert fake.commands[3]["arguments"] == {"uri": f"fd:{qmp.SNAPSHOT_FD}"}
 
 
 def test_a_failed_save_says_why(tmp_path):
     FakeQemu(tmp_path / "qmp.sock", final="failed")
     client = qmp.QmpClient(tmp_path / "qmp.sock", deadline=time.monotonic() + 10)
     with pytest.raises(qmp.QmpError, match="disk full"):
-        qmp.save_state(client, "exec:cat > /x")
+        qmp.save_state(client, 0)
+
+
+def test_a_qmp_socket_that_sends_no_json_is_a_qmp_error(tmp_path):
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(tmp_path / "qmp.sock"))
+    server.listen(1)
+
+    def greet_badly():
+        conn, _ = server.accept()
+        conn.sendall(b"not json at all\n")
+    threading.Thread(target=greet_badly, daemon=True).start()
+    with pytest.raises(qmp.QmpError, match="not JSON"):
+        qmp.QmpClient(tmp_path / "qmp.sock", deadline=time.monotonic() + 10)
 
 
 def test_a_pinned_roots_image_is_that_root_with_the_guest_side_and_no_modules(tmp_path):
@@ -228,3 +244,14 @@ def test_a_pinned_roots_image_is_that_root_with_the_guest_side_and_no_modules(tm
     assert (built / "usr/lib/modules/6.12.0-test/modules.dep").exists()  # the root is untouched
     assert (root / "opt/kconform/harness/agent/agent.py").is_file()
     assert (root / "opt/kconform/cases/guest/redirect.py").is_file()
+
+
+def test_an_image_that_cannot_be_made_is_a_kconform_error_naming_the_fix(tmp_path, monkeypatch):
+    """cp, mkfs or compileall failing (a full disk, a root the user cannot link) is the
+    factory's to fall back from, not a traceback."""
+    def fails(*args, **kwargs):
+        raise subprocess.CalledProcessError(1, ["cp", "-al"], stderr=b"No space left on device")
+    monkeypatch.setattr(guest_image, "_make_root", fails)
+    with pytest.raises(KconformError, match=r"cannot make the guest image root-.*No space left"
+                                            r".*--guest-boot direct"):
+        guest_image.root_image(tmp_path / "cache", "/usr/bin/python3")

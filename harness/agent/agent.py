@@ -182,11 +182,15 @@ def put_file(name: object, data: object) -> dict[str, object]:
             or not isinstance(data, str)):
         return {"ok": False, "error": {"type": "BadRequest",
                                        "message": f"put needs a plain file name, not {name!r}"}}
-    os.makedirs(PUT_DIR, exist_ok=True)
     path = os.path.join(PUT_DIR, name)
-    with open(path + ".new", "wb") as f:
-        f.write(base64.b64decode(data))
-    os.replace(path + ".new", path)
+    try:
+        content = base64.b64decode(data, validate=True)
+        os.makedirs(PUT_DIR, exist_ok=True)
+        with open(path + ".new", "wb") as f:
+            f.write(content)
+        os.replace(path + ".new", path)
+    except (ValueError, OSError) as exc:  # the host's to report; the agent goes on
+        return {"ok": False, "error": {"type": "PutFailed", "message": f"{name}: {exc}"}}
     return {"ok": True, "result": path}
 
 

@@ -30,7 +30,7 @@ import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
-from ..cache import MANIFEST, cache_lock, staging_dir
+from ..cache import MANIFEST, cache_lock, hold_in_use, staging_dir
 from ..errors import KconformError
 from ..paths import REPO_ROOT, safe_file_name
 from .rootfs import Rootfs
@@ -235,6 +235,7 @@ def _published(cache: Path, name: str, build: Callable[[Path, Path], None]) -> P
     directory = cache / "images"
     directory.mkdir(parents=True, exist_ok=True)
     image = directory / name
+    hold_in_use(image)  # before the check: a prune from here on leaves it alone
     if image.is_file():
         return image
     with cache_lock(directory, name):
@@ -242,7 +243,13 @@ def _published(cache: Path, name: str, build: Callable[[Path, Path], None]) -> P
             return image
         with staging_dir(directory, "image") as staging:
             built = staging / name
-            build(staging, built)
+            try:
+                build(staging, built)
+            except (OSError, subprocess.CalledProcessError) as exc:
+                detail = exc.stderr.decode(errors="replace").strip()[-300:] \
+                    if isinstance(exc, subprocess.CalledProcessError) and exc.stderr else exc
+                raise KconformError(f"cannot make the guest image {name} ({detail}); free space "
+                                    f"in {directory} or boot with --guest-boot direct") from None
             os.replace(built, image)
     return image
 

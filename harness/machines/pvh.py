@@ -23,6 +23,7 @@ import subprocess
 import zlib
 from pathlib import Path
 
+from ..cache import hold_in_use
 from ..errors import KconformError
 
 XEN_ELFNOTE_PHYS32_ENTRY = 18  # include/xen/interface/elfnote.h: the PVH entry's note
@@ -41,25 +42,44 @@ def _payload(image: bytes) -> bytes | None:
     return image[start:start + length]
 
 
+class Damaged(Exception):
+    pass
+
+
 def _decompress(payload: bytes) -> bytes | None:
     """The payload decompressed: xz, zstd and gzip (what Debian's kernels use); None for
-    another compressor."""
-    body = payload[:-4]  # the decompressed size, appended by the kernel's build
+    another compressor, or zstd without the zstd program. Damaged when it does not decompress
+    whole to the size the build appended."""
+    body, (size,) = payload[:-4], struct.unpack("<I", payload[-4:])
     if body.startswith(b"\xfd7zXZ\x00"):
-        return lzma.LZMADecompressor(format=lzma.FORMAT_XZ).decompress(body)
-    if body.startswith(b"\x1f\x8b"):
-        return zlib.decompressobj(wbits=31).decompress(body)
-    if body.startswith(b"\x28\xb5\x2f\xfd"):
+        xz = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
+        out, whole = xz.decompress(body), xz.eof
+    elif body.startswith(b"\x1f\x8b"):
+        gz = zlib.decompressobj(wbits=31)
+        out, whole = gz.decompress(body), gz.eof
+    elif body.startswith(b"\x28\xb5\x2f\xfd"):
         zstd = shutil.which("zstd")
         if zstd is None:
             return None
         proc = subprocess.run([zstd, "-dcq"], input=body, capture_output=True)
-        return proc.stdout if proc.returncode == 0 else None
-    return None
+        out, whole = proc.stdout, proc.returncode == 0
+    else:
+        return None
+    if not whole or len(out) != size:
+        raise Damaged(f"{len(out)} bytes of the {size} it holds")
+    return out
 
 
 def has_pvh_entry(elf: bytes) -> bool:
-    """Whether an ELF64 little-endian image has the PVH entry note."""
+    """Whether an ELF64 little-endian image has the PVH entry note (a header or note that runs
+    past the file is no note)."""
+    try:
+        return _has_pvh_entry(elf)
+    except struct.error:
+        return False
+
+
+def _has_pvh_entry(elf: bytes) -> bool:
     if elf[:4] != b"\x7fELF" or elf[4] != 2 or elf[5] != 1:
         return False
     phoff, = struct.unpack_from("<Q", elf, 0x20)
@@ -85,21 +105,24 @@ def pvh_kernel(image: Path, cache: Path) -> Path | None:
     st = image.stat()
     key = hashlib.sha256(f"{image}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()[:20]
     directory = cache / "images"
+    directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"vmlinux-{image.name}-{key}.elf"
+    hold_in_use(path)  # before the check: a prune from here on leaves it alone
     if path.is_file():
         return path
     none = directory / f".{path.stem}.no-pvh"  # a kernel found without one is not read again
     if none.exists():
         return None
-    directory.mkdir(parents=True, exist_ok=True)
     payload = _payload(image.read_bytes())
     try:
         vmlinux = _decompress(payload) if payload is not None else None
-    except (lzma.LZMAError, zlib.error, EOFError) as exc:
+    except (lzma.LZMAError, zlib.error, EOFError, Damaged) as exc:
         raise KconformError(f"{image}: its compressed kernel does not decompress ({exc}); the "
                             "file may be damaged: remove it from the cache to fetch it again") \
             from None
-    if vmlinux is None or not has_pvh_entry(vmlinux):
+    if vmlinux is None:
+        return None  # another compressor, or no zstd: its bzImage, this time
+    if not has_pvh_entry(vmlinux):
         none.write_text("")
         return None
     scratch = path.with_name(f".{path.name}.{os.getpid()}")

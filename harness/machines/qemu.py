@@ -400,6 +400,7 @@ class QemuMachine:
         self.started_at: float | None = None
 
     boot_kind = "virtme-ng"  # how it boots, as results record it
+    pass_fds: tuple[int, ...] = ()  # what QEMU inherits besides stdio (a snapshot to restore)
 
     def command_line(self) -> str:
         return shlex.join(self.cmd)
@@ -437,7 +438,8 @@ class QemuMachine:
         self.started_at = time.monotonic()
         self.proc = subprocess.Popen(
             self.cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env=env, start_new_session=True)  # own process group: stop() reaps QEMU too
+            env=env, start_new_session=True,  # own process group: stop() reaps QEMU too
+            pass_fds=self.pass_fds)
         self._reaper = subprocess.Popen([sys.executable, "-c", _REAPER, str(self.proc.pid)],
                                         stdin=subprocess.PIPE, start_new_session=True)
         _LIVE.add(self)
@@ -465,7 +467,11 @@ class QemuMachine:
         return self.channel.receive(timeout, self._exit_status)
 
     def _exit_status(self) -> str:
-        status = self.proc.poll() if self.proc is not None else None
+        status = None
+        if self.proc is not None:
+            # the channel's end can come before the process is reaped: a moment for its status
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                status = self.proc.wait(timeout=2)
         return f"the guest exited (status {status})"
 
     def stop(self, timeout: float = 10.0) -> None:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from ..errors import KconformError
 
+SNAPSHOT_FD = "kconform-snapshot"  # the name getfd gives the file a save is written into
+
 
 class QmpError(KconformError):
     pass
@@ -35,8 +37,12 @@ class QmpClient:
                     raise QmpError(f"cannot connect to QEMU's QMP socket {path} ({exc})") from None
                 time.sleep(0.05)
         self._buffer = b""
-        self._read()  # the greeting
-        self.execute("qmp_capabilities")
+        try:
+            self._read()  # the greeting
+            self.execute("qmp_capabilities")
+        except BaseException:
+            self.sock.close()
+            raise
 
     def _read(self) -> dict[str, object]:
         while b"\n" not in self._buffer:
@@ -52,17 +58,28 @@ class QmpClient:
                 raise QmpError("QEMU closed its QMP socket")
             self._buffer += chunk
         line, self._buffer = self._buffer.split(b"\n", 1)
-        value = json.loads(line)
+        try:
+            value = json.loads(line)
+        except ValueError:
+            raise QmpError(f"QEMU sent {line[:200]!r} on its QMP socket, not JSON") from None
         if not isinstance(value, dict):
             raise QmpError(f"QEMU sent {line[:200]!r} on its QMP socket, not an object")
         return value
 
-    def execute(self, command: str, **arguments: object) -> object:
-        """Run one command; its "return" value. QmpError on its "error"."""
+    def execute(self, command: str, *, fd: int | None = None, **arguments: object) -> object:
+        """Run one command; its "return" value. QmpError on its "error". fd: a file descriptor
+        sent with it (SCM_RIGHTS), as getfd takes one."""
         request: dict[str, object] = {"execute": command}
         if arguments:
             request["arguments"] = arguments
-        self.sock.sendall(json.dumps(request).encode() + b"\n")
+        data = json.dumps(request).encode() + b"\n"
+        try:
+            if fd is None:
+                self.sock.sendall(data)
+            else:
+                socket.send_fds(self.sock, [data], [fd])
+        except OSError as exc:
+            raise QmpError(f"QEMU's QMP socket failed ({exc})") from None
         while True:
             reply = self._read()
             if "event" in reply:
@@ -75,9 +92,12 @@ class QmpClient:
         self.sock.close()
 
 
-def save_state(qmp: QmpClient, uri: str) -> None:
-    """Migrate the guest's whole state to `uri` (an exec: command writing a file), waiting until
-    QEMU says it completed; QEMU then holds the guest paused, and the caller continues it.
+def save_state(qmp: QmpClient, fd: int) -> None:
+    """Migrate the guest's whole state into the open file `fd`, waiting until QEMU says it
+    completed; QEMU then holds the guest paused, and the caller continues it. The file goes to
+    QEMU as a descriptor (getfd, then migrate to fd:), not as a path on an exec: command line: no
+    shell is in between, and QEMU's writes are all in the file once it says completed (an exec:
+    child may still be writing then, and QEMU's close sends it SIGTERM).
 
     It is migrated running, not stopped first: the state records whether the guest ran, and
     QEMU starts a restored guest only if it did. An idle guest (its agent waiting for a line)
@@ -85,7 +105,8 @@ def save_state(qmp: QmpClient, uri: str) -> None:
     # QEMU throttles a migration to 32 MiB/s by default (a live one must leave the guest some
     # bandwidth); an idle guest to a local file has nothing to leave room for.
     qmp.execute("migrate-set-parameters", **{"max-bandwidth": 1 << 40})
-    qmp.execute("migrate", uri=uri)
+    qmp.execute("getfd", fd=fd, fdname=SNAPSHOT_FD)
+    qmp.execute("migrate", uri=f"fd:{SNAPSHOT_FD}")
     while True:
         info = qmp.execute("query-migrate")
         status = info.get("status") if isinstance(info, dict) else None

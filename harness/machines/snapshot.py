@@ -28,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..cache import cache_lock, hold_in_use, write_atomic
+from ..errors import KconformError
 from ..kernels import KernelTree
 from ..paths import REPO_ROOT, agent_argv, safe_file_name
 from .accel import Accel
@@ -40,7 +41,7 @@ from .direct import (
 )
 from .guest_image import GUEST_REPO, GUEST_SOURCES, modules_image, root_image
 from .initramfs import initramfs_for
-from .qemu import _WORD, _check_word, _private_dir, guest_python, vng_path
+from .qemu import _WORD, _check_word, _private_dir, guest_python
 from .qmp import QmpClient, QmpError, save_state
 from .rootfs import Rootfs
 
@@ -60,6 +61,16 @@ def qemu_version(binary: str) -> str:
     st = os.stat(binary)
     first = proc.stdout.splitlines()[0] if proc.stdout else ""
     return f"{first} ({st.st_size}:{st.st_mtime_ns})"
+
+
+def host_cpu() -> str:
+    """A digest of the host's CPU model and flags (/proc/cpuinfo's first CPU)."""
+    with contextlib.suppress(OSError):
+        first = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
+        words = [line for line in first.splitlines()
+                 if line.split(":")[0].strip() in ("vendor_id", "model name", "flags")]
+        return hashlib.sha256("\n".join(words).encode()).hexdigest()[:16]
+    return "unknown"
 
 
 def snapshot_inputs(cmd: list[str], files: list[Path]) -> dict[str, object]:
@@ -83,29 +94,28 @@ def snapshot_inputs(cmd: list[str], files: list[Path]) -> dict[str, object]:
 def _changed(recorded: dict[str, object], current: dict[str, object]) -> str:
     names = {"command": "the QEMU command line (kernel, initramfs, root image, memory, CPU)",
              "qemu": "QEMU", "files": "the kernel, initramfs or image files",
+             "host_cpu": "the host's CPU",
              "format": "kconform's snapshot format"}
     changed = [names.get(key, key) for key in current if recorded.get(key) != current[key]]
     return ", ".join(changed) or "nothing"
 
 
-def usable_record(record: Path, state: Path,
-                  inputs: dict[str, object]) -> tuple[dict[str, object] | None, str]:
-    """(the record of a snapshot a guest of these inputs may restore, else None and why not:
-    "" when there is none)."""
-    try:
-        recorded = json.loads(record.read_text())
-        size = state.stat().st_size
-    except FileNotFoundError:
-        return None, ""
-    except (OSError, ValueError) as exc:
-        return None, f"its record cannot be read: {exc}"
+def usable_record(recorded: object, size: int, inputs: dict[str, object]) -> str:
+    """Why a snapshot with this record and a state file of `size` bytes is not for a guest of
+    these inputs; "" when it is."""
     if not isinstance(recorded, dict) or not isinstance(recorded.get("inputs"), dict):
-        return None, "its record is not kconform's"
+        return "its record is not kconform's"
     if recorded["inputs"] != inputs:
-        return None, f"{_changed(recorded['inputs'], inputs)} changed since it was saved"
+        return f"{_changed(recorded['inputs'], inputs)} changed since it was saved"
     if recorded.get("size") != size or not isinstance(recorded.get("hello"), str):
-        return None, "its state file is not the one its record describes"
-    return recorded, ""
+        return "its state file is not the one its record describes"
+    return ""
+
+
+def _scratch_pid(path: Path) -> int | None:
+    """The pid in a scratch state's name (.<state>.<pid>), or None."""
+    tail = path.name.rpartition(".")[2]
+    return int(tail) if tail.isdigit() else None
 
 
 class SnapshotMachine(DirectMachine):
@@ -137,10 +147,9 @@ class SnapshotMachine(DirectMachine):
         kernel = Path(self.base_cmd[self.base_cmd.index("-kernel") + 1])
         files = [kernel, Path(self.base_cmd[self.base_cmd.index("-initrd") + 1]), disks.root,
                  disks.modules]
-        for path in files:
-            if path.parent == self.cache / "images":
-                hold_in_use(path)  # `cache prune` leaves what a live guest reads alone
-        self.inputs = snapshot_inputs(self.base_cmd, files)
+        self.inputs = snapshot_inputs(self.base_cmd, files)  # images are held as they are found
+        if accel.name == "kvm":  # a saved KVM guest runs on the CPU it was saved on
+            self.inputs["host_cpu"] = host_cpu()
         # one snapshot per kernel file and machine shape: a stale one is replaced in place
         root = f"{rootfs.name}-{rootfs.arch}" if rootfs else "host"
         shape = hashlib.sha256(f"{kernel}\0{root}\0{memory}\0{cpus}\0{accel.name}".encode())\
@@ -159,15 +168,19 @@ class SnapshotMachine(DirectMachine):
         self._pushed: dict[Path, str] = {}
         self._put_ids = 0
         self._console_log = console_log
+        # checked here, not at start(): a path QEMU would split is the factory's to refuse
+        self._qmp_path = _private_dir("qmp") / f"{os.getpid()}-{id(self):x}.sock"
+        _check_word(f"unix:{self._qmp_path},server=on,wait=off", "the QMP socket", _WORD,
+                    "letters, digits and _ . , : = / + @ -")
         self._attach(console_log)
 
     # -- start: restore, or boot cold and save
 
     def start(self) -> None:
-        recorded, problem = usable_record(self.record, self.state, self.inputs)
-        if recorded is not None:
+        fd, recorded, problem = self._open_snapshot()
+        if fd is not None:
             try:
-                self._restore(recorded)
+                self._restore(recorded, fd)
                 return
             except RestoreFailed as exc:
                 self._say(f"restoring {self.tree.name} from {self.state} failed ({exc}); "
@@ -179,17 +192,57 @@ class SnapshotMachine(DirectMachine):
                       "booting it cold and saving it again")
         self._boot_and_save()
 
+    def _open_snapshot(self) -> tuple[int | None, dict[str, object], str]:
+        """(the state file, open, and its record) when this guest may restore them, else (None,
+        {}, why not: "" when there is no snapshot). The file is opened and the record read under
+        the lock a save replaces both under, so the two are one save's; QEMU then reads the open
+        file, whatever is renamed over its path meanwhile."""
+        with cache_lock(self.state.parent, self.state.name):
+            try:
+                fd = os.open(self.state, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                return None, {}, ""
+            except OSError as exc:
+                return None, {}, f"its state file cannot be read ({exc.strerror})"
+            try:
+                text = self.record.read_text()
+            except OSError as exc:
+                os.close(fd)
+                return None, {}, f"its record cannot be read ({exc.strerror})"
+        try:
+            recorded = json.loads(text)
+        except ValueError as exc:
+            recorded = None
+            problem = f"its record cannot be read ({exc})"
+        else:
+            problem = usable_record(recorded, os.fstat(fd).st_size, self.inputs)
+        if problem or not isinstance(recorded, dict):
+            os.close(fd)
+            return None, {}, problem
+        return fd, recorded, ""
+
+    def _remove_abandoned_saves(self) -> None:
+        """Scratch states of saves whose process is gone (killed mid-save): 100 MB each."""
+        for scratch in self.state.parent.glob(f".{self.state.name}.*"):
+            pid = _scratch_pid(scratch)
+            if pid is not None and not os.path.exists(f"/proc/{pid}"):
+                scratch.unlink(missing_ok=True)
+
     def _say(self, message: str) -> None:
         self.console.note(message)
         self._log(message)
 
-    def _restore(self, recorded: dict[str, object]) -> None:
+    def _restore(self, recorded: dict[str, object], fd: int) -> None:
         self.console.note(f"restoring the guest saved at {recorded.get('saved_at')} from "
                           f"{self.state} (its boot's console: {recorded.get('console_log')})")
-        state = _check_word(vng_path(self.state), "a snapshot's path", _WORD,
-                            "letters, digits and _ . , : = / + @ -")
-        self.cmd = [*self.base_cmd, "-incoming", f"exec:cat {state}"]
-        super().start()
+        # QEMU reads the state from the descriptor it inherits: no path, no shell
+        self.cmd = [*self.base_cmd, "-incoming", f"fd:{fd}"]
+        self.pass_fds = (fd,)
+        try:
+            super().start()
+        finally:
+            os.close(fd)  # QEMU has its own copy
+            self.pass_fds = ()
         deadline = time.monotonic() + RESTORE_WITHIN
         try:
             self.send(json.dumps({"id": 0, "op": "hello"}))
@@ -214,11 +267,15 @@ class SnapshotMachine(DirectMachine):
 
     def _boot_and_save(self) -> None:
         self.boot_kind = "saved"
-        qmp_path = _private_dir("qmp") / f"{os.getpid()}-{id(self):x}.sock"
+        qmp_path = self._qmp_path
         qmp_path.unlink(missing_ok=True)
-        socket_word = _check_word(f"unix:{qmp_path},server=on,wait=off", "the QMP socket",
-                                  _WORD, "letters, digits and _ . , : = / + @ -")
-        self.cmd = [*self.base_cmd, "-qmp", socket_word]
+        self.cmd = [*self.base_cmd, "-qmp", f"unix:{qmp_path},server=on,wait=off"]
+        try:
+            self._boot_then_save(qmp_path)
+        finally:
+            qmp_path.unlink(missing_ok=True)
+
+    def _boot_then_save(self, qmp_path: Path) -> None:
         super().start()
         # The hello is awaited here, to save the guest before the session's first call
         line = self.receive(self._boot_within)
@@ -240,26 +297,27 @@ class SnapshotMachine(DirectMachine):
         except (QmpError, OSError) as exc:
             self._say(f"could not save {self.tree.name}'s booted guest ({exc}); its next guest "
                       "boots cold again")
-        finally:
-            qmp_path.unlink(missing_ok=True)
 
     def _save(self, hello_line: str, qmp_path: Path) -> None:
-        deadline = time.monotonic() + SAVE_WITHIN
-        qmp = QmpClient(qmp_path, deadline)
+        self._remove_abandoned_saves()
         scratch = self.state.with_name(f".{self.state.name}.{os.getpid()}")
-        target = _check_word(vng_path(scratch), "a snapshot's path", _WORD,
-                             "letters, digits and _ . , : = / + @ -")
+        fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
+            qmp = QmpClient(qmp_path, time.monotonic() + SAVE_WITHIN)
             try:
-                save_state(qmp, f"exec:cat > {target}")
+                try:
+                    save_state(qmp, fd)
+                finally:
+                    qmp.execute("cont")  # the guest runs on, as if it had never been saved
             finally:
-                qmp.execute("cont")  # the guest runs on, as if it had never been saved
+                qmp.close()
+            size = os.fstat(fd).st_size
         except BaseException:
             scratch.unlink(missing_ok=True)
             raise
         finally:
-            qmp.close()
-        record = {"inputs": self.inputs, "hello": hello_line, "size": scratch.stat().st_size,
+            os.close(fd)
+        record = {"inputs": self.inputs, "hello": hello_line, "size": size,
                   "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                   "console_log": str(self.console.log_path)}
         with cache_lock(self.state.parent, self.state.name):
@@ -296,11 +354,14 @@ class SnapshotMachine(DirectMachine):
             raise GuestDied(f"pushing {path.name} into the guest did not finish in time")
         with contextlib.suppress(ValueError):
             reply = json.loads(line)
-            if (isinstance(reply, dict) and reply.get("id") == self._put_ids and reply.get("ok")
-                    and isinstance(reply.get("result"), str)):
-                pushed: str = reply["result"]
-                self._pushed[path] = pushed
-                return pushed
+            if isinstance(reply, dict) and reply.get("id") == self._put_ids:
+                if reply.get("ok") and isinstance(reply.get("result"), str):
+                    pushed: str = reply["result"]
+                    self._pushed[path] = pushed
+                    return pushed
+                if reply.get("ok") is False:  # the guest is fine; the file did not go in
+                    raise KconformError(f"pushing {path.name} into the guest failed: "
+                                        f"{str(reply.get('error'))[:300]}")
         raise GuestDied(f"pushing {path.name} into the guest failed: it answered {line[:200]!r}")
 
     def kill(self) -> None:
