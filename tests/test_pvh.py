@@ -30,11 +30,11 @@ def elf_with_notes(*notes: tuple[bytes, int]) -> bytes:
 PVH_ELF = elf_with_notes((b"GNU", 3), (b"Xen", pvh.XEN_ELFNOTE_PHYS32_ENTRY))
 
 
-def bzimage(payload: bytes, size: int = len(PVH_ELF), setup_sects: int = 3) -> bytes:
+def bzimage(payload: bytes, size: int | None = len(PVH_ELF), setup_sects: int = 3) -> bytes:
     """A bzImage: setup sectors with the header, then the protected-mode part holding the
     compressed payload at payload_offset, followed by the decompressed size as the build's
-    size_append writes it."""
-    compressed = payload + struct.pack("<I", size)
+    size_append writes it (size None: not, as for gzip, whose trailer ends in it)."""
+    compressed = payload + (struct.pack("<I", size) if size is not None else b"")
     setup = bytearray((setup_sects + 1) * 512)
     setup[0x1F1] = setup_sects
     setup[0x202:0x206] = b"HdrS"
@@ -102,3 +102,12 @@ def test_a_truncated_payload_is_damaged_not_half_booted(tmp_path):
 
 def test_a_note_that_runs_past_the_file_is_no_note():
     assert not pvh.has_pvh_entry(PVH_ELF[:-6])
+
+
+def test_a_gzip_bzimage_whose_trailer_holds_the_size_decompresses(tmp_path):
+    """A kernel of one's own is often gzip (the kernel's default): its payload is the gzip
+    stream as it is, no size appended (cmd_gzip has no size_append)."""
+    import gzip
+    image = tmp_path / "bzImage"
+    image.write_bytes(bzimage(gzip.compress(PVH_ELF), size=None))
+    assert pvh.pvh_kernel(image, tmp_path / "cache").read_bytes() == PVH_ELF

@@ -50,7 +50,11 @@ def _decompress(payload: bytes) -> bytes | None:
     """The payload decompressed: xz, zstd and gzip (what Debian's kernels use); None for
     another compressor, or zstd without the zstd program. Damaged when it does not decompress
     whole to the size the build appended."""
+    # The build appends the decompressed size to every compressor's output but gzip's, whose
+    # own trailer ends in it (scripts/Makefile.lib: cmd_gzip has no size_append)
     body, (size,) = payload[:-4], struct.unpack("<I", payload[-4:])
+    if payload.startswith(b"\x1f\x8b"):
+        body = payload
     if body.startswith(b"\xfd7zXZ\x00"):
         xz = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
         out, whole = xz.decompress(body), xz.eof
