@@ -312,6 +312,13 @@ def verify_cache(cache: Path) -> tuple[list[str], list[str]]:
     return damaged, unverifiable
 
 
+def file_stamp(path: Path | str) -> str:
+    """size:mtime_ns of a file: what tells it replaced (a package upgrade, a rebuild) from the one
+    a cached thing was made of, without reading it."""
+    st = os.stat(path)
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

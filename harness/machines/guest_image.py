@@ -30,7 +30,7 @@ import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
-from ..cache import MANIFEST, cache_lock, hold_in_use, staging_dir
+from ..cache import MANIFEST, cache_lock, file_stamp, hold_in_use, staging_dir
 from ..errors import KconformError
 from ..paths import REPO_ROOT, safe_file_name
 from .rootfs import Rootfs
@@ -102,12 +102,9 @@ def _guest_source_files() -> list[Path]:
     return files
 
 
-def _stat_words(paths: Iterable[Path]) -> list[str]:
-    words = []
-    for path in paths:
-        st = path.stat()
-        words.append(f"{path}:{st.st_size}:{st.st_mtime_ns}")
-    return words
+def stat_words(paths: Iterable[Path]) -> list[str]:
+    """Each file as path:size:mtime_ns, what tells a file replaced from the one recorded."""
+    return [f"{path}:{file_stamp(path)}" for path in paths]
 
 
 def root_inputs(python: str) -> dict[str, object]:
@@ -117,9 +114,9 @@ def root_inputs(python: str) -> dict[str, object]:
     real, stdlib = python_layout(python)
     programs = [real, *(_host_program(name) for name in HOST_PROGRAMS), _libbpf()]
     lib_dirs = sorted({p.resolve().parent for p in programs} | {Path("/usr/lib/x86_64-linux-gnu")})
-    return {"format": IMAGE_FORMAT, "python": python, "programs": _stat_words(programs),
-            "stdlib": hashlib.sha256("\n".join(_stat_words(_stdlib_files(stdlib))).encode())
-            .hexdigest(), "lib_dirs": _stat_words(d for d in lib_dirs if d.exists()),
+    return {"format": IMAGE_FORMAT, "python": python, "programs": stat_words(programs),
+            "stdlib": hashlib.sha256("\n".join(stat_words(_stdlib_files(stdlib))).encode())
+            .hexdigest(), "lib_dirs": stat_words(d for d in lib_dirs if d.exists()),
             "guest_sources": _guest_sources_digest()}
 
 
@@ -162,12 +159,10 @@ def _make_root(root: Path, python: str) -> None:
         _copy_into(root, path, follow=False)
         if path.suffix == ".so":
             elves.append(path)
-    modprobe, busybox = _host_program("modprobe"), _host_program("busybox")
-    elves += [modprobe, _libbpf()]
-    _copy_into(root, modprobe)
-    _copy_into(root, _libbpf())
-    (root / "usr/sbin/modprobe").unlink(missing_ok=True)
-    shutil.copy2(modprobe, root / "usr/sbin/modprobe")
+    modprobe, busybox, libbpf = _host_program("modprobe"), _host_program("busybox"), _libbpf()
+    elves += [modprobe, libbpf]
+    _copy_into(root, libbpf)
+    shutil.copy2(modprobe, root / "usr/sbin/modprobe")  # kmod's content, where the kernel runs it
     shutil.copy2(busybox, root / "usr/bin/busybox")
     for applet in BUSYBOX_LINKS:
         with contextlib.suppress(FileExistsError):
@@ -267,9 +262,8 @@ def root_image(cache: Path, python: str, rootfs: Rootfs | None = None) -> Path:
     if rootfs is None:
         name = f"root-{_digest(root_inputs(python))}.ext4"
     else:
-        built = (rootfs.path / MANIFEST).stat()
         inputs = {"format": IMAGE_FORMAT, "rootfs": str(rootfs.path), "digest": rootfs.digest,
-                  "built": f"{built.st_size}:{built.st_mtime_ns}",
+                  "built": file_stamp(rootfs.path / MANIFEST),
                   "guest_sources": _guest_sources_digest()}
         name = f"root-{safe_file_name(rootfs.name)}-{rootfs.arch}-{_digest(inputs)}.ext4"
 
@@ -285,9 +279,8 @@ def root_image(cache: Path, python: str, rootfs: Rootfs | None = None) -> Path:
 
 def modules_image(release: str, modules: Path, cache: Path) -> Path:
     """The image of a tree's lib/modules (holding <release>/), named by its modules.dep."""
-    dep = (modules / "modules.dep").stat()
     inputs = {"format": IMAGE_FORMAT, "modules": str(modules), "release": release,
-              "dep": f"{dep.st_size}:{dep.st_mtime_ns}"}
+              "dep": file_stamp(modules / "modules.dep")}
     name = f"modules-{release}-{_digest(inputs)}.ext4"
 
     def build(staging: Path, image: Path) -> None:

@@ -23,6 +23,7 @@ import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 
+from ..cache import file_stamp
 from ..errors import KconformError
 from ..kernels import KernelTree
 
@@ -240,10 +241,8 @@ def initramfs_key(tree: KernelTree, modules: Path, root: str,
     """What the initramfs is made of, read without making it: the init, the applets, busybox and
     the module set by their files' size and mtime (modules.dep changes with the modules)."""
     path = _busybox(busybox_root)
-    busybox, dep = path.stat(), (modules / "modules.dep").stat()
     words = [INIT_SCRIPT, " ".join(APPLETS), " ".join(GUEST_MODULES[root]), tree.release,
-             str(modules), str(path), f"{busybox.st_size}:{busybox.st_mtime_ns}",
-             f"{dep.st_size}:{dep.st_mtime_ns}"]
+             str(modules), str(path), file_stamp(path), file_stamp(modules / "modules.dep")]
     return hashlib.sha256("\0".join(words).encode()).hexdigest()[:24]
 
 

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ..cache import cache_lock, hold_in_use, write_atomic
+from ..cache import cache_lock, file_stamp, hold_in_use, write_atomic
 from ..errors import KconformError
 from ..kernels import KernelTree
 from ..paths import REPO_ROOT, agent_argv, safe_file_name
@@ -39,7 +39,7 @@ from .direct import (
     build_direct_command,
     direct_kernel,
 )
-from .guest_image import GUEST_REPO, GUEST_SOURCES, modules_image, root_image
+from .guest_image import GUEST_REPO, GUEST_SOURCES, modules_image, root_image, stat_words
 from .initramfs import initramfs_for
 from .qemu import _WORD, _check_word, _private_dir, guest_python
 from .qmp import QmpClient, QmpError, save_state
@@ -58,9 +58,8 @@ class RestoreFailed(Exception):
 @functools.cache
 def qemu_version(binary: str) -> str:
     proc = subprocess.run([binary, "--version"], capture_output=True, text=True)
-    st = os.stat(binary)
     first = proc.stdout.splitlines()[0] if proc.stdout else ""
-    return f"{first} ({st.st_size}:{st.st_mtime_ns})"
+    return f"{first} ({file_stamp(binary)})"
 
 
 def host_cpu() -> str:
@@ -83,12 +82,8 @@ def snapshot_inputs(cmd: list[str], files: list[Path]) -> dict[str, object]:
     if "-name" in words:
         at = words.index("-name")
         del words[at:at + 2]
-    stats = []
-    for path in files:
-        st = path.stat()
-        stats.append(f"{path}:{st.st_size}:{st.st_mtime_ns}")
     return {"format": SNAPSHOT_FORMAT, "command": words, "qemu": qemu_version(cmd[0]),
-            "files": stats}
+            "files": stat_words(files)}
 
 
 def _changed(recorded: dict[str, object], current: dict[str, object]) -> str:
@@ -140,14 +135,14 @@ class SnapshotMachine(DirectMachine):
         argv = agent_argv(python, GUEST_REPO, boot_log=True)
         initramfs = initramfs_for(tree, self.cache, modules, root="disk",
                                   busybox_root=rootfs.path if rootfs else None)
+        kernel = direct_kernel(tree, self.cache)
         self.base_cmd = build_direct_command(tree, accel, argv, initramfs, modules,
                                              memory=memory, cpus=cpus, disks=disks,
-                                             kernel=direct_kernel(tree, self.cache))
+                                             kernel=kernel)
         self.cmd = self.base_cmd
-        kernel = Path(self.base_cmd[self.base_cmd.index("-kernel") + 1])
-        files = [kernel, Path(self.base_cmd[self.base_cmd.index("-initrd") + 1]), disks.root,
-                 disks.modules]
-        self.inputs = snapshot_inputs(self.base_cmd, files)  # images are held as they are found
+        # images are held as they are found
+        self.inputs = snapshot_inputs(self.base_cmd, [kernel, initramfs, disks.root,
+                                                      disks.modules])
         if accel.name == "kvm":  # a saved KVM guest runs on the CPU it was saved on
             self.inputs["host_cpu"] = host_cpu()
         # one snapshot per kernel file and machine shape: a stale one is replaced in place
@@ -170,8 +165,9 @@ class SnapshotMachine(DirectMachine):
         self._console_log = console_log
         # checked here, not at start(): a path QEMU would split is the factory's to refuse
         self._qmp_path = _private_dir("qmp") / f"{os.getpid()}-{id(self):x}.sock"
-        _check_word(f"unix:{self._qmp_path},server=on,wait=off", "the QMP socket", _WORD,
-                    "letters, digits and _ . , : = / + @ -")
+        self._qmp_arg = _check_word(f"unix:{self._qmp_path},server=on,wait=off",
+                                    "the QMP socket", _WORD,
+                                    "letters, digits and _ . , : = / + @ -")
         self._attach(console_log)
 
     # -- start: restore, or boot cold and save
@@ -269,7 +265,7 @@ class SnapshotMachine(DirectMachine):
         self.boot_kind = "saved"
         qmp_path = self._qmp_path
         qmp_path.unlink(missing_ok=True)
-        self.cmd = [*self.base_cmd, "-qmp", f"unix:{qmp_path},server=on,wait=off"]
+        self.cmd = [*self.base_cmd, "-qmp", self._qmp_arg]
         try:
             self._boot_then_save(qmp_path)
         finally:
