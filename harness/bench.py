@@ -70,7 +70,7 @@ from .errors import KconformError
 from .kernels import KernelProvider, KernelTree, expand_kernel_args, load_specs
 from .machines.accel import TCG_CPU, Accel, choose_accel, probe_boot
 from .machines.guest_job import run_guest_job
-from .machines.qemu import build_vng_command, guest_python, pinned_root_mounts
+from .machines.qemu import build_vng_command, guest_python, seen_on_pinned_root
 from .machines.rootfs import HOST, Rootfs, RootfsProvider, root_recipe
 from .paths import REPO_ROOT, safe_file_name
 
@@ -382,13 +382,8 @@ def restore_row(tree: KernelTree, accel: Accel, cache: Path, consoles: Path,
 
 def _seen_in_guest(path: str, rootfs: Rootfs | None) -> str:
     """Where a guest on `rootfs` (None: the host's root) sees a host file of the repo or the BPF
-    cache: a pinned root has them mounted elsewhere (machines/qemu.py pinned_root_mounts)."""
-    if rootfs is None:
-        return path
-    for host, guest in pinned_root_mounts():
-        if Path(path) == host or host in Path(path).parents:
-            return str(Path(guest) / Path(path).relative_to(host))
-    raise KconformError(f"bench: {path} is not visible in a guest on {rootfs.name}")
+    cache."""
+    return path if rootfs is None else seen_on_pinned_root(Path(path), rootfs.name)
 
 
 def naive_case(tree: KernelTree, accel: Accel, fn: str, kwargs: dict[str, object],

@@ -43,6 +43,17 @@ def pinned_root_mounts() -> tuple[tuple[Path, str], ...]:
     return ((REPO_ROOT, GUEST_REPO), (bpf_cache_dir(), GUEST_BPF))
 
 
+def seen_on_pinned_root(path: Path, root_name: str) -> str:
+    """Where a guest on the pinned root `root_name` sees a host file of the repo or the BPF
+    cache (mounted there by vng --rodir). KconformError for any other file."""
+    mounts = pinned_root_mounts()
+    for host, guest in mounts:
+        if path == host or host in path.parents:
+            return str(Path(guest) / path.relative_to(host))
+    raise KconformError(f"{path} is not visible in a guest on {root_name}: only "
+                        f"{', '.join(str(host) for host, _ in mounts)} are mounted there")
+
+
 # Kills a guest's process group once the process that started the guest is gone, however it went
 # (an xdist worker killed with SIGKILL runs no cleanup): it waits for EOF on a pipe whose other
 # end only that process holds.
@@ -415,12 +426,7 @@ class QemuMachine:
         path = Path(path).resolve()
         if self.rootfs is None:
             return str(path)  # the host's root is the guest's
-        mounts = pinned_root_mounts()
-        for host, guest in mounts:
-            if path == host or host in path.parents:
-                return str(Path(guest) / path.relative_to(host))
-        raise KconformError(f"{path} is not visible in a guest on {self.rootfs.name}: only "
-                            f"{', '.join(str(host) for host, _ in mounts)} are mounted there")
+        return seen_on_pinned_root(path, self.rootfs.name)
 
     def failure_hint(self) -> str:
         """A fix worth naming when this guest failed to boot."""
