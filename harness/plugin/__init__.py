@@ -8,9 +8,7 @@ worker with `--dist loadgroup`. `--collect-only` therefore boots and downloads n
 from __future__ import annotations
 
 import atexit
-import signal
 from collections.abc import Generator
-from types import FrameType
 from typing import Protocol, TypedDict
 
 import pytest
@@ -22,6 +20,7 @@ from ..machines.rootfs import HOST
 from ..machines.ssh import (
     description_to_dict,
 )
+from . import interrupts
 from .fixtures import behaviours, bpf_object, expect, guest
 from .options import pytest_addoption
 from .recording import RERUN, Reporter, declared_behaviour, mark_console_start
@@ -50,8 +49,7 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(Reruns(config.stash[RUN_KEY], config.option.rerun_failed),
                                       "kconform-reruns")
     atexit.register(kill_all_guests)
-    if hasattr(signal, "SIGTERM"):
-        signal.signal(signal.SIGTERM, _terminate)
+    interrupts.install()
 
 
 class WorkerNode(Protocol):
@@ -68,11 +66,6 @@ def pytest_configure_node(node: WorkerNode) -> None:
     node.workerinput[PINNED_KEY] = run.current_builds
     node.workerinput[TARGETS_KEY] = {target.url: description_to_dict(run.target_trees[name])
                                      for name, target in run.targets.items()}
-
-
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    # Turn SIGTERM into an interrupt so pytest finishes its reports and the pool shuts down.
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

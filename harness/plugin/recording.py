@@ -54,6 +54,7 @@ from ..reports.results import (
     write_json,
 )
 from ..versions import dotted, upstream_version
+from . import interrupts
 from .run import CASE_GUEST_KEY, CRASHED_KEY, kernel_of
 
 if TYPE_CHECKING:
@@ -252,7 +253,8 @@ class Reporter:
             def write_both() -> None:
                 write_json(self.results, out / REPORT_JSON, compact=True)
                 write_atomic(out / REPORT_JUNIT, junit_text(self.results, pretty=False))
-            self._guarded(write_both)
+            with interrupts.deferred():
+                self._guarded(write_both)
             spent = time.monotonic() - now
             self.next_write = now + 20 * spent if spent > 0.01 else 0.0
 
