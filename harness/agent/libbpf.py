@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
     # What a pointer parameter takes: a ctypes object (a buffer, a structure), byref() of one, or
     # None for NULL.
-    _Pointer = _CData | _CArgObject | None
+    _Pointer = _CData | _CArgObject | bytes | None
 
 ENOTSUPP = 524  # kernel-internal, leaks to user space from BPF; not in Python's errno table
 
@@ -208,27 +208,30 @@ def u64(v: int) -> bytes:
 
 
 def _buf(data: bytes) -> ctypes.Array[ctypes.c_char]:
+    """A C copy of `data`, for a pointer the kernel may write through or a struct keeps."""
     return ctypes.create_string_buffer(bytes(data), len(data))
 
 
 def map_update(fd: int, key: bytes, value: bytes, flags: int = BPF_ANY) -> None:
     """key and value are bytes (see u32/u64); a socket value is its fd as u32 or u64."""
-    _check(lib().bpf_map_update_elem(fd, _buf(key), _buf(value), flags), "map_update")
+    # The kernel only reads a key or a value given to it: ctypes passes a bytes object's own
+    # memory for a void pointer, where a C copy of each (_buf) costs a buffer per call.
+    _check(lib().bpf_map_update_elem(fd, bytes(key), bytes(value), flags), "map_update")
 
 
 def map_lookup(fd: int, key: bytes, value_size: int) -> bytes:
     out = ctypes.create_string_buffer(value_size)
-    _check(lib().bpf_map_lookup_elem(fd, _buf(key), out), "map_lookup")
+    _check(lib().bpf_map_lookup_elem(fd, bytes(key), out), "map_lookup")
     return out.raw
 
 
 def map_delete(fd: int, key: bytes) -> None:
-    _check(lib().bpf_map_delete_elem(fd, _buf(key)), "map_delete")
+    _check(lib().bpf_map_delete_elem(fd, bytes(key)), "map_delete")
 
 
 def map_get_next_key(fd: int, key: bytes | None, key_size: int) -> bytes:
     out = ctypes.create_string_buffer(key_size)
-    _check(lib().bpf_map_get_next_key(fd, _buf(key) if key is not None else None, out),
+    _check(lib().bpf_map_get_next_key(fd, bytes(key) if key is not None else None, out),
            "map_get_next_key")
     return out.raw
 
