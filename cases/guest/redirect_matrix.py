@@ -115,8 +115,6 @@ def _one(o, map_name, program, direction, source_kind, target_kind, oob, settle)
     connect_wait = settle * 8  # a handshake is several work-queue round trips
     fd = o.map_fd(MAPS[map_name])
     results = o.map_fd("results")
-    bpf.map_update(o.map_fd("cfg"), bpf.u32(0),
-                   struct.pack("<III", 1, FLAGS[direction], 1 if map_name == "sockhash" else 0))
     obs = {}
     with contextlib.ExitStack() as stack:
         try:
@@ -179,6 +177,10 @@ def redirect_matrix(obj, map_name, program, direction, source, targets, oob, set
         attached = outcome(bpf.prog_attach, o.prog_fd(name), fd, attach_type)
         if attached != "OK":
             return {target: {"attach": attached} for target in targets}
+        # the program's configuration, the same for the row: redirect to key 1 of this map type
+        # with the direction's flags (the program reads it each run; nothing writes it back)
+        bpf.map_update(o.map_fd("cfg"), bpf.u32(0),
+                       struct.pack("<III", 1, FLAGS[direction], 1 if map_name == "sockhash" else 0))
         for target in targets:
             out[target] = _one(o, map_name, program, direction, source, target, oob, settle)
             # each combination starts with an empty map: the next pairs reuse keys 0 and 1
