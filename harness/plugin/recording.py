@@ -274,7 +274,9 @@ class Reporter:
             run = self.results.runs[0]
             run.finished, run.exit_status = _now(), int(exitstatus)
             run.complete = int(exitstatus) in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED)
-            self._guarded(lambda: write_reports(self.results, self.run.results_dir))
+            # the largest rewrite; an interrupt during it asks for the end this already is
+            with interrupts.deferred(ending=True):
+                self._guarded(lambda: write_reports(self.results, self.run.results_dir))
 
     def _guarded(self, write: Callable[[], object]) -> None:
         """--results-dir was writable when the run began; if it stops being so (full, removed,
