@@ -94,13 +94,14 @@ def many_entries(map_type, settle):
                 s.close()
             # the close release may be deferred: bounded, and the count is the last look's
             # (each look is ENTRIES lookups: one more after the wait would double the cost)
-            present = [ENTRIES]
+            present = ENTRIES
 
             def emptied():
-                present[0] = _present(fd, keys)
-                return present[0] == 0
+                nonlocal present
+                present = _present(fd, keys)
+                return present == 0
             wait_until(emptied, settle)
-            obs["present_after_closing_all"] = present[0]
+            obs["present_after_closing_all"] = present
             return obs
 
 
